@@ -1,0 +1,27 @@
+"""vla-agents: Vision-Language-Action policies as Gymnasium agents.
+
+    env = vla_agents.make_env("embedded/pick_color")
+    agent = vla_agents.load_agent("policies/checkpoints/vla_adapter-tiny-pick_color")
+    action = agent.act(obs)
+"""
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+# Public names, imported on first use so `import vla_agents` stays cheap (no torch, no MuJoCo).
+_EXPORTS = {
+    "make_env": "vla_agents.sim",
+    "list_envs": "vla_agents.sim",
+    "make_agent": "vla_agents.agent",
+    "load_agent": "vla_agents.agent",
+    "list_policies": "vla_agents.agent",
+}
+__all__ = [*_EXPORTS, "__version__"]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'vla_agents' has no attribute {name!r}")

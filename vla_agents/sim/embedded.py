@@ -1,0 +1,182 @@
+"""The embedded suite as Gymnasium environments, with LIBERO's raw observation conventions.
+
+Observations carry the keys LIBERO's `OffScreenRenderEnv` returns (`agentview_image`,
+`robot0_eye_in_hand_image` upside down as OpenGL renders them, `robot0_eef_pos`,
+`robot0_eef_quat` as x,y,z,w, `robot0_gripper_qpos`, `robot0_joint_pos`) plus the task's
+`language_instruction`, so `LiberoAdapter` turns them into policy inputs exactly as it does for
+LIBERO itself. Actions are LIBERO's: 7-D OSC delta pose in [-1, 1], gripper -1 open / +1 close.
+"""
+from __future__ import annotations
+
+import os
+import string
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import yaml
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+SPEC_FILE = Path(__file__).resolve().parents[2] / "envs" / "embedded.yaml"
+CAMERAS = ("agentview", "robot0_eye_in_hand")
+INSTRUCTION_MAX_CHARS = 128
+INSTRUCTION_CHARSET = string.ascii_letters + string.digits + " ,.;:'-_()"
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task of `envs/embedded.yaml`."""
+
+    name: str
+    kind: str  # "lift" or "stack"
+    cubes: tuple[str, ...]
+    instruction: str
+    max_episode_steps: int
+    target: str | None = None
+    base: str | None = None
+    randomize_target: bool = False
+    description: str = ""
+    scene: dict[str, Any] = field(default_factory=dict)
+
+
+@lru_cache(maxsize=1)
+def load_suite() -> dict[str, TaskSpec]:
+    spec = yaml.safe_load(SPEC_FILE.read_text())
+    defaults = spec["defaults"]
+    scene = {k: defaults[k] for k in ("cube_half_size", "placement_range", "min_cube_distance")}
+    tasks = {}
+    for name, t in spec["tasks"].items():
+        tasks[name] = TaskSpec(
+            name=name,
+            kind=t["kind"],
+            cubes=tuple(t["cubes"]),
+            instruction=t["instruction"],
+            max_episode_steps=int(t["max_episode_steps"]),
+            target=t.get("target", t["cubes"][0]),
+            base=t.get("base"),
+            randomize_target=bool(t.get("randomize_target", False)),
+            description=t.get("description", ""),
+            scene=scene,
+        )
+    return tasks
+
+
+class EmbeddedEnv(gym.Env):
+    """A task of the embedded suite. Success terminates the episode and is reported in
+    `info["success"]`; the step limit (from the suite spec) truncates it."""
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
+
+    def __init__(self, task: str, image_size: int = 128, use_cameras: bool = True, render_mode: str | None = "rgb_array"):
+        suite = load_suite()
+        if task not in suite:
+            raise ValueError(f"unknown embedded task {task!r}; expected one of {sorted(suite)}")
+        if image_size < 32:
+            raise ValueError(f"image_size must be at least 32 px, got {image_size}")
+        from robosuite.controllers import load_composite_controller_config
+
+        from vla_agents.sim.tabletop import TabletopCubes
+
+        self.spec_ = suite[task]
+        self.task_name = task
+        self.image_size = int(image_size)
+        self.use_cameras = use_cameras
+        self.render_mode = render_mode
+        self.max_episode_steps = self.spec_.max_episode_steps
+        self.sim = TabletopCubes(
+            colors=list(self.spec_.cubes),
+            **self.spec_.scene,
+            robots="Panda",
+            controller_configs=load_composite_controller_config(robot="Panda"),
+            initialization_noise={"magnitude": 0.02, "type": "gaussian"},
+            use_camera_obs=use_cameras,
+            has_renderer=False,
+            has_offscreen_renderer=use_cameras or render_mode == "rgb_array",
+            camera_names=list(CAMERAS),
+            camera_heights=self.image_size,
+            camera_widths=self.image_size,
+            control_freq=20,
+            horizon=10**6,  # the wrapper owns the step limit
+            ignore_done=True,
+            hard_reset=False,
+        )
+        image = gym.spaces.Box(0, 255, (self.image_size, self.image_size, 3), np.uint8)
+        spaces = {
+            "robot0_eef_pos": gym.spaces.Box(-np.inf, np.inf, (3,), np.float64),
+            "robot0_eef_quat": gym.spaces.Box(-1.0, 1.0, (4,), np.float64),
+            "robot0_gripper_qpos": gym.spaces.Box(-np.inf, np.inf, (2,), np.float64),
+            "robot0_joint_pos": gym.spaces.Box(-np.inf, np.inf, (7,), np.float64),
+            "language_instruction": gym.spaces.Text(INSTRUCTION_MAX_CHARS, charset=INSTRUCTION_CHARSET),
+        }
+        if use_cameras:
+            spaces |= {f"{cam}_image": image for cam in CAMERAS}
+        self.observation_space = gym.spaces.Dict(spaces)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (7,), np.float32)
+        self.target = self.spec_.target
+        self.base = self.spec_.base
+        self.instruction = self.spec_.instruction
+        self._elapsed = 0
+        self._last_raw: dict[str, Any] = {}
+
+    # -- task ------------------------------------------------------------------------------------
+    @property
+    def language_instruction(self) -> str:
+        """LIBERO exposes the instruction under this attribute name."""
+        return self.instruction
+
+    def _choose_task(self) -> None:
+        if self.spec_.randomize_target:
+            self.target = str(self.np_random.choice(self.spec_.cubes))
+        self.instruction = self.spec_.instruction.format(target=self.target)
+
+    def success(self) -> bool:
+        if self.spec_.kind == "lift":
+            return self.sim.is_lifted(self.target)
+        return self.sim.is_stacked(self.target, self.base)
+
+    # -- gymnasium API ---------------------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self.sim.rng = np.random.default_rng(self.np_random.integers(2**63))
+        self._choose_task()
+        raw = self.sim.reset()
+        self._elapsed = 0
+        return self._observation(raw), self._info(success=False)
+
+    def step(self, action):
+        action = np.asarray(action, dtype=np.float64)
+        if action.shape != (7,):
+            raise ValueError(f"action must have shape (7,) [dx, dy, dz, drx, dry, drz, gripper], got {action.shape}")
+        if not np.all(np.isfinite(action)):
+            raise ValueError(f"action contains NaN or inf: {action}")
+        raw, _, _, _ = self.sim.step(np.clip(action, -1.0, 1.0))
+        self._elapsed += 1
+        success = self.success()
+        truncated = not success and self._elapsed >= self.max_episode_steps
+        return self._observation(raw), float(success), success, truncated, self._info(success)
+
+    def render(self):
+        if self.use_cameras:
+            return self._last_raw["agentview_image"][::-1].copy()
+        frame = self.sim.sim.render(camera_name="agentview", width=self.image_size, height=self.image_size)
+        return frame[::-1].copy()
+
+    def close(self):
+        self.sim.close()
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _observation(self, raw: dict[str, Any]) -> dict[str, Any]:
+        obs = {key: np.asarray(raw[key], dtype=np.float64) for key in self.observation_space.spaces if key.startswith("robot0_") and not key.endswith("_image")}
+        obs["language_instruction"] = self.instruction
+        if self.use_cameras:
+            for cam in CAMERAS:
+                obs[f"{cam}_image"] = np.ascontiguousarray(raw[f"{cam}_image"], dtype=np.uint8)
+        self._last_raw = obs
+        return obs
+
+    def _info(self, success: bool) -> dict[str, Any]:
+        return {"success": bool(success), "instruction": self.instruction, "task": self.task_name, "target": self.target}

@@ -1,0 +1,81 @@
+"""Scripted experts for the embedded suite: waypoint controllers over privileged simulator state.
+
+They produce the demonstrations tiny policies are trained on, so they follow the agent API
+(`reset()`, `act(obs)`) and emit the same 7-D LIBERO actions a policy would.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from vla_agents.sim.embedded import EmbeddedEnv
+
+OPEN, CLOSE = -1.0, 1.0
+POS_SCALE = 0.05  # m of OSC target displacement per unit of action (robosuite OSC_POSE)
+
+
+@dataclass
+class Waypoint:
+    goal: Callable[[], np.ndarray]  # end-effector goal, re-read every step (cubes may move)
+    gripper: float
+    hold: int = 0  # extra steps to stay once reached (time for the fingers to close or open)
+
+
+class ScriptedExpert:
+    """Approach above the target, descend, grasp, lift; for stacking, carry it over the base,
+    lower, release and retreat."""
+
+    policy_name = "scripted-expert"
+
+    def __init__(self, env: EmbeddedEnv, gain: float = 1.5, tolerance: float = 0.01, noise: float = 0.0, seed: int = 0):
+        self.env = env.unwrapped
+        self.gain, self.tolerance, self.noise = gain, tolerance, noise
+        self.rng = np.random.default_rng(seed)
+        self.reset()
+
+    def reset(self) -> None:
+        self.plan: list[Waypoint] | None = None
+        self.index = 0
+        self.steps_at_goal = 0
+
+    def _make_plan(self) -> list[Waypoint]:
+        sim, env = self.env.sim, self.env
+        h = sim.cube_half_size
+        grasp_at = sim.cube_pos(env.target) + [0, 0, -0.005]
+
+        def above(color: str, dz: float) -> Callable[[], np.ndarray]:
+            return lambda: sim.cube_pos(color) + [0, 0, dz]
+
+        plan = [
+            Waypoint(above(env.target, 0.08), OPEN),
+            Waypoint(above(env.target, -0.005), OPEN, hold=1),
+            Waypoint(lambda: grasp_at, CLOSE, hold=6),
+        ]
+        if env.spec_.kind == "lift":
+            return plan + [Waypoint(lambda: grasp_at + [0, 0, 0.12], CLOSE, hold=10**6)]
+        place = sim.cube_pos(env.base) + [0, 0, 2 * h + 0.006]  # the base stays put
+        return plan + [
+            Waypoint(lambda: grasp_at + [0, 0, 0.10], CLOSE),
+            Waypoint(lambda: place + [0, 0, 0.05], CLOSE),
+            Waypoint(lambda: place, CLOSE, hold=2),
+            Waypoint(lambda: place, OPEN, hold=6),
+            Waypoint(lambda: place + [0, 0, 0.08], OPEN, hold=10**6),
+        ]
+
+    def act(self, obs=None) -> np.ndarray:
+        if self.plan is None:
+            self.plan = self._make_plan()
+        waypoint = self.plan[self.index]
+        error = waypoint.goal() - self.env.sim.eef_pos()
+        if np.linalg.norm(error) < self.tolerance:
+            self.steps_at_goal += 1
+            if self.steps_at_goal > waypoint.hold and self.index < len(self.plan) - 1:
+                self.index, self.steps_at_goal = self.index + 1, 0
+        action = np.zeros(7)
+        action[:3] = np.clip(self.gain * error / POS_SCALE, -1.0, 1.0)
+        action[6] = waypoint.gripper
+        if self.noise:
+            action[:6] += self.rng.normal(0.0, self.noise, 6)
+        return np.clip(action, -1.0, 1.0).astype(np.float32)

@@ -1,0 +1,127 @@
+"""The robosuite scene behind the embedded suite: a Panda at a table with coloured cubes.
+
+One scene class serves every embedded task; the task (which cube to lift, which to stack on which)
+is chosen per episode by the Gymnasium wrapper in `embedded.py`. Cube positions and the robot's
+initial joint noise are drawn from `self.rng`, which the wrapper reseeds on `reset(seed=...)`, so
+seeded resets are reproducible.
+"""
+from __future__ import annotations
+
+import numpy as np
+from robosuite.environments.manipulation.manipulation_env import ManipulationEnv
+from robosuite.models.arenas import TableArena
+from robosuite.models.objects import BoxObject
+from robosuite.models.tasks import ManipulationTask
+
+COLORS: dict[str, tuple[float, float, float, float]] = {
+    "red": (0.85, 0.1, 0.1, 1.0),
+    "green": (0.1, 0.7, 0.15, 1.0),
+    "blue": (0.1, 0.25, 0.9, 1.0),
+    "yellow": (0.95, 0.85, 0.1, 1.0),
+    "purple": (0.55, 0.15, 0.75, 1.0),
+    "orange": (1.0, 0.5, 0.05, 1.0),
+}
+
+LIFT_HEIGHT = 0.04  # m above the table, as robosuite's Lift task counts success
+
+
+class TabletopCubes(ManipulationEnv):
+    """A table with one cube per colour in `colors`, placed at random non-overlapping positions."""
+
+    def __init__(
+        self,
+        colors: list[str],
+        cube_half_size: float = 0.02,
+        placement_range: float = 0.12,
+        min_cube_distance: float = 0.07,
+        **robosuite_kwargs,
+    ):
+        unknown = [c for c in colors if c not in COLORS]
+        if unknown:
+            raise ValueError(f"unknown cube colour(s) {unknown}; expected some of {sorted(COLORS)}")
+        self.colors = list(colors)
+        self.cube_half_size = cube_half_size
+        self.placement_range = placement_range
+        self.min_cube_distance = min_cube_distance
+        self.table_full_size = (0.8, 0.8, 0.05)
+        self.table_offset = np.array((0.0, 0.0, 0.8))
+        super().__init__(**robosuite_kwargs)
+
+    # -- scene ---------------------------------------------------------------------------------
+    def _load_model(self):
+        super()._load_model()
+        robot = self.robots[0].robot_model
+        robot.set_base_xpos(robot.base_xpos_offset["table"](self.table_full_size[0]))
+        arena = TableArena(table_full_size=self.table_full_size, table_offset=self.table_offset)
+        arena.set_origin([0, 0, 0])
+        s = self.cube_half_size
+        self.cubes = {
+            color: BoxObject(name=f"{color}_cube", size=[s, s, s], rgba=list(COLORS[color]))
+            for color in self.colors
+        }
+        self.model = ManipulationTask(
+            mujoco_arena=arena,
+            mujoco_robots=[robot],
+            mujoco_objects=list(self.cubes.values()),
+        )
+
+    def _setup_references(self):
+        super()._setup_references()
+        self.cube_body_ids = {c: self.sim.model.body_name2id(cube.root_body) for c, cube in self.cubes.items()}
+        # Plain flat lighting: shadows and reflections triple the CPU render cost and add nothing here.
+        self.sim.model.light_castshadow[:] = 0
+        self.sim.model.mat_reflectance[:] = 0
+
+    def _reset_internal(self):
+        super()._reset_internal()
+        for color, (pos, quat) in zip(self.colors, self._sample_cube_poses()):
+            self.sim.data.set_joint_qpos(self.cubes[color].joints[0], np.concatenate([pos, quat]))
+
+    def _sample_cube_poses(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Rejection-sample cube centres at least `min_cube_distance` apart, with random yaw."""
+        r, z = self.placement_range, self.table_offset[2] + self.cube_half_size + 0.001
+        for _ in range(1000):
+            xy = self.rng.uniform(-r, r, size=(len(self.colors), 2))
+            gaps = np.linalg.norm(xy[:, None] - xy[None], axis=-1) + np.eye(len(xy))
+            if len(xy) == 1 or gaps.min() >= self.min_cube_distance:
+                break
+        else:
+            raise RuntimeError("could not place the cubes apart; lower min_cube_distance or widen placement_range")
+        poses = []
+        for x, y in xy:
+            yaw = self.rng.uniform(-np.pi / 4, np.pi / 4)
+            quat_wxyz = np.array([np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2)])
+            poses.append((np.array([x, y, z]), quat_wxyz))
+        return poses
+
+    # -- privileged state (for experts and success) --------------------------------------------
+    def cube_pos(self, color: str) -> np.ndarray:
+        return np.array(self.sim.data.body_xpos[self.cube_body_ids[color]])
+
+    @property
+    def table_height(self) -> float:
+        return float(self.table_offset[2])
+
+    def eef_pos(self) -> np.ndarray:
+        return np.array(self.sim.data.site_xpos[self.robots[0].eef_site_id["right"]])
+
+    def is_grasping(self, color: str) -> bool:
+        return bool(self._check_grasp(gripper=self.robots[0].gripper, object_geoms=self.cubes[color]))
+
+    def is_lifted(self, color: str) -> bool:
+        bottom = self.cube_pos(color)[2] - self.cube_half_size
+        return bottom > self.table_height + LIFT_HEIGHT
+
+    def is_stacked(self, top: str, base: str) -> bool:
+        """`top` rests on `base`: centred within a half cube, at the right height, and released."""
+        a, b = self.cube_pos(top), self.cube_pos(base)
+        centred = np.linalg.norm(a[:2] - b[:2]) < self.cube_half_size
+        resting = abs((a[2] - b[2]) - 2 * self.cube_half_size) < 0.005
+        return bool(centred and resting and not self.is_grasping(top))
+
+    # robosuite's own reward/success hooks; the Gymnasium wrapper decides success per task.
+    def reward(self, action=None):
+        return 0.0
+
+    def _check_success(self):
+        return False
