@@ -1,0 +1,226 @@
+"""Evaluation layer: videos with overlays, crash-tolerant evaluation, eval_info.json, Wilson
+intervals and comparison tables, on a tiny real Gymnasium env that emits LIBERO-style raw obs."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+
+import gymnasium as gym
+import imageio
+import numpy as np
+import pytest
+from rich.console import Console
+
+from vla_agents.eval import (ComparisonResult, compare, compose_frame, diff_interval, evaluate, overlay_heatmap,
+                             render_table, run_episode, wilson_interval)
+from vla_agents.types import AttentionMaps
+
+SIZE = 64
+MAX_STEPS = 6
+
+
+class ReachEnv(gym.Env):
+    """Move a scalar toward a seed-dependent target (2, 3 or 4); success when reached.
+
+    Raw images are gray with a white block in the raw top-left corner, which policies (rotated
+    180 degrees) see bottom-right. `crash_seed` makes `step` raise for that seed."""
+
+    metadata = {"render_modes": [], "render_fps": 20}
+
+    def __init__(self, offset: int = 0, crash_seed: int | None = None):
+        image = gym.spaces.Box(0, 255, (SIZE, SIZE, 3), np.uint8)
+        self.observation_space = gym.spaces.Dict({
+            "agentview_image": image,
+            "robot0_eye_in_hand_image": image,
+            "language_instruction": gym.spaces.Text(64),
+        })
+        self.action_space = gym.spaces.Box(-1, 1, (2,), np.float32)
+        self.max_episode_steps = MAX_STEPS
+        self.offset, self.crash_seed = offset, crash_seed
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.seed_, self.pos, self.t = seed, 0.0, 0
+        self.target = 2 + (seed + self.offset) % 3
+        return self._obs(), {"success": False}
+
+    def step(self, action):
+        if self.seed_ == self.crash_seed:
+            raise ValueError("simulator exploded")
+        self.pos += float(action[0])
+        self.t += 1
+        success = self.pos >= self.target - 1e-6
+        truncated = not success and self.t >= self.max_episode_steps
+        return self._obs(), float(success), success, truncated, {"success": success}
+
+    def _obs(self):
+        raw = np.full((SIZE, SIZE, 3), 100, np.uint8)
+        raw[:8, :8] = 255
+        return {"agentview_image": raw, "robot0_eye_in_hand_image": raw.copy(),
+                "language_instruction": "reach the target, please"}
+
+
+class TinyAgent:
+    """Queues `chunk` identical actions per model call; attention is hot in the policy-view top-left."""
+
+    policy_name = "tiny"
+
+    def __init__(self, speed: float = 1.0, chunk: int = 4, attention: bool = True, fail_on_episode: int | None = None):
+        self.speed, self.chunk, self.attention, self.fail_on_episode = speed, chunk, attention, fail_on_episode
+        self.model_calls, self.episode = 0, -1
+
+    def num_parameters(self) -> int:
+        return 1_234_567
+
+    def reset(self) -> None:
+        self.episode += 1
+        self.queue: list[np.ndarray] = []
+        self.steps = 0
+        self.last_attention = None
+
+    def act(self, obs: dict) -> np.ndarray:
+        if self.episode == self.fail_on_episode and self.steps == 1:
+            raise RuntimeError("boom")
+        self.steps += 1
+        if not self.queue:
+            self.model_calls += 1
+            self.queue = [np.array([self.speed, 0.0], np.float32)] * self.chunk
+            if self.attention:
+                heat = np.zeros((4, 4))
+                heat[0, 0] = 1.0
+                self.last_attention = AttentionMaps(heatmaps={"agentview": heat})
+        return self.queue.pop()
+
+
+def _read_video(path) -> list[np.ndarray]:
+    with imageio.get_reader(path) as reader:
+        return [np.asarray(frame) for frame in reader]
+
+
+def _redness(region: np.ndarray) -> float:
+    return float(region[..., 0].astype(float).mean() - region[..., 2].astype(float).mean())
+
+
+def test_overlay_heatmap_colors_hot_and_cold_regions():
+    frame = np.full((32, 32, 3), 100, np.uint8)
+    heat = np.zeros((2, 2))
+    heat[0, 0] = 5.0
+    out = overlay_heatmap(frame, heat)
+    assert out.shape == frame.shape and out.dtype == np.uint8
+    assert _redness(out[:4, :4]) > 40 and _redness(out[-4:, -4:]) < -40
+    with pytest.raises(ValueError, match="colormap"):
+        overlay_heatmap(frame, heat, colormap="viridis_missing")
+
+
+def test_rollout_video_carries_overlay_and_policy_orientation(tmp_path):
+    pattern = tmp_path / "episode=0--success={success}--task={task}.mp4"
+    hot = run_episode(ReachEnv(), TinyAgent(), seed=0, video_path=pattern)
+    plain = run_episode(ReachEnv(), TinyAgent(attention=False), seed=0, video_path=tmp_path / "plain.mp4")
+    assert hot.success and hot.length == 2 and hot.error is None
+    assert hot.video_path == str(tmp_path / "episode=0--success=True--task=reach_the_target_please.mp4")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["plain.mp4", "episode=0--success=True--task=reach_the_target_please.mp4"])
+
+    hot_frames, plain_frames = _read_video(hot.video_path), _read_video(plain.video_path)
+    assert len(hot_frames) == hot.length + 1
+    expected = compose_frame({"agentview": np.zeros((SIZE, SIZE, 3), np.uint8), "robot0_eye_in_hand": np.zeros((SIZE, SIZE, 3), np.uint8)},
+                             None, ["a", "b", "c"]).shape
+    height, width = expected[0] + expected[0] % 2, expected[1]
+    assert hot_frames[0].shape == (height, width, 3)
+
+    hot0, plain0 = hot_frames[0].astype(float), plain_frames[0].astype(float)
+    # Rotated 180 degrees: the raw top-left marker is at the policy-view bottom-right.
+    assert plain0[SIZE - 8 + 2:SIZE - 2, SIZE - 8 + 2:SIZE - 2].mean() > 200
+    assert plain0[2:6, 2:6].mean() < 130
+    # The heatmap is hot in agentview's top-left, cold elsewhere; the wrist view has none.
+    assert _redness(hot0[1:7, 1:7]) > 40 and abs(_redness(plain0[1:7, 1:7])) < 15
+    assert _redness(hot0[28:40, 36:48]) < -40
+    assert abs(_redness(hot0[8:56, SIZE + 8:2 * SIZE - 8])) < 15
+    # The last frame shows the final observation without a stale overlay.
+    assert abs(_redness(hot_frames[-1].astype(float)[1:7, 1:7])) < 15
+
+
+def test_crashing_agent_and_env_are_recorded_and_evaluation_goes_on():
+    report = evaluate(TinyAgent(fail_on_episode=1), ReachEnv, episodes=3, progress=False)
+    ok0, bad, ok2 = report.episodes
+    assert bad.error.startswith("RuntimeError: boom") and "act" in bad.error and bad.error_source == "agent"
+    assert not bad.success and bad.length == 1
+    assert ok0.error is None and ok2.error is None and ok0.success and ok2.success
+
+    made = []
+
+    def factory():
+        made.append(ReachEnv(crash_seed=1))
+        return made[-1]
+
+    report = evaluate(TinyAgent, factory, episodes=3, progress=False)
+    assert [ep.error_source for ep in report.episodes] == [None, "env", None]
+    assert "ValueError: simulator exploded" in report.episodes[1].error
+    assert len(made) == 2 and report.episodes[2].success
+
+
+def test_eval_info_shape_and_latencies():
+    report = evaluate(lambda: TinyAgent(speed=0.5, chunk=4), ReachEnv, episodes=3, seed=0,
+                      progress=False, env_name="reach/target")
+    info = json.loads(json.dumps(report.to_eval_info()))
+    assert set(info) == {"per_episode", "per_task", "per_group", "overall"}
+    assert [ep["seed"] for ep in info["per_episode"]] == [0, 1, 2]
+    assert set(info["per_episode"][0]) == {"episode_ix", "sum_reward", "max_reward", "success", "seed", "length", "error"}
+    # speed 0.5 needs 4, 6, 8 steps for targets 2, 3, 4; the limit is 6.
+    assert [ep["length"] for ep in info["per_episode"]] == [4, 6, 6]
+    assert [ep["success"] for ep in info["per_episode"]] == [True, True, False]
+    assert info["per_task"][0]["task_group"] == "reach" and info["per_task"][0]["task_id"] == "target"
+    overall = info["overall"]
+    for key in ("avg_sum_reward", "avg_max_reward", "pc_success", "n_episodes", "eval_s", "eval_ep_s", "video_paths",
+                "step_ms_p50", "step_ms_p95", "chunk_ms_p50", "chunk_ms_p95", "mean_length"):
+        assert key in overall
+    assert overall["pc_success"] == pytest.approx(200 / 3) and overall["n_episodes"] == 3
+    assert overall["mean_length"] == pytest.approx(16 / 3) and overall["avg_max_reward"] == pytest.approx(2 / 3)
+    assert overall["step_ms_p50"] >= 0 and overall["chunk_ms_p95"] >= 0
+    # One model call per 4 steps: chunk latencies only where the model ran.
+    assert [len(ep.chunk_latency_s) for ep in report.episodes] == [1, 2, 2]
+    assert [len(ep.step_latency_s) for ep in report.episodes] == [4, 6, 6]
+
+
+def test_wilson_and_newcombe_intervals():
+    low, high = wilson_interval(8, 10)
+    assert (round(low, 4), round(high, 4)) == (0.4902, 0.9433)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    assert wilson_interval(10, 10)[1] == 1.0 and wilson_interval(0, 10)[0] == 0.0
+    # Newcombe (1998), Table II example (h): 56/70 vs 48/80 -> 0.0524 to 0.3339.
+    low, high = diff_interval(56, 70, 48, 80)
+    assert (round(low, 4), round(high, 4)) == (0.0524, 0.3339)
+    with pytest.raises(ValueError):
+        wilson_interval(11, 10)
+
+
+def test_compare_table_json_and_csv(tmp_path):
+    envs = {"reach/a": lambda: ReachEnv(offset=0), "reach/b": lambda: ReachEnv(offset=1)}
+    agents = [("fast", lambda: TinyAgent(speed=1.0)), ("slow", lambda: TinyAgent(speed=0.5))]
+    result = compare(agents, envs, episodes=3, progress=False)
+
+    console = Console(record=True, width=200, file=io.StringIO())
+    console.print(render_table(result))
+    text = console.export_text()
+    assert "fast" in text and "slow" in text and "1.2M" in text
+    assert "100.0% [44-100] n=3" in text and "66.7% [21-94] n=3" in text and "66.7% [30-90] n=6" in text
+
+    json_path, csv_path = result.save(tmp_path / "comparison")
+    assert json_path.parent == csv_path.parent
+    data = json.loads(json_path.read_text())
+    assert data["tasks"] == ["reach/a", "reach/b"]
+    slow = data["rows"][1]
+    assert slow["policy"] == "slow" and slow["num_parameters"] == 1_234_567
+    assert slow["metrics"]["reach/a"]["successes"] == 2 and slow["metrics"]["overall"]["n_episodes"] == 6
+    lines = list(csv.DictReader(csv_path.open()))
+    assert [(r["policy"], r["task"]) for r in lines] == [(a, t) for a in ("fast", "slow") for t in ("reach/a", "reach/b", "overall")]
+    slow_overall = lines[-1]
+    assert float(slow_overall["pc_success"]) == pytest.approx(400 / 6)
+    assert float(slow_overall["ci95_low"]) == pytest.approx(100 * wilson_interval(4, 6)[0])
+
+    # Rows from evaluations already run, e.g. by a demo script.
+    precomputed = ComparisonResult()
+    precomputed.add("again", [evaluate(TinyAgent(), envs["reach/a"], episodes=2, progress=False, env_name="reach/a")])
+    assert precomputed.rows[0].num_parameters == 1_234_567
+    assert math.isclose(precomputed.rows[0].metrics()["overall"]["pc_success"], 100.0)

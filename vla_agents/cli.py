@@ -1,0 +1,135 @@
+"""`vla-agents` command line: demo, collect, train bc, eval, compare, envs, policies.
+
+Each subcommand parses its flags and calls one library function; the work lives in the library.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+
+def _collect(args: argparse.Namespace) -> None:
+    from vla_agents.sim.collect import collect_demos
+
+    report = collect_demos(args.env, args.episodes, args.out, seed=args.seed, image_size=args.image_size)
+    print(f"wrote {report.episodes} successful episodes ({report.attempts} attempts, "
+          f"mean length {report.mean_length:.1f}) to {report.path}")
+
+
+def _train_bc(args: argparse.Namespace) -> None:
+    from vla_agents.train.bc import train_bc
+
+    overrides = dict(json.loads(args.overrides)) if args.overrides else None
+    train_bc(policy=args.policy, data=args.data, steps=args.steps, out_dir=args.out, scale=args.scale,
+             batch_size=args.batch_size, lr=args.lr, save_every=args.save_every, resume=args.resume,
+             seed=args.seed, overrides=overrides)
+    print(f"agent saved to {args.out}")
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from vla_agents.eval.rollout import evaluate_checkpoint
+
+    report = evaluate_checkpoint(args.agent, args.env, episodes=args.episodes, seed=args.seed,
+                                 video_dir=args.video_dir, json_path=args.json)
+    overall = report.to_eval_info()["overall"]
+    print(f"{args.env}: success {overall['pc_success']:.1f}% over {overall['n_episodes']} episodes")
+
+
+def _compare(args: argparse.Namespace) -> None:
+    from vla_agents.eval.compare import compare_checkpoints
+
+    compare_checkpoints(args.agents, args.env, episodes=args.episodes, seed=args.seed,
+                        video_dir=args.video_dir, json_path=args.json)
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from vla_agents.demo import run_demo
+
+    run_demo(out_dir=Path(args.out), episodes=args.episodes, retrain=args.retrain)
+
+
+def _envs(args: argparse.Namespace) -> None:
+    import vla_agents
+
+    print("\n".join(vla_agents.list_envs()))
+
+
+def _policies(args: argparse.Namespace) -> None:
+    import vla_agents
+
+    print("\n".join(vla_agents.list_policies()))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vla-agents", description="VLA policies as Gymnasium agents.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="roll out the shipped agents on the embedded suite: videos + comparison table")
+    p.add_argument("--out", default="runs/demo", help="where videos and tables go")
+    p.add_argument("--episodes", type=int, default=10, help="episodes per agent and task")
+    p.add_argument("--retrain", action="store_true", help="regenerate the shipped checkpoints from scratch first")
+    p.set_defaults(func=_demo)
+
+    p = sub.add_parser("collect", help="scripted-expert demonstrations -> LIBERO-layout HDF5")
+    p.add_argument("env", help="environment spec, e.g. embedded/pick_color")
+    p.add_argument("--episodes", "-n", type=int, default=50, help="successful episodes to write")
+    p.add_argument("--out", required=True, help="output .hdf5 file")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-size", type=int, default=128)
+    p.set_defaults(func=_collect)
+
+    train = sub.add_parser("train", help="fine-tune an agent").add_subparsers(dest="mode", required=True)
+    p = train.add_parser("bc", help="behaviour cloning from demonstration files")
+    p.add_argument("--policy", required=True, help="registered policy name (see `vla-agents policies`)")
+    p.add_argument("--scale", choices=["tiny", "paper"], default="tiny")
+    p.add_argument("--data", nargs="+", required=True, help="LIBERO/robomimic HDF5 files")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch-size", type=int, default=None, help="default: the recipe's")
+    p.add_argument("--lr", type=float, default=None, help="default: the recipe's")
+    p.add_argument("--save-every", type=int, default=500, help="checkpoint period in steps")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint exactly")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overrides", default=None, help='JSON recipe overrides, e.g. \'{"gate_mode": "output_scale"}\'')
+    p.add_argument("--out", required=True, help="output folder (the trained agent)")
+    p.set_defaults(func=_train_bc)
+
+    p = sub.add_parser("eval", help="seeded evaluation episodes with videos and eval_info.json")
+    p.add_argument("--agent", required=True, help="agent folder (save_pretrained output)")
+    p.add_argument("--env", required=True, help="environment spec")
+    p.add_argument("--episodes", type=int, default=50)
+    p.add_argument("--seed", type=int, default=1000, help="first episode seed (demos use 0..)")
+    p.add_argument("--video-dir", default=None)
+    p.add_argument("--json", default=None, help="write LeRobot-style eval_info.json here")
+    p.set_defaults(func=_eval)
+
+    p = sub.add_parser("compare", help="evaluate several agents and print a comparison table")
+    p.add_argument("agents", nargs="+", help="agent folders")
+    p.add_argument("--env", nargs="+", required=True, help="environment specs")
+    p.add_argument("--episodes", type=int, default=20)
+    p.add_argument("--seed", type=int, default=1000)
+    p.add_argument("--video-dir", default=None)
+    p.add_argument("--json", default=None, help="write the table as JSON (and CSV beside it)")
+    p.set_defaults(func=_compare)
+
+    sub.add_parser("envs", help="list environment specs").set_defaults(func=_envs)
+    sub.add_parser("policies", help="list registered policies").set_defaults(func=_policies)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError, ImportError, RuntimeError) as error:
+        print(f"vla-agents {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

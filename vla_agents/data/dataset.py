@@ -1,0 +1,62 @@
+"""Behaviour-cloning samples from demonstration files, in exactly the form policies see at test time.
+
+Each sample is one timestep t of one episode: the observation at t (images rotated to policy
+orientation like `LiberoAdapter`, normalized 8-D proprio) and the next `chunk_size` normalized
+actions. Chunks that run past the episode end repeat the last action and are flagged in
+`action_is_pad`, so a loss can ignore them.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch.utils.data
+
+from vla_agents.data.hdf5 import Episode, read_demos
+from vla_agents.data.normalization import NormStats, compute_norm_stats
+
+VIEWS = {"agentview": "agentview_rgb", "eye_in_hand": "eye_in_hand_rgb"}
+
+
+def episode_proprio(episode: Episode) -> np.ndarray:
+    """(T, 8) = ee_pos, ee_ori (axis-angle), gripper_states: the adapter's proprio layout."""
+    return np.concatenate([episode.obs["ee_pos"], episode.obs["ee_ori"], episode.obs["gripper_states"]], axis=1).astype(np.float32)
+
+
+class DemoDataset(torch.utils.data.Dataset):
+    """All (episode, t) pairs of one or more demonstration files, held in memory."""
+
+    def __init__(self, paths: list[str | Path], chunk_size: int = 8, stats: NormStats | None = None) -> None:
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
+        if not paths:
+            raise ValueError("DemoDataset needs at least one demonstration file")
+        self.chunk_size = chunk_size
+        self.episodes = [ep for p in paths for ep in read_demos(p)]
+        if not self.episodes:
+            raise ValueError(f"no episodes in {[str(p) for p in paths]}")
+        raw_actions = [ep.actions for ep in self.episodes]
+        raw_proprio = [episode_proprio(ep) for ep in self.episodes]
+        self.stats = stats or compute_norm_stats(np.concatenate(raw_actions), np.concatenate(raw_proprio))
+        self.actions = [self.stats.normalize_action(a) for a in raw_actions]
+        self.proprio = [self.stats.normalize_proprio(p) for p in raw_proprio]
+        self.instructions = sorted({ep.instruction for ep in self.episodes})
+        self._task_index = [self.instructions.index(ep.instruction) for ep in self.episodes]
+        self._index = np.array([(e, t) for e, ep in enumerate(self.episodes) for t in range(len(ep))], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        e, t = (int(v) for v in self._index[i])
+        episode, actions = self.episodes[e], self.actions[e]
+        steps = np.arange(t, t + self.chunk_size)
+        return {
+            "images": {view: np.ascontiguousarray(episode.obs[key][t, ::-1, ::-1]) for view, key in VIEWS.items()},
+            "proprio": self.proprio[e][t].copy(),
+            "actions": actions[np.minimum(steps, len(actions) - 1)],
+            "action_is_pad": steps >= len(actions),
+            "instruction": episode.instruction,
+            "task_index": self._task_index[e],
+        }

@@ -1,0 +1,190 @@
+"""Demonstrations in LIBERO's (robomimic-style) HDF5 layout.
+
+Files we record and LIBERO's own downloads load through the same reader, so any policy trains on
+either unchanged. Layout: `data/demo_{i}/{actions, rewards, dones, obs/<key>}`, with the task in
+`data.attrs["problem_info"]` (JSON, `language_instruction`). Images are stored as the renderer
+returns them (upside down, OpenGL), exactly as LIBERO stores them; the 180-degree rotation to
+policy orientation happens at load time.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import h5py
+import numpy as np
+
+IMAGE_OBS = ("agentview_rgb", "eye_in_hand_rgb")
+VECTOR_OBS = {"ee_pos": 3, "ee_ori": 3, "gripper_states": 2, "joint_states": 7}
+OBS_KEYS = (*IMAGE_OBS, *VECTOR_OBS)
+ACTION_DIM = 7
+
+
+@dataclass
+class Episode:
+    """One demonstration: actions (T, 7) float32, obs key -> (T, ...) array, its instruction."""
+
+    actions: np.ndarray
+    obs: dict[str, np.ndarray]
+    instruction: str
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+
+class DemoWriter:
+    """Write episodes of one task to `path`, atomically: to `path.tmp`, renamed on a clean exit.
+
+    A LIBERO file holds one task, named in `problem_info`. Tasks whose wording changes per episode
+    (e.g. "pick up the {target} cube") pass the template here and each episode's instruction to
+    `add_episode`; it is stored as `demo_i.attrs["language_instruction"]`, which the reader prefers.
+    """
+
+    def __init__(self, path: str | Path, instruction: str | None = None, env_name: str = "", env_kwargs: dict[str, Any] | None = None,
+                 problem_name: str | None = None, bddl_file_name: str = "") -> None:
+        self.path = Path(path)
+        self.tmp_path = Path(f"{self.path}.tmp")
+        self.instruction = instruction
+        self.env_name = env_name
+        self.env_kwargs = dict(env_kwargs or {})
+        self.problem_name = problem_name or env_name
+        self.bddl_file_name = bddl_file_name
+        self.num_episodes = 0
+        self.total = 0
+        self._file: h5py.File | None = None
+
+    def __enter__(self) -> DemoWriter:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = h5py.File(self.tmp_path, "w")
+        self._data = self._file.create_group("data")
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        assert self._file is not None
+        if exc_type is None:
+            try:
+                self._write_attrs()
+            except BaseException:
+                self._file.close()
+                self.tmp_path.unlink(missing_ok=True)
+                raise
+            self._file.close()
+            os.replace(self.tmp_path, self.path)
+        else:
+            self._file.close()
+            self.tmp_path.unlink(missing_ok=True)
+        self._file = None
+
+    def add_episode(self, actions: np.ndarray, obs: dict[str, np.ndarray], rewards: np.ndarray | None = None,
+                    dones: np.ndarray | None = None, instruction: str | None = None) -> None:
+        """Append one episode. rewards/dones default to LIBERO's: 0 everywhere, 1 at the last step."""
+        if self._file is None:
+            raise RuntimeError("DemoWriter must be used as a context manager: `with DemoWriter(...) as w:`")
+        instruction = instruction or self.instruction
+        if instruction is None:
+            raise ValueError("no instruction for this episode: pass instruction= to DemoWriter or add_episode")
+        self.instruction = self.instruction or instruction
+        actions = np.asarray(actions, dtype=np.float32)
+        if actions.ndim != 2 or actions.shape[1] != ACTION_DIM or len(actions) == 0:
+            raise ValueError(f"actions must have shape (T, {ACTION_DIM}) with T >= 1, got {actions.shape}")
+        if not np.all(np.isfinite(actions)):
+            raise ValueError("actions contain NaN or inf")
+        T = len(actions)
+        _check_obs(obs, T, where="add_episode")
+        rewards, dones = (np.asarray(x) if x is not None else _last_step_flag(T) for x in (rewards, dones))
+        for name, x in (("rewards", rewards), ("dones", dones)):
+            if x.shape != (T,):
+                raise ValueError(f"{name} must have shape ({T},) like actions, got {x.shape}")
+
+        demo = self._data.create_group(f"demo_{self.num_episodes}")
+        demo.create_dataset("actions", data=actions)
+        demo.create_dataset("rewards", data=rewards)
+        demo.create_dataset("dones", data=dones)
+        obs_group = demo.create_group("obs")
+        for key, value in obs.items():
+            value = np.asarray(value)
+            if key in IMAGE_OBS:
+                obs_group.create_dataset(key, data=value, compression="lzf", chunks=(1, *value.shape[1:]))
+            else:
+                obs_group.create_dataset(key, data=value)
+        demo.attrs["num_samples"] = T
+        demo.attrs["language_instruction"] = instruction
+        self.num_episodes += 1
+        self.total += T
+
+    def _write_attrs(self) -> None:
+        if self.instruction is None:
+            raise ValueError(f"no instruction for {self.path}: pass instruction= to DemoWriter or add_episode")
+        self._data.attrs["total"] = self.total
+        self._data.attrs["num_demos"] = self.num_episodes
+        self._data.attrs["env_name"] = self.env_name
+        self._data.attrs["bddl_file_name"] = self.bddl_file_name
+        self._data.attrs["macros_image_convention"] = "opengl"
+        self._data.attrs["env_args"] = json.dumps({"type": 1, "env_name": self.env_name, "problem_name": self.problem_name,
+                                                   "bddl_file": self.bddl_file_name, "env_kwargs": self.env_kwargs})
+        self._data.attrs["problem_info"] = json.dumps({"problem_name": self.problem_name, "domain_name": "robosuite",
+                                                       "language_instruction": self.instruction})
+
+
+def read_demos(path: str | Path) -> list[Episode]:
+    """All episodes of one file (ours or LIBERO's), in demo index order; extra keys are ignored."""
+    path = Path(path)
+    with h5py.File(path, "r") as f:
+        if "data" not in f:
+            raise ValueError(f"{path}: no 'data' group; not a LIBERO/robomimic demonstration file")
+        data = f["data"]
+        instruction = _instruction(path, data.attrs)
+        names = sorted((k for k in data if re.fullmatch(r"demo_\d+", k)), key=lambda k: int(k.split("_")[1]))
+        episodes = []
+        for name in names:
+            demo = data[name]
+            if "actions" not in demo:
+                raise ValueError(f"{path}: {name} has no 'actions' dataset")
+            if "obs" not in demo:
+                raise ValueError(f"{path}: {name} has no 'obs' group; expected obs keys {list(OBS_KEYS)}")
+            missing = [k for k in OBS_KEYS if k not in demo["obs"]]
+            if missing:
+                raise ValueError(f"{path}: {name}/obs is missing key(s) {missing}; expected {list(OBS_KEYS)}")
+            actions = np.asarray(demo["actions"][()], dtype=np.float32)
+            obs = {k: demo["obs"][k][()] for k in OBS_KEYS}
+            if actions.ndim != 2 or actions.shape[1] != ACTION_DIM:
+                raise ValueError(f"{path}: {name}/actions must have shape (T, {ACTION_DIM}), got {actions.shape}")
+            _check_obs(obs, len(actions), where=f"{path}: {name}/obs")
+            episodes.append(Episode(actions=actions, obs=obs, instruction=str(demo.attrs.get("language_instruction", instruction))))
+    return episodes
+
+
+def _instruction(path: Path, attrs: h5py.AttributeManager) -> str:
+    raw = attrs.get("problem_info")
+    if raw is None:
+        raise ValueError(f"{path}: data.attrs has no 'problem_info'; cannot tell the task's language instruction")
+    info = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+    text = info.get("language_instruction")
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"{path}: data.attrs['problem_info'] has no 'language_instruction' string: {info}")
+    return text
+
+
+def _check_obs(obs: dict[str, np.ndarray], T: int, where: str) -> None:
+    missing = [k for k in OBS_KEYS if k not in obs]
+    if missing:
+        raise ValueError(f"{where}: obs is missing key(s) {missing}; expected {list(OBS_KEYS)}")
+    for key in IMAGE_OBS:
+        img = np.asarray(obs[key])
+        if img.ndim != 4 or img.shape[0] != T or img.shape[3] != 3 or img.dtype != np.uint8:
+            raise ValueError(f"{where}: {key!r} must be uint8 of shape ({T}, H, W, 3), got {img.dtype} {img.shape}")
+    for key, dim in VECTOR_OBS.items():
+        vec = np.asarray(obs[key])
+        if vec.shape != (T, dim):
+            raise ValueError(f"{where}: {key!r} must have shape ({T}, {dim}), got {vec.shape}")
+
+
+def _last_step_flag(T: int) -> np.ndarray:
+    flag = np.zeros(T, dtype=np.uint8)
+    flag[-1] = 1
+    return flag

@@ -1,0 +1,158 @@
+"""Side-by-side evaluation of several agents on the same tasks and seeds, reported as a rich
+table (success % with 95% Wilson intervals, size, latency) and as JSON/CSV for later analysis.
+
+Data lives in `ComparisonResult`; the `Table` is only built when printing (rich #1331)."""
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+from rich.table import Table
+
+from vla_agents.eval.rollout import EvalReport, episode_metrics, evaluate, slugify
+
+OVERALL = "overall"
+_CSV_FIELDS = ["policy", "num_parameters", "task", "successes", "n_episodes", "pc_success", "ci95_low", "ci95_high",
+               "mean_length", "n_errors", "step_ms_p50", "step_ms_p95", "chunk_ms_p50", "chunk_ms_p95"]
+
+
+def format_parameters(count: int | None) -> str:
+    """Human-readable parameter count: 1234567 -> '1.2M'."""
+    if count is None:
+        return "-"
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if count >= scale:
+            return f"{count / scale:.1f}{unit}"
+    return str(count)
+
+
+@dataclass
+class ComparisonRow:
+    """One agent's evaluations, keyed by environment name."""
+
+    name: str
+    reports: dict[str, EvalReport]
+    num_parameters: int | None = None
+
+    def metrics(self) -> dict[str, dict[str, Any]]:
+        """Task name (and 'overall', pooling every episode) -> `episode_metrics`."""
+        per_task = {task: episode_metrics(report.episodes) for task, report in self.reports.items()}
+        per_task[OVERALL] = episode_metrics([ep for report in self.reports.values() for ep in report.episodes])
+        return per_task
+
+
+@dataclass
+class ComparisonResult:
+    rows: list[ComparisonRow] = field(default_factory=list)
+
+    def add(self, name: str, reports: Iterable[EvalReport], num_parameters: int | None = None) -> ComparisonRow:
+        """Add an agent from evaluations already run (e.g. by `evaluate`)."""
+        by_task: dict[str, EvalReport] = {}
+        for report in reports:
+            if report.env_name in by_task:
+                raise ValueError(f"two reports for {report.env_name!r} in row {name!r}")
+            by_task[report.env_name] = report
+        if num_parameters is None:
+            num_parameters = next((r.num_parameters for r in by_task.values() if r.num_parameters is not None), None)
+        row = ComparisonRow(name, by_task, num_parameters)
+        self.rows.append(row)
+        return row
+
+    @property
+    def tasks(self) -> list[str]:
+        """Every task any row was evaluated on, in first-seen order."""
+        return list(dict.fromkeys(task for row in self.rows for task in row.reports))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "tasks": self.tasks,
+            "rows": [{"policy": row.name, "num_parameters": row.num_parameters, "metrics": row.metrics()} for row in self.rows],
+        }
+
+    def to_json(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=2))
+        return path
+
+    def to_csv(self, path: str | Path) -> Path:
+        """One line per (policy, task), plus a pooled 'overall' line per policy; percentages in %."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=_CSV_FIELDS)
+            writer.writeheader()
+            for row in self.rows:
+                for task, m in row.metrics().items():
+                    low, high = m["pc_success_ci95"]
+                    writer.writerow({"policy": row.name, "num_parameters": row.num_parameters, "task": task,
+                                     "ci95_low": low, "ci95_high": high,
+                                     **{k: m[k] for k in _CSV_FIELDS if k in m}})
+        return path
+
+    def save(self, path: str | Path) -> tuple[Path, Path]:
+        """Write `<path>.json` and `<path>.csv` beside each other."""
+        path = Path(path)
+        return self.to_json(path.with_suffix(".json")), self.to_csv(path.with_suffix(".csv"))
+
+
+def _cell(m: dict[str, Any]) -> str:
+    low, high = m["pc_success_ci95"]
+    return f"{m['pc_success']:.1f}% [{low:.0f}-{high:.0f}] n={m['n_episodes']}"
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2f}" if value < 10 else f"{value:.0f}"
+
+
+def render_table(result: ComparisonResult, title: str = "Agent comparison") -> Table:
+    """One row per agent; the best success rate in each task column is bold."""
+    tasks = [*result.tasks, OVERALL]
+    metrics = [row.metrics() for row in result.rows]
+    best = {task: max((m[task]["pc_success"] for m in metrics if task in m), default=None) for task in tasks}
+    table = Table(title=title, caption="success % [95% Wilson interval]; latency = time inside act(), p50")
+    table.add_column("policy", style="cyan")
+    table.add_column("params", justify="right")
+    for task in tasks:
+        table.add_column(task, justify="right")
+    for name in ("mean len", "step ms", "chunk ms"):
+        table.add_column(name, justify="right")
+    for row, m in zip(result.rows, metrics):
+        cells = []
+        for task in tasks:
+            if task not in m:
+                cells.append("-")
+            else:
+                text = _cell(m[task])
+                cells.append(f"[bold]{text}[/bold]" if len(result.rows) > 1 and m[task]["pc_success"] == best[task] else text)
+        overall = m[OVERALL]
+        table.add_row(row.name, format_parameters(row.num_parameters), *cells, f"{overall['mean_length']:.1f}",
+                      _ms(overall["step_ms_p50"]), _ms(overall["chunk_ms_p50"]))
+    return table
+
+
+def compare(agents: Sequence[tuple[str, Callable[[], Any]]], envs: Sequence[str] | Mapping[str, Callable[[], gym.Env]],
+            episodes: int, seed: int = 0, video_dir: str | Path | None = None, progress: bool = True,
+            max_steps: int | None = None) -> ComparisonResult:
+    """Evaluate every agent on every environment with the same seeds.
+
+    `envs` is a list of `make_env` specs or a mapping name -> env factory. Each agent factory is
+    called once; the agent is reset between episodes. Videos go to `video_dir/<agent>/<task>/`."""
+    sources: dict[str, str | Callable[[], gym.Env]] = dict(envs) if isinstance(envs, Mapping) else {spec: spec for spec in envs}
+    result = ComparisonResult()
+    for name, factory in agents:
+        agent = factory()
+        reports = [
+            evaluate(agent, source, episodes, seed=seed, progress=progress, max_steps=max_steps, env_name=task,
+                     video_dir=Path(video_dir) / slugify(name) / slugify(task) if video_dir else None)
+            for task, source in sources.items()
+        ]
+        result.add(name, reports)
+    return result

@@ -1,0 +1,261 @@
+"""Run agents in environments: one episode (`run_episode`) or a seeded evaluation (`evaluate`)
+that survives crashing episodes and reports in LeRobot's `eval_info.json` shape."""
+from __future__ import annotations
+
+import logging
+import re
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+
+from vla_agents.eval.stats import wilson_interval
+from vla_agents.eval.video import VideoWriter, compose_frame
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_VIEWS = ("agentview", "robot0_eye_in_hand")
+
+
+@dataclass
+class EpisodeResult:
+    """What happened in one episode. Latencies are wall-clock seconds spent inside `agent.act`:
+    `step_latency_s` has one entry per env step, `chunk_latency_s` only the calls that ran the
+    model (the rest popped an action queue)."""
+
+    seed: int
+    success: bool = False
+    length: int = 0
+    sum_reward: float = 0.0
+    max_reward: float = 0.0
+    error: str | None = None
+    error_source: str | None = None  # "agent", "env" or "video": where `error` was raised
+    instruction: str = ""
+    step_latency_s: list[float] = field(default_factory=list)
+    chunk_latency_s: list[float] = field(default_factory=list)
+    video_path: str | None = None
+
+
+def slugify(text: str, max_chars: int = 50) -> str:
+    """OpenVLA-style file-name slug: lower-case snake case, truncated."""
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:max_chars] or "task"
+
+
+def _step_limit(env: gym.Env) -> int | None:
+    limit = getattr(env.unwrapped, "max_episode_steps", None)
+    if limit is None and env.spec is not None:
+        limit = env.spec.max_episode_steps
+    return limit
+
+
+def _error_summary(exc: BaseException) -> str:
+    """`Type: message (at file:line in function)`, pointing at the innermost frame."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno} in {frames[-1].name})" if frames else ""
+    return f"{type(exc).__name__}: {exc}{where}"
+
+
+def _policy_views(obs: dict[str, Any], views: Sequence[str]) -> dict[str, np.ndarray]:
+    """Raw LIBERO images are upside down (OpenGL); policies and viewers see them rotated 180 degrees."""
+    images = {}
+    for view in views:
+        key = f"{view}_image"
+        if key not in obs:
+            raise KeyError(f"observation has no {key!r} for video view {view!r}; keys: {sorted(obs)}")
+        images[view] = np.ascontiguousarray(np.asarray(obs[key])[::-1, ::-1])
+    return images
+
+
+def _caption_lines(result: EpisodeResult, step: int) -> list[str]:
+    return [result.instruction, f"step {step}", f"success: {result.success}"]
+
+
+def run_episode(env: gym.Env, agent: Any, seed: int, max_steps: int | None = None,
+                video_path: str | Path | None = None, views: Sequence[str] = DEFAULT_VIEWS,
+                fps: int = 20) -> EpisodeResult:
+    """Play one episode; exceptions from the agent or env end it and are recorded, not raised.
+
+    The video has one frame per observation (length + 1): frame t shows observation t with the
+    attention the agent computed while acting on it. `{success}` and `{task}` in `video_path`
+    are filled in at the end, so file names can carry the outcome."""
+    result = EpisodeResult(seed=seed)
+    limit = max_steps if max_steps is not None else _step_limit(env)
+    writer = VideoWriter(video_path, fps=fps) if video_path is not None else None
+    stage = "agent"
+    try:
+        agent.reset()
+        stage = "env"
+        obs, _ = env.reset(seed=seed)
+        result.instruction = str(obs.get("language_instruction", ""))
+        while limit is None or result.length < limit:
+            stage = "agent"
+            calls_before = getattr(agent, "model_calls", None)
+            start = time.perf_counter()
+            action = np.asarray(agent.act(obs))
+            elapsed = time.perf_counter() - start
+            result.step_latency_s.append(elapsed)
+            if calls_before is None or agent.model_calls != calls_before:
+                result.chunk_latency_s.append(elapsed)
+            if writer is not None:
+                stage = "video"
+                writer.append(compose_frame(_policy_views(obs, views), getattr(agent, "last_attention", None),
+                                            _caption_lines(result, result.length)))
+            stage = "env"
+            obs, reward, terminated, truncated, info = env.step(action)
+            result.sum_reward += float(reward)
+            result.max_reward = float(reward) if result.length == 0 else max(result.max_reward, float(reward))
+            result.length += 1
+            result.success = result.success or bool(info.get("success", False))
+            if terminated or truncated:
+                break
+        if writer is not None:
+            stage = "video"
+            writer.append(compose_frame(_policy_views(obs, views), None, _caption_lines(result, result.length)))
+    except Exception as exc:  # noqa: BLE001 - one bad episode must not end an evaluation
+        result.error, result.error_source = _error_summary(exc), stage
+        logger.warning("episode with seed %d failed in the %s: %s", seed, stage, result.error, exc_info=True)
+    except BaseException:
+        if writer is not None:
+            writer.close(keep=False)
+        raise
+    if writer is not None:
+        name = str(video_path).replace("{success}", str(result.success)).replace("{task}", slugify(result.instruction))
+        writer.path = Path(name)
+        final = writer.close()
+        result.video_path = str(final) if final is not None else None
+    return result
+
+
+def _percentile_ms(seconds: list[float], q: float) -> float | None:
+    return float(np.percentile(seconds, q) * 1000.0) if seconds else None
+
+
+def episode_metrics(episodes: Sequence[EpisodeResult]) -> dict[str, Any]:
+    """Aggregate metrics over episodes: LeRobot's keys plus successes, a 95% Wilson interval,
+    mean length and `act` latency percentiles (ms, per step and per model-running chunk call)."""
+    n = len(episodes)
+    successes = sum(ep.success for ep in episodes)
+    low, high = wilson_interval(successes, n)
+    steps = [s for ep in episodes for s in ep.step_latency_s]
+    chunks = [s for ep in episodes for s in ep.chunk_latency_s]
+    return {
+        "avg_sum_reward": float(np.mean([ep.sum_reward for ep in episodes])) if n else 0.0,
+        "avg_max_reward": float(np.mean([ep.max_reward for ep in episodes])) if n else 0.0,
+        "pc_success": 100.0 * successes / n if n else 0.0,
+        "pc_success_ci95": [100.0 * low, 100.0 * high],
+        "successes": successes,
+        "n_episodes": n,
+        "n_errors": sum(ep.error is not None for ep in episodes),
+        "mean_length": float(np.mean([ep.length for ep in episodes])) if n else 0.0,
+        "step_ms_p50": _percentile_ms(steps, 50),
+        "step_ms_p95": _percentile_ms(steps, 95),
+        "chunk_ms_p50": _percentile_ms(chunks, 50),
+        "chunk_ms_p95": _percentile_ms(chunks, 95),
+    }
+
+
+@dataclass
+class EvalReport:
+    """The episodes of one agent on one environment, plus what is needed to report them."""
+
+    env_name: str  # "<suite>/<task>", e.g. "embedded/pick_color"
+    policy_name: str
+    episodes: list[EpisodeResult]
+    eval_s: float
+    num_parameters: int | None = None
+
+    def metrics(self) -> dict[str, Any]:
+        n = len(self.episodes)
+        return {
+            **episode_metrics(self.episodes),
+            "eval_s": self.eval_s,
+            "eval_ep_s": self.eval_s / n if n else 0.0,
+            "video_paths": [ep.video_path for ep in self.episodes if ep.video_path],
+        }
+
+    def to_eval_info(self) -> dict[str, Any]:
+        """LeRobot's `eval_info.json` layout (per_episode, per_task, per_group, overall)."""
+        group, _, task = self.env_name.partition("/")
+        metrics = self.metrics()
+        return {
+            "per_episode": [
+                {"episode_ix": i, "sum_reward": ep.sum_reward, "max_reward": ep.max_reward, "success": ep.success,
+                 "seed": ep.seed, "length": ep.length, "error": ep.error}
+                for i, ep in enumerate(self.episodes)
+            ],
+            "per_task": [{"task_group": group, "task_id": task or group, "metrics": metrics}],
+            "per_group": {group: metrics},
+            "overall": metrics,
+        }
+
+
+def _agent_name(agent: Any) -> str:
+    return getattr(agent, "policy_name", None) or type(agent).__name__
+
+
+def _num_parameters(agent: Any) -> int | None:
+    count = getattr(agent, "num_parameters", None)
+    return int(count()) if callable(count) else None
+
+
+def _close_quietly(env: gym.Env) -> None:
+    try:
+        env.close()
+    except Exception:  # noqa: BLE001 - a broken env may fail to close; we are discarding it anyway
+        logger.debug("closing a failed environment raised", exc_info=True)
+
+
+def evaluate(agent: Any, env: str | Callable[[], gym.Env], episodes: int, seed: int = 0,
+             video_dir: str | Path | None = None, progress: bool = True, max_steps: int | None = None,
+             env_name: str | None = None, fps: int = 20) -> EvalReport:
+    """Run `episodes` episodes with seeds seed, seed+1, ...
+
+    `agent` is an agent or a zero-argument factory; `env` is a `make_env` spec or a zero-argument
+    env factory. A failed episode is recorded (see `EpisodeResult.error`) and the evaluation goes
+    on, on a fresh environment when the env itself raised. Videos are written to `video_dir` as
+    `episode=<i>--success=<bool>--task=<slug>.mp4`."""
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    if isinstance(agent, type) or not hasattr(agent, "act"):  # a class is a factory, not an agent
+        if not callable(agent):
+            raise TypeError(f"expected an agent with act() or a factory returning one, got {type(agent).__name__}")
+        agent = agent()
+    if isinstance(env, str):
+        from vla_agents.sim import make_env
+
+        spec = env
+        make: Callable[[], gym.Env] = lambda: make_env(spec)  # noqa: E731
+    elif callable(env):
+        make = env
+    else:
+        raise TypeError(f"env must be a make_env spec string or an env factory, got {type(env).__name__}")
+    instance = make()
+    name = env_name or (env if isinstance(env, str) else getattr(instance.unwrapped, "task_name", type(instance.unwrapped).__name__))
+    policy = _agent_name(agent)
+    results: list[EpisodeResult] = []
+    start = time.perf_counter()
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[sr]}"), TimeElapsedColumn(), TimeRemainingColumn())
+    try:
+        with Progress(*columns, transient=True, disable=not progress) as bar:
+            task = bar.add_task(f"{policy} on {name}", total=episodes, sr="")
+            for i in range(episodes):
+                path = Path(video_dir) / f"episode={i}--success={{success}}--task={{task}}.mp4" if video_dir else None
+                result = run_episode(instance, agent, seed + i, max_steps=max_steps, video_path=path, fps=fps)
+                results.append(result)
+                if result.error_source == "env":
+                    _close_quietly(instance)
+                    instance = make()
+                wins = sum(r.success for r in results)
+                bar.update(task, advance=1, sr=f"success {wins}/{len(results)}")
+    finally:
+        _close_quietly(instance)
+    return EvalReport(env_name=name, policy_name=policy, episodes=results, eval_s=time.perf_counter() - start,
+                      num_parameters=_num_parameters(agent))

@@ -1,0 +1,35 @@
+"""Confidence intervals for success rates. Robot evals run 10-50 episodes per task, where the
+normal approximation fails (8/10 would give an upper bound above 100%); Wilson intervals do not."""
+from __future__ import annotations
+
+import math
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval for a success proportion, as fractions in [0, 1].
+
+    With no trials nothing is known, so the interval is the whole (0, 1)."""
+    if n < 0 or not 0 <= successes <= max(n, 0):
+        raise ValueError(f"need 0 <= successes <= n, got successes={successes}, n={n}")
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    denom = 1.0 + z * z / n
+    center = (p + z * z / (2 * n)) / denom
+    half = z / denom * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, center - half), min(1.0, center + half)
+
+
+def diff_interval(successes_a: int, n_a: int, successes_b: int, n_b: int, z: float = 1.96) -> tuple[float, float]:
+    """Interval for p_a - p_b from the two Wilson intervals (Newcombe 1998, method 10).
+
+    Use it to ask whether agent A beats agent B: the difference is significant when the interval
+    excludes 0."""
+    low_a, high_a = wilson_interval(successes_a, n_a, z)
+    low_b, high_b = wilson_interval(successes_b, n_b, z)
+    p_a = successes_a / n_a if n_a else 0.5
+    p_b = successes_b / n_b if n_b else 0.5
+    diff = p_a - p_b
+    low = diff - math.sqrt((p_a - low_a) ** 2 + (high_b - p_b) ** 2)
+    high = diff + math.sqrt((high_a - p_a) ** 2 + (p_b - low_b) ** 2)
+    return max(-1.0, low), min(1.0, high)

@@ -1,0 +1,72 @@
+"""Record scripted-expert demonstrations into LIBERO's HDF5 layout.
+
+Only successful episodes are written, as LIBERO's demonstration files hold only successes.
+Observation t is stored with action t, the pairing behaviour cloning trains on.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from vla_agents.adapters.libero import quat2axisangle
+from vla_agents.data.hdf5 import DemoWriter
+from vla_agents.sim import make_env
+from vla_agents.sim.experts import ScriptedExpert
+
+
+@dataclass
+class CollectionReport:
+    path: Path
+    episodes: int
+    attempts: int
+    mean_length: float
+
+
+def record_episode(env, expert: ScriptedExpert, seed: int) -> tuple[bool, np.ndarray, dict[str, np.ndarray]]:
+    """Roll the expert out once; return (success, actions (T, 7), LIBERO obs arrays (T, ...))."""
+    obs, info = env.reset(seed=seed)
+    expert.reset()
+    frames: dict[str, list] = {k: [] for k in ("agentview_rgb", "eye_in_hand_rgb", "ee_pos", "ee_ori", "gripper_states", "joint_states")}
+    actions = []
+    terminated = truncated = False
+    while not (terminated or truncated):
+        frames["agentview_rgb"].append(obs["agentview_image"])
+        frames["eye_in_hand_rgb"].append(obs["robot0_eye_in_hand_image"])
+        frames["ee_pos"].append(obs["robot0_eef_pos"])
+        frames["ee_ori"].append(quat2axisangle(obs["robot0_eef_quat"]))
+        frames["gripper_states"].append(obs["robot0_gripper_qpos"])
+        frames["joint_states"].append(obs["robot0_joint_pos"])
+        action = expert.act(obs)
+        actions.append(action)
+        obs, _, terminated, truncated, info = env.step(action)
+    arrays = {k: np.stack(v) for k, v in frames.items()}
+    return bool(info["success"]), np.stack(actions).astype(np.float32), arrays
+
+
+def collect_demos(spec: str, episodes: int, out: str | Path, seed: int = 0, image_size: int = 128, max_attempts: int | None = None) -> CollectionReport:
+    """Write `episodes` successful expert episodes of `spec` to `out` (seeds seed, seed+1, ...)."""
+    if episodes < 1:
+        raise ValueError(f"--episodes must be at least 1, got {episodes}")
+    env = make_env(spec, image_size=image_size)
+    expert = ScriptedExpert(env)
+    max_attempts = max_attempts or 2 * episodes + 10
+    lengths, attempts = [], 0
+    columns = (TextColumn("[bold]collect[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn())
+    with DemoWriter(out, instruction=env.unwrapped.spec_.instruction, env_name=spec,
+                    env_kwargs={"image_size": image_size}) as writer, Progress(*columns) as progress:
+        bar = progress.add_task(spec, total=episodes, status="")
+        while len(lengths) < episodes:
+            if attempts >= max_attempts:
+                raise RuntimeError(f"only {len(lengths)}/{episodes} successful episodes after {attempts} attempts on {spec}")
+            success, actions, obs = record_episode(env, expert, seed + attempts)
+            attempts += 1
+            if success:
+                writer.add_episode(actions, obs, instruction=env.unwrapped.instruction)
+                lengths.append(len(actions))
+                progress.update(bar, advance=1, status=f"success {len(lengths)}/{attempts}")
+    env.close()
+    return CollectionReport(Path(out), len(lengths), attempts, float(np.mean(lengths)))
