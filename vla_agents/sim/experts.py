@@ -29,11 +29,17 @@ class ScriptedExpert:
 
     policy_name = "scripted-expert"
 
-    def __init__(self, env: EmbeddedEnv, gain: float = 1.5, tolerance: float = 0.01, noise: float = 0.0, seed: int = 0):
-        self.env = env.unwrapped
+    def __init__(self, env: EmbeddedEnv | None = None, gain: float = 1.5, tolerance: float = 0.01, noise: float = 0.0, seed: int = 0):
+        self.env = env.unwrapped if env is not None else None
         self.gain, self.tolerance, self.noise = gain, tolerance, noise
         self.rng = np.random.default_rng(seed)
         self.reset()
+
+    def bind(self, env: EmbeddedEnv) -> EmbeddedEnv:
+        """Act in `env` from now on (the expert reads its privileged state); returns `env`."""
+        self.env = env.unwrapped
+        self.reset()
+        return env
 
     def reset(self) -> None:
         self.plan: list[Waypoint] | None = None
@@ -65,6 +71,8 @@ class ScriptedExpert:
         ]
 
     def act(self, obs=None) -> np.ndarray:
+        if self.env is None:
+            raise RuntimeError("ScriptedExpert has no environment: pass env= or call bind(env) first")
         if self.plan is None:
             self.plan = self._make_plan()
         waypoint = self.plan[self.index]

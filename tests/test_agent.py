@@ -1,0 +1,167 @@
+"""VLAAgent: queue semantics, save/load round trip, paper-scale loading path, clear load errors."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vla_agents.agent import load_agent, make_agent
+from vla_agents.data.normalization import compute_norm_stats
+
+SMALL = dict(image_size=32, vit_depth=1, llm_layers=2)
+
+
+def raw_obs(size: int = 48, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    return {
+        "agentview_image": rng.integers(0, 255, (size, size, 3), dtype=np.uint8),
+        "robot0_eye_in_hand_image": rng.integers(0, 255, (size, size, 3), dtype=np.uint8),
+        "robot0_eef_pos": rng.normal(size=3),
+        "robot0_eef_quat": np.array([0.0, 0.0, 0.0, 1.0]),
+        "robot0_gripper_qpos": np.array([0.02, -0.02]),
+        "robot0_joint_pos": np.zeros(7),
+        "language_instruction": "pick up the red cube",
+    }
+
+
+def stats(action_dim: int = 7):
+    rng = np.random.default_rng(0)
+    return compute_norm_stats(rng.normal(size=(100, action_dim)), rng.normal(size=(100, 8)))
+
+
+def count_predict(agent) -> list[int]:
+    calls = [0]
+    predict = agent.model.predict
+
+    def spy(batch):
+        calls[0] += 1
+        return predict(batch)
+
+    agent.model.predict = spy
+    return calls
+
+
+@pytest.mark.parametrize("policy", ["oft", "vla_adapter"])
+def test_queue_runs_model_once_per_chunk(policy: str) -> None:
+    agent = make_agent(policy, stats=stats(), **SMALL)
+    calls = count_predict(agent)
+    actions = [agent.act(raw_obs()) for _ in range(17)]
+    assert calls[0] == 3  # steps 0, 8, 16
+    assert all(a.shape == (7,) and a[6] in (-1.0, 1.0) for a in actions)
+    heat = agent.last_attention.heatmaps
+    assert set(heat) == {"agentview", "eye_in_hand"} and heat["agentview"].shape == (2, 2)
+    agent.reset()
+    agent.act(raw_obs())
+    assert calls[0] == 4  # reset empties the queue
+    assert agent.act_chunk(raw_obs()).shape == (8, 7)
+
+
+def test_temporal_ensembling_queries_every_step() -> None:
+    agent = make_agent("oft", stats=stats(), temporal_ensemble=True, **SMALL)
+    calls = count_predict(agent)
+    for _ in range(10):
+        agent.act(raw_obs())
+    assert calls[0] == 10 and len(agent._history) == 8
+
+
+def test_prompt_tokenization_is_cached() -> None:
+    agent = make_agent("oft", **SMALL)
+    assert agent.prompt_ids("pick up the red cube") is agent.prompt_ids("pick up the red cube")
+    images = {"agentview": np.zeros((48, 48, 3), np.uint8), "eye_in_hand": np.zeros((48, 48, 3), np.uint8)}
+    items = [{"images": images, "proprio": np.zeros(8, np.float32), "instruction": s} for s in ("a", "longer one")]
+    batch = agent.collate(items, train=True)
+    assert batch["images"].shape == (2, 2, 3, 32, 32)
+    assert batch["attention_mask"][0, 0] == 1 and batch["attention_mask"][0, 1] == 0  # start token, then left pad
+
+
+@pytest.mark.parametrize("policy", ["oft", "vla_adapter"])
+def test_save_load_round_trip(policy: str, tmp_path: Path) -> None:
+    agent = make_agent(policy, stats=stats(), gate_mode="output_scale", **SMALL) if policy == "vla_adapter" \
+        else make_agent(policy, stats=stats(), **SMALL)
+    agent.save_pretrained(tmp_path / "agent")
+    agent.save_pretrained(tmp_path / "agent")  # overwriting is atomic too
+    loaded = load_agent(tmp_path / "agent")
+    np.testing.assert_array_equal(agent.act_chunk(raw_obs()), loaded.act_chunk(raw_obs()))
+    assert loaded.recipe == agent.recipe and loaded.num_parameters() == agent.num_parameters()
+    assert not list(tmp_path.glob(".agent.*"))
+
+
+def test_paper_scale_loading_path(tmp_path: Path) -> None:
+    """Tiny random SigLIP + DINOv2 + Qwen2 saved locally and loaded through the paper recipe."""
+    from transformers import Dinov2Config, Dinov2Model, Qwen2Config, Qwen2ForCausalLM, SiglipVisionConfig, SiglipVisionModel
+
+    from vla_agents.models.backbones import build_byte_tokenizer
+
+    vit = dict(image_size=28, patch_size=14, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    SiglipVisionModel(SiglipVisionConfig(**vit)).save_pretrained(tmp_path / "siglip")
+    Dinov2Model(Dinov2Config(**vit)).save_pretrained(tmp_path / "dinov2")
+    Qwen2ForCausalLM(Qwen2Config(vocab_size=300, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                 num_key_value_heads=2, intermediate_size=64)).save_pretrained(tmp_path / "qwen")
+    build_byte_tokenizer().save_pretrained(tmp_path / "qwen")
+
+    paths = dict(siglip_path=str(tmp_path / "siglip"), dinov2_path=str(tmp_path / "dinov2"), llm_path=str(tmp_path / "qwen"))
+    for policy in ("oft", "vla_adapter"):
+        agent = make_agent(policy, scale="paper", stats=stats(), image_size=28, **paths)
+        assert agent.model.backbone.vision.fused and agent.model.backbone.vision.dim == 64
+        assert agent.act(raw_obs()).shape == (7,)
+        assert agent.last_attention.heatmaps["eye_in_hand"].shape == (2, 2)
+        agent.enable_lora(rank=4, alpha=8)
+        assert any("lora_" in n for n, p in agent.model.named_parameters() if p.requires_grad)
+        agent.save_pretrained(tmp_path / f"agent-{policy}")
+    import shutil
+    for name in ("siglip", "dinov2", "qwen"):
+        shutil.rmtree(tmp_path / name)  # a saved agent no longer needs the original folders
+    for policy in ("oft", "vla_adapter"):
+        loaded = load_agent(tmp_path / f"agent-{policy}")
+        assert loaded.act_chunk(raw_obs()).shape == (8, 7)
+
+
+def test_load_errors_are_clear(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="agent folder not found"):
+        load_agent(tmp_path / "nope")
+    with pytest.raises(ValueError, match="unknown policy 'nope'"):
+        make_agent("nope")
+
+    good = tmp_path / "good"
+    make_agent("oft", stats=stats(), **SMALL).save_pretrained(good)
+
+    def broken(name: str) -> Path:
+        import shutil
+        path = tmp_path / name
+        shutil.copytree(good, path)
+        return path
+
+    path = broken("no-weights")
+    (path / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        load_agent(path)
+
+    path = broken("corrupt")
+    (path / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"corrupt agent file .*config.json"):
+        load_agent(path)
+
+    path = broken("unknown-policy")
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**config, "policy": "nope"}))
+    with pytest.raises(ValueError, match="unknown policy"):
+        load_agent(path)
+
+    path = broken("config-vs-stats")
+    (path / "norm_stats.json").write_text(json.dumps(stats(6).to_dict()))
+    with pytest.raises(ValueError, match="action-dimension mismatch"):
+        load_agent(path)
+
+    path = broken("weights-vs-config")
+    config = json.loads((path / "config.json").read_text())
+    config["action_dim"] = config["recipe"]["action_dim"] = 6
+    (path / "config.json").write_text(json.dumps(config))
+    (path / "norm_stats.json").write_text(json.dumps(stats(6).to_dict()))
+    with pytest.raises(ValueError, match="action-dimension"):
+        load_agent(path)
+
+    with pytest.raises(ValueError, match="action-dimension mismatch"):
+        make_agent("oft", stats=stats(6), **SMALL)

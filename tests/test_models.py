@@ -1,0 +1,131 @@
+"""Policy models: shapes, OFT's zero action slots and single pass, VLA-Adapter's bridge gate."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from vla_agents.models.vla_adapter import BridgeAttention
+from vla_agents.policies import build_model, load_recipe
+
+SMALL = dict(image_size=32, vit_depth=1, llm_layers=2)
+
+
+def batch(b: int = 2, views: int = 2, size: int = 32, length: int = 7) -> dict[str, torch.Tensor]:
+    mask = torch.ones(b, length, dtype=torch.long)
+    mask[1, 1:3] = 0  # left-padded rest of prompt
+    return {
+        "images": torch.rand(b, views, 3, size, size),
+        "proprio": torch.randn(b, 8),
+        "input_ids": torch.randint(2, 200, (b, length)),
+        "attention_mask": mask,
+        "actions": torch.randn(b, 8, 7),
+        "action_is_pad": torch.zeros(b, 8, dtype=torch.bool),
+    }
+
+
+@pytest.mark.parametrize("policy", ["oft", "vla_adapter"])
+def test_policy_shapes_and_loss(policy: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(load_recipe(policy, "tiny", SMALL))
+    out = model.predict(batch())
+    assert out.actions.shape == (2, 8, 7)
+    assert set(out.attention) == {"agentview", "eye_in_hand"}
+    for heat in out.attention.values():
+        assert heat.shape == (2, 2, 2) and torch.all(heat >= 0)
+    loss, metrics = model.loss(batch())
+    loss.backward()
+    assert loss.item() > 0 and "l1" in metrics
+
+
+def test_loss_ignores_padded_steps() -> None:
+    torch.manual_seed(0)
+    model = build_model(load_recipe("oft", "tiny", SMALL)).eval()
+    b = batch()
+    b["action_is_pad"][:, 4:] = True
+    loss_a, _ = model.loss(b)
+    b["actions"][:, 4:] += 100.0
+    loss_b, _ = model.loss(b)
+    assert torch.allclose(loss_a, loss_b)
+
+
+def test_oft_zero_action_slots_and_one_forward(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    model = build_model(load_recipe("oft", "tiny", SMALL)).eval()
+    calls = []
+    llm_forward = model.backbone.llm.forward
+
+    def spy(embeds, mask, position_ids, output_attentions=False):
+        calls.append((embeds, mask))
+        return llm_forward(embeds, mask, position_ids, output_attentions)
+
+    monkeypatch.setattr(model.backbone.llm, "forward", spy)
+    model.predict(batch())
+    assert len(calls) == 1  # the whole 8x7 chunk in one pass
+    embeds, mask = calls[0]
+    assert torch.all(embeds[:, -56:] == 0)  # empty action embeddings
+    assert torch.all(mask[0] == 0)  # bidirectional: an unpadded sample masks nothing
+    assert (mask[1] < 0).sum() > 0  # padding is masked
+
+
+def _identity_bridge(dim: int, gate_mode: str) -> BridgeAttention:
+    block = BridgeAttention(dim, heads=1, gate_mode=gate_mode)
+    with torch.no_grad():
+        for lin in (block.q, block.k, block.v, block.o, block.ffn):
+            lin.weight.copy_(torch.eye(dim))
+            lin.bias.zero_()
+    return block
+
+
+def test_logit_scale_gate_zero_mean_pools_raw_vision_hand_checked() -> None:
+    """g=0: raw-vision logits are 0, so C^R is mean-pooled inside the shared softmax."""
+    dim = 4
+    block = _identity_bridge(dim, "logit_scale")
+    x = torch.tensor([[[1.0, 0.0, 0.0, 0.0]]])  # T=1 at position 0: RoPE is the identity
+    aq = torch.tensor([[[0.0, 2.0, 0.0, 0.0]]])  # one ActionQuery token, position 0
+    raw = torch.randn(1, 3, dim)
+    new_x, w = block(x, aq, raw)
+
+    scale = 1 / math.sqrt(dim)
+    logits = torch.tensor([1.0 * scale, 0.0, 0.0, 0.0, 0.0])  # self, aq, 3 raw keys (gated to 0)
+    weights = logits.softmax(0)
+    o = weights[0] * x[0, 0] + weights[1] * aq[0, 0] + weights[2:].sum() * raw[0].mean(0)
+    expected = torch.relu(nn.functional.layer_norm(o + x[0, 0], (dim,), block.norm.weight, block.norm.bias))
+    assert torch.allclose(w[0, 0, 0], torch.full((3,), weights[2].item()), atol=1e-6)  # uniform over C^R
+    assert torch.allclose(new_x[0, 0], expected, atol=1e-5)
+
+
+def test_output_scale_gate_zero_removes_raw_vision() -> None:
+    torch.manual_seed(0)
+    block = BridgeAttention(16, heads=2, gate_mode="output_scale")
+    x, aq = torch.randn(2, 8, 16), torch.randn(2, 5, 16)
+    out_a, _ = block(x, aq, torch.randn(2, 12, 16))
+    out_b, _ = block(x, aq, torch.randn(2, 12, 16))
+    assert torch.equal(out_a, out_b)  # tanh(0) = 0 multiplies the C^R attention output
+    with torch.no_grad():
+        block.gate.fill_(0.5)
+    out_c, _ = block(x, aq, torch.randn(2, 12, 16))
+    assert not torch.allclose(out_a, out_c)
+
+
+def test_logit_scale_gate_zero_keeps_raw_vision() -> None:
+    torch.manual_seed(0)
+    block = BridgeAttention(16, heads=2, gate_mode="logit_scale")
+    x, aq = torch.randn(2, 8, 16), torch.randn(2, 5, 16)
+    out_a, _ = block(x, aq, torch.randn(2, 12, 16))
+    out_b, _ = block(x, aq, torch.randn(2, 12, 16))
+    assert not torch.allclose(out_a, out_b)  # mean-pooled, not removed
+
+
+def test_vla_adapter_queries_zero_init_and_latent_noise_train_only() -> None:
+    torch.manual_seed(0)
+    model = build_model(load_recipe("vla_adapter", "tiny", SMALL))
+    assert torch.all(model.action_queries.weight == 0)
+    assert model.action_queries.weight.shape[0] == 16 and len(model.blocks) == 2
+    b = batch()
+    model.eval()
+    assert torch.equal(model(b).actions, model(b).actions)
+    model.train()
+    assert not torch.equal(model(b).actions, model(b).actions)

@@ -1,0 +1,314 @@
+"""The vision-language backbone every policy sits on (Prismatic layout, Qwen2 language model).
+
+Two scales share one code path: `tiny` builds a small ViT and a few-layer Qwen2 from configs (no
+download); `paper` loads SigLIP and/or DINOv2 and Qwen2.5 with `from_pretrained`. The backbone
+produces the LLM sequence
+
+    [prompt start, visual tokens of every view, extra tokens, rest of prompt, policy slots]
+
+and returns per-layer hidden states (and attentions) plus where each view's patches sit, so a
+policy can read features and map attention back onto each camera's patch grid.
+
+Prompt convention: `input_ids[:, 0]` is the prompt's start token and `input_ids[:, 1:]` the rest,
+left-padded, so the policy slots sit at the same positions for every sample in a batch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, PreTrainedTokenizerFast, Qwen2Config, Qwen2Model
+from transformers import SiglipVisionConfig, SiglipVisionModel
+
+from vla_agents.models.blocks import TransformerBlock
+
+SIGLIP_MEAN, SIGLIP_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def _normalize(pixels: torch.Tensor, mean: tuple, std: tuple) -> torch.Tensor:
+    mean_t = pixels.new_tensor(mean).view(1, 3, 1, 1)
+    std_t = pixels.new_tensor(std).view(1, 3, 1, 1)
+    return (pixels - mean_t) / std_t
+
+
+# ----------------------------------------------------------------------------------------------
+# Vision towers: pixels in [0, 1] (B, 3, H, W) -> patch tokens (B, h*w, dim)
+# ----------------------------------------------------------------------------------------------
+class TinyViT(nn.Module):
+    """A few-layer ViT for CPU-scale training; same interface as the pretrained towers."""
+
+    fused = False
+
+    def __init__(self, image_size: int = 128, patch_size: int = 16, dim: int = 128, depth: int = 2, heads: int = 4) -> None:
+        super().__init__()
+        self.grid = (image_size // patch_size, image_size // patch_size)
+        self.dim = dim
+        self.patch_embed = nn.Conv2d(3, dim, kernel_size=patch_size, stride=patch_size)
+        self.pos_embed = nn.Parameter(torch.randn(1, self.grid[0] * self.grid[1], dim) * 0.02)
+        self.blocks = nn.ModuleList(TransformerBlock(dim, heads) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(
+        self, pixels: torch.Tensor, return_attention: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        x = self.patch_embed(_normalize(pixels, SIGLIP_MEAN, SIGLIP_STD)).flatten(2).transpose(1, 2) + self.pos_embed
+        attentions = []
+        for block in self.blocks:
+            x, weights = block(x, return_weights=return_attention)
+            attentions.append(weights)
+        x = self.norm(x)
+        return (x, attentions) if return_attention else x
+
+
+class HFVisionTower(nn.Module):
+    """SigLIP and/or DINOv2 from transformers. With both, features are fused channel-wise per patch
+    (DINOv2 dim + SigLIP dim), DINOv2's CLS/register tokens dropped, as Prismatic's DinoSigLIP.
+    Features come from the second-to-last layer, as Prismatic reads them."""
+
+    def __init__(self, siglip: nn.Module | None, dinov2: nn.Module | None, image_size: int) -> None:
+        super().__init__()
+        if siglip is None and dinov2 is None:
+            raise ValueError("HFVisionTower needs at least one of siglip / dinov2")
+        self.siglip, self.dinov2, self.image_size = siglip, dinov2, image_size
+        towers = [t for t in (dinov2, siglip) if t is not None]
+        patch = towers[0].config.patch_size
+        if any(t.config.patch_size != patch for t in towers):
+            raise ValueError("fused towers must share a patch size")
+        self.grid = (image_size // patch, image_size // patch)
+        self.dim = sum(t.config.hidden_size for t in towers)
+        self.fused = len(towers) == 2
+
+    @classmethod
+    def from_pretrained(cls, siglip: str | None, dinov2: str | None, image_size: int) -> HFVisionTower:
+        return cls(
+            SiglipVisionModel.from_pretrained(siglip) if siglip else None,
+            AutoModel.from_pretrained(dinov2) if dinov2 else None,
+            image_size,
+        )
+
+    @classmethod
+    def from_configs(cls, configs: dict[str, dict], image_size: int) -> HFVisionTower:
+        """Rebuild the architecture (random weights) from saved configs; weights come from the checkpoint."""
+        siglip = SiglipVisionModel(SiglipVisionConfig(**configs["siglip"])) if "siglip" in configs else None
+        dinov2 = None
+        if "dinov2" in configs:
+            cfg = dict(configs["dinov2"])
+            dinov2 = AutoModel.from_config(AutoConfig.for_model(cfg.pop("model_type"), **cfg))
+        return cls(siglip, dinov2, image_size)
+
+    def configs(self) -> dict[str, dict]:
+        out = {}
+        if self.siglip is not None:
+            out["siglip"] = self.siglip.config.to_dict()
+        if self.dinov2 is not None:
+            out["dinov2"] = self.dinov2.config.to_dict()
+        return out
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        features = []
+        if self.dinov2 is not None:
+            hidden = self.dinov2(_normalize(pixels, IMAGENET_MEAN, IMAGENET_STD), output_hidden_states=True).hidden_states[-2]
+            skip = 1 + getattr(self.dinov2.config, "num_register_tokens", 0)
+            features.append(hidden[:, skip:])
+        if self.siglip is not None:
+            resize = pixels.shape[-1] != self.siglip.config.image_size
+            out = self.siglip(
+                _normalize(pixels, SIGLIP_MEAN, SIGLIP_STD), output_hidden_states=True, interpolate_pos_encoding=resize
+            )
+            features.append(out.hidden_states[-2])
+        return torch.cat(features, dim=-1)
+
+
+class VisionProjector(nn.Module):
+    """Prismatic's MLP projector into the LLM width; the fused (two-tower) variant is one layer deeper."""
+
+    def __init__(self, vision_dim: int, llm_dim: int, fused: bool) -> None:
+        super().__init__()
+        if fused:
+            self.net = nn.Sequential(
+                nn.Linear(vision_dim, 4 * vision_dim), nn.GELU(), nn.Linear(4 * vision_dim, llm_dim), nn.GELU(),
+                nn.Linear(llm_dim, llm_dim),
+            )
+        else:
+            self.net = nn.Sequential(nn.Linear(vision_dim, llm_dim), nn.GELU(), nn.Linear(llm_dim, llm_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+# ----------------------------------------------------------------------------------------------
+# Language model and tokenizer
+# ----------------------------------------------------------------------------------------------
+class LanguageModel(nn.Module):
+    """Qwen2 decoder (no LM head). Inputs are embeddings so images and queries can be spliced in;
+    outputs are every layer's hidden states and, with eager attention, its attention weights."""
+
+    def __init__(self, model: Qwen2Model) -> None:
+        super().__init__()
+        self.model = model
+
+    @classmethod
+    def from_pretrained(cls, path: str, attn_implementation: str = "sdpa") -> LanguageModel:
+        return cls(Qwen2Model.from_pretrained(path, attn_implementation=attn_implementation))
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], attn_implementation: str = "sdpa") -> LanguageModel:
+        cfg = Qwen2Config(**{k: v for k, v in config.items() if k != "model_type"})
+        cfg._attn_implementation = attn_implementation
+        return cls(Qwen2Model(cfg))
+
+    @property
+    def config(self) -> Qwen2Config:
+        return self.model.config
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.config.hidden_size
+
+    @property
+    def num_layers(self) -> int:
+        return self.model.config.num_hidden_layers
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model.get_input_embeddings()(input_ids)
+
+    def forward(
+        self, inputs_embeds: torch.Tensor, mask: torch.Tensor, position_ids: torch.Tensor, output_attentions: bool = False
+    ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...] | None]:
+        """`mask` is additive (B, 1, S, S). Returns hidden states of layers 1..L and attentions."""
+        out = self.model(
+            inputs_embeds=inputs_embeds, attention_mask=mask, position_ids=position_ids,
+            output_hidden_states=True, output_attentions=output_attentions, use_cache=False,
+        )
+        return tuple(out.hidden_states[1:]), (tuple(out.attentions) if output_attentions else None)
+
+
+def build_byte_tokenizer() -> PreTrainedTokenizerFast:
+    """Byte-level tokenizer built locally (256 byte symbols + <pad>, <bos>): no download, any text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {"<pad>": 0, "<bos>": 1, **{ch: i + 2 for i, ch in enumerate(alphabet)}}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", pad_token="<pad>")
+
+
+# ----------------------------------------------------------------------------------------------
+# The multimodal sequence
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class BackboneOutput:
+    """hidden_states[i] is LLM layer i+1's output (B, S, d); visual[view] the sequence positions of
+    that view's patches (row-major over `grid`); slots the positions of the policy's slots."""
+
+    hidden_states: tuple[torch.Tensor, ...]
+    attentions: tuple[torch.Tensor, ...] | None
+    visual: dict[str, slice]
+    extra: slice
+    slots: slice
+    grid: tuple[int, int]
+
+
+class VisionLanguageBackbone(nn.Module):
+    def __init__(self, vision: nn.Module, llm: LanguageModel, views: list[str]) -> None:
+        super().__init__()
+        self.vision, self.llm, self.views = vision, llm, list(views)
+        self.projector = VisionProjector(vision.dim, llm.hidden_size, fused=vision.fused)
+
+    @property
+    def dim(self) -> int:
+        return self.llm.hidden_size
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self.vision.grid
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, V, 3, H, W) in [0, 1] -> projected visual tokens (B, V*h*w, d), views in order."""
+        b, v = images.shape[:2]
+        tokens = self.vision(images.flatten(0, 1))
+        return self.projector(tokens).reshape(b, v * tokens.shape[1], -1)
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        slots: torch.Tensor,
+        extra: torch.Tensor | None = None,
+        causal: bool = True,
+        output_attentions: bool = False,
+    ) -> BackboneOutput:
+        text = self.llm.embed(input_ids)
+        visual = self.encode_images(images).to(text.dtype)
+        b = text.shape[0]
+        extra = text.new_zeros(b, 0, text.shape[-1]) if extra is None else extra.to(text.dtype)
+        parts = [text[:, :1], visual, extra, text[:, 1:], slots.to(text.dtype)]
+        embeds = torch.cat(parts, dim=1)
+
+        ones = lambda t: attention_mask.new_ones(b, t.shape[1])  # noqa: E731
+        keep = torch.cat([attention_mask[:, :1], ones(visual), ones(extra), attention_mask[:, 1:], ones(slots)], dim=1).bool()
+        position_ids = keep.long().cumsum(dim=1) - 1  # padding does not consume RoPE positions
+        allowed = keep[:, None, None, :].expand(b, 1, keep.shape[1], keep.shape[1])
+        if causal:
+            allowed = allowed & torch.ones_like(allowed[0, 0]).tril()
+        mask = torch.zeros(allowed.shape, dtype=embeds.dtype, device=embeds.device)
+        mask = mask.masked_fill(~allowed, torch.finfo(embeds.dtype).min)
+
+        hidden_states, attentions = self.llm(embeds, mask, position_ids.clamp(min=0), output_attentions)
+        n = visual.shape[1] // len(self.views)
+        start_extra = 1 + visual.shape[1]
+        return BackboneOutput(
+            hidden_states=hidden_states,
+            attentions=attentions,
+            visual={view: slice(1 + i * n, 1 + (i + 1) * n) for i, view in enumerate(self.views)},
+            extra=slice(start_extra, start_extra + extra.shape[1]),
+            slots=slice(embeds.shape[1] - slots.shape[1], embeds.shape[1]),
+            grid=self.grid,
+        )
+
+    def hf_configs(self) -> dict[str, Any]:
+        """What `build_backbone(..., hf_configs=...)` needs to rebuild this architecture offline."""
+        out: dict[str, Any] = {"llm": self.llm.config.to_dict()}
+        if isinstance(self.vision, HFVisionTower):
+            out["vision"] = self.vision.configs()
+        return out
+
+
+def build_backbone(recipe: dict[str, Any], hf_configs: dict[str, Any] | None = None) -> VisionLanguageBackbone:
+    """Recipe -> backbone. With `hf_configs` (from a saved agent) the architecture is rebuilt
+    without touching the original pretrained paths; the weights then come from the checkpoint."""
+    attn = recipe.get("attn_implementation", "eager")
+    if recipe["vision"] == "tiny_vit":
+        vision: nn.Module = TinyViT(
+            recipe["image_size"], recipe["patch_size"], recipe["vit_dim"], recipe["vit_depth"], recipe["vit_heads"]
+        )
+    elif hf_configs is not None:
+        vision = HFVisionTower.from_configs(hf_configs["vision"], recipe["image_size"])
+    else:
+        use = recipe["vision"]  # "siglip" | "dinov2" | "dinosiglip"
+        vision = HFVisionTower.from_pretrained(
+            recipe["siglip_path"] if "siglip" in use else None,
+            recipe["dinov2_path"] if "dino" in use else None,
+            recipe["image_size"],
+        )
+    if hf_configs is not None:
+        llm = LanguageModel.from_config(hf_configs["llm"], attn)
+    elif recipe.get("llm_path"):
+        llm = LanguageModel.from_pretrained(recipe["llm_path"], attn)
+    else:
+        llm = LanguageModel.from_config(
+            dict(
+                vocab_size=recipe["vocab_size"], hidden_size=recipe["llm_dim"], num_hidden_layers=recipe["llm_layers"],
+                num_attention_heads=recipe["llm_heads"], num_key_value_heads=recipe["llm_kv_heads"],
+                intermediate_size=recipe["llm_intermediate"], max_position_embeddings=recipe.get("llm_max_positions", 2048),
+                tie_word_embeddings=False,
+            ),
+            attn,
+        )
+    return VisionLanguageBackbone(vision, llm, recipe["views"])

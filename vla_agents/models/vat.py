@@ -1,0 +1,321 @@
+"""VAT, the Vision Action Transformer (arXiv 2512.06013; code github.com/sellerbubble/VAT).
+
+Most policies read a ViT only at its last layer. VAT reads its whole *representation trajectory*:
+every ViT block gets a parallel action module with new weights, so the action tokens gather
+visual evidence from low-level geometry up to high-level semantics.
+
+1. Vision branch: every camera view is patchified and run through the unmodified ViT blocks on its
+   own (no cross-view attention; all views share the positional embedding). It never sees the
+   action tokens, so the pretrained features are exactly those of the plain ViT.
+2. Action tokens: T x A tokens, one per scalar action dimension per timestep, start as a learned
+   vector (zeros at init) plus a hierarchical positional embedding PE[t, j] = E_chunk[t] + E_dim[j].
+3. Action module of block l, fed block l's *input* (the output of block l-1):
+   q = LN(FiLM_l(a)), FiLM_l(a) = a * (1 + gamma_l) + beta_l from the task embedding; the residual
+   stream keeps the unmodulated tokens, so FiLM only steers what the tokens look for;
+   a = a + CrossAttn(q, LN(vision tokens of every view)) -- keys and values come from the vision
+   tokens only, so action tokens never attend to each other; a = a + MLP(LN(a)).
+4. The final action tokens, reshaped to (B, T, A*C), go through OFT's MLP-ResNet head; L1 loss.
+
+Task conditioning is the paper's task-id embedding; `task_conditioning="instruction"` instead
+mean-pools learned embeddings of the instruction tokens, for agents that only get language.
+Proprio is off in the paper's recipe; with `use_proprio` (an option of the released code) it is
+one extra token in the action stream that the action tokens can attend to.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, SiglipVisionModel
+
+from vla_agents.models.backbones import IMAGENET_MEAN, IMAGENET_STD, SIGLIP_MEAN, SIGLIP_STD, TinyViT, _normalize
+from vla_agents.models.blocks import Attention, MLPResNet, PolicyOutput, ProprioProjector, masked_l1
+
+VISION_KINDS = ("tiny_vit", "siglip", "dinov2")
+
+
+# ----------------------------------------------------------------------------------------------
+# The vision branch: a ViT opened up block by block
+# ----------------------------------------------------------------------------------------------
+class ViTTrunk(nn.Module):
+    """A ViT whose blocks are called one at a time, so each block's input can feed an action module.
+
+    `kind` is "tiny_vit" (built from config) or "siglip" / "dinov2" (transformers models). The
+    last `drop_last_blocks` blocks are not run (the released SigLIP recipe stops one block early).
+    """
+
+    def __init__(self, kind: str, model: nn.Module, image_size: int, drop_last_blocks: int = 0) -> None:
+        super().__init__()
+        if kind not in VISION_KINDS:
+            raise ValueError(f"unknown VAT vision {kind!r}; available: {', '.join(VISION_KINDS)}")
+        self.kind, self.model, self.image_size = kind, model, image_size
+        if kind == "tiny_vit":
+            layers, self.dim, patch = model.blocks, model.dim, image_size // model.grid[0]
+            self.heads = model.blocks[0].attn.heads
+            self.mlp_ratio = model.blocks[0].mlp[0].out_features / self.dim
+            self.num_prefix = 0
+        else:
+            cfg = model.config
+            layers = model.vision_model.encoder.layers if kind == "siglip" else model.encoder.layer
+            self.dim, self.heads, patch = cfg.hidden_size, cfg.num_attention_heads, cfg.patch_size
+            self.mlp_ratio = cfg.intermediate_size / cfg.hidden_size if kind == "siglip" else cfg.mlp_ratio
+            self.num_prefix = 0 if kind == "siglip" else 1 + getattr(cfg, "num_register_tokens", 0)
+        if not 0 <= drop_last_blocks < len(layers):
+            raise ValueError(f"drop_last_blocks={drop_last_blocks} leaves no block of {len(layers)}")
+        self.depth = len(layers) - drop_last_blocks
+        self.drop_last_blocks = drop_last_blocks
+        self.grid = (image_size // patch, image_size // patch)
+
+    @classmethod
+    def build(cls, recipe: dict[str, Any], hf_configs: dict[str, Any] | None = None) -> ViTTrunk:
+        """Recipe -> trunk. With `hf_configs` (from a saved agent) the architecture is rebuilt
+        offline and the weights come from the checkpoint."""
+        kind, size, drop = recipe["vision"], recipe["image_size"], recipe.get("drop_last_blocks", 0)
+        if kind == "tiny_vit":
+            vit = TinyViT(size, recipe["patch_size"], recipe["vit_dim"], recipe["vit_depth"], recipe["vit_heads"])
+            return cls(kind, vit, size, drop)
+        if hf_configs is not None:
+            cfg = dict(hf_configs["vision"])
+            config = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
+            model = SiglipVisionModel(config) if kind == "siglip" else AutoModel.from_config(config)
+        elif kind == "siglip":
+            model = SiglipVisionModel.from_pretrained(recipe["siglip_path"])
+        else:
+            model = AutoModel.from_pretrained(recipe["dinov2_path"])
+        return cls(kind, model, size, drop)
+
+    def hf_configs(self) -> dict[str, Any]:
+        """What `ViTTrunk.build(..., hf_configs=...)` needs to rebuild this architecture offline."""
+        return {} if self.kind == "tiny_vit" else {"vision": self.model.config.to_dict()}
+
+    def embed(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) in [0, 1] -> the first block's input (N, S, C), prefix tokens first."""
+        if self.kind == "tiny_vit":
+            x = self.model.patch_embed(_normalize(pixels, SIGLIP_MEAN, SIGLIP_STD))
+            return x.flatten(2).transpose(1, 2) + self.model.pos_embed
+        if self.kind == "siglip":
+            resize = pixels.shape[-1] != self.model.config.image_size
+            return self.model.vision_model.embeddings(_normalize(pixels, SIGLIP_MEAN, SIGLIP_STD), interpolate_pos_encoding=resize)
+        return self.model.embeddings(_normalize(pixels, IMAGENET_MEAN, IMAGENET_STD))
+
+    def block(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        """ViT block `index`, exactly as pretrained."""
+        if self.kind == "tiny_vit":
+            layers = self.model.blocks
+        else:
+            layers = self.model.vision_model.encoder.layers if self.kind == "siglip" else self.model.encoder.layer
+        layer = layers[index]
+        return layer(x)[0] if self.kind == "tiny_vit" else layer(x, attention_mask=None)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The plain ViT up to the last used block: (N, 3, H, W) -> (N, S, C)."""
+        x = self.embed(pixels)
+        for i in range(self.depth):
+            x = self.block(i, x)
+        return x
+
+
+# ----------------------------------------------------------------------------------------------
+# The action branch
+# ----------------------------------------------------------------------------------------------
+def _vit_init(module: nn.Module) -> None:
+    """New action-branch weights start ViT-style: N(0, 0.02) linears, zero biases, unit LayerNorms."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+class HierarchicalPositionalEmbedding(nn.Module):
+    """PE[t, j] = E_chunk[t] + E_dim[j]: a token knows its timestep and which action dimension it is.
+    Timestep embeddings start 10x larger than dimension embeddings, as in the released code."""
+
+    def __init__(self, chunk: int, action_dim: int, dim: int) -> None:
+        super().__init__()
+        self.chunk_embed = nn.Parameter(torch.randn(chunk, dim) * dim**-0.5 * 5.0)
+        self.dim_embed = nn.Parameter(torch.randn(action_dim, dim) * dim**-0.5 * 0.5)
+
+    def forward(self) -> torch.Tensor:
+        return (self.chunk_embed[:, None] + self.dim_embed[None]).flatten(0, 1)  # (T*A, C), t-major
+
+
+class FiLM(nn.Module):
+    """Task embedding -> (gamma, beta) for one block's action module: Linear(C, mC) -> GELU ->
+    Linear(mC, 2C), broadcast over tokens. Zero (gamma, beta) is exactly the identity."""
+
+    def __init__(self, dim: int, hidden_mult: int = 4) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, hidden_mult * dim), nn.GELU(), nn.Linear(hidden_mult * dim, 2 * dim))
+        _vit_init(self)
+
+    def forward(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        gamma, beta = self.net(cond).unsqueeze(1).chunk(2, dim=-1)
+        return gamma, beta
+
+
+class ActionBlock(nn.Module):
+    """The action module beside one ViT block: new weights, cross-attention to vision, then MLP."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        hidden = round(dim * mlp_ratio)
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        _vit_init(self)
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        context: torch.Tensor,
+        film: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """tokens (B, Q, C) query `context` (B, K, C) only; returns new tokens and weights (B, h, Q, K).
+        FiLM modulates the query input; the residual stream stays unmodulated."""
+        query = tokens if film is None else tokens * (1 + film[0]) + film[1]
+        attended, weights = self.attn(self.norm1(query), context=self.norm1(context), return_weights=True)
+        tokens = tokens + attended
+        return tokens + self.mlp(self.norm2(tokens)), weights
+
+
+class TaskConditioning(nn.Module):
+    """What FiLM is conditioned on: the paper's learned task-id embedding, or (for agents that only
+    receive language) the masked mean of learned embeddings of the instruction tokens."""
+
+    def __init__(self, mode: str, dim: int, num_tasks: int, vocab_size: int) -> None:
+        super().__init__()
+        if mode not in ("task_id", "instruction"):
+            raise ValueError(f"unknown task_conditioning {mode!r}; use 'task_id' or 'instruction'")
+        self.mode = mode
+        self.embed = nn.Embedding(num_tasks if mode == "task_id" else vocab_size, dim)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.mode == "task_id":
+            if "task_index" not in batch:
+                raise KeyError("VAT with task_conditioning='task_id' needs batch['task_index']")
+            return self.embed(batch["task_index"])
+        mask = batch["attention_mask"].unsqueeze(-1).to(self.embed.weight.dtype)
+        return (self.embed(batch["input_ids"]) * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# The policy
+# ----------------------------------------------------------------------------------------------
+class VATPolicy(nn.Module):
+    """Vision Action Transformer. `backbone` is the ViT trunk (named so agents can save its config).
+
+    action_layers: "all" pairs every used ViT block with an action module (the paper); "last" only
+    the last one (the paper's last-layer ablation). After `predict`, `layer_attention[i]` holds the
+    action-to-vision heatmaps of the i-th action module (view -> (B, h, w)).
+    """
+
+    def __init__(
+        self,
+        backbone: ViTTrunk,
+        views: list[str],
+        chunk: int = 8,
+        action_dim: int = 7,
+        proprio_dim: int = 8,
+        task_conditioning: str = "task_id",
+        num_tasks: int = 30,
+        vocab_size: int = 258,
+        action_layers: str = "all",
+        use_proprio: bool = False,
+        film_hidden_mult: int = 4,
+    ) -> None:
+        super().__init__()
+        if action_layers not in ("all", "last"):
+            raise ValueError(f"unknown action_layers {action_layers!r}; use 'all' or 'last'")
+        self.backbone, self.views = backbone, list(views)
+        self.chunk, self.action_dim, self.use_proprio = chunk, action_dim, use_proprio
+        d, depth = backbone.dim, backbone.depth
+        self.action_token = nn.Parameter(torch.zeros(1, chunk * action_dim, d))
+        self.action_pos = HierarchicalPositionalEmbedding(chunk, action_dim, d)
+        self.task = TaskConditioning(task_conditioning, d, num_tasks, vocab_size)
+        self.proprio_projector = ProprioProjector(proprio_dim, d) if use_proprio else None
+        layers = range(depth) if action_layers == "all" else [depth - 1]
+        self.action_blocks = nn.ModuleDict({str(i): ActionBlock(d, backbone.heads, backbone.mlp_ratio) for i in layers})
+        self.films = nn.ModuleDict({str(i): FiLM(d, film_hidden_mult) for i in layers})
+        self.action_head = MLPResNet(action_dim * d, d, action_dim, num_blocks=2)
+        self.layer_attention: list[dict[str, torch.Tensor]] = []
+
+    @property
+    def num_extra(self) -> int:
+        """Non-action tokens in the action stream (the proprio token); they lead the stream."""
+        return int(self.use_proprio)
+
+    def action_stream(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Initial action-branch tokens (B, extra + T*A, C): [proprio token], then the action tokens."""
+        b = batch["images"].shape[0]
+        tokens = (self.action_token + self.action_pos()).expand(b, -1, -1)
+        if self.proprio_projector is not None:
+            tokens = torch.cat([self.proprio_projector(batch["proprio"]).to(tokens.dtype), tokens], dim=1)
+        return tokens
+
+    def transformer(
+        self, images: torch.Tensor, tokens: torch.Tensor, cond: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """Run the ViT and the action modules side by side.
+
+        images (B, V, 3, H, W); tokens the action stream (B, Q, C); cond the task embedding (B, C).
+        Returns the final action stream, the final vision tokens (B, V, S, C), and each action
+        module's cross-attention weights (B, heads, Q, extra + V*S).
+        """
+        b, v = images.shape[:2]
+        vision = self.backbone.embed(images.flatten(0, 1))  # views run through the ViT independently
+        weights = []
+        for i in range(self.backbone.depth):
+            if str(i) in self.action_blocks:
+                # keys/values: this block's input vision tokens of every view (+ the proprio token)
+                context = torch.cat([tokens[:, : self.num_extra], vision.reshape(b, -1, vision.shape[-1])], dim=1)
+                film = self.films[str(i)](cond)
+                tokens, w = self.action_blocks[str(i)](tokens, context, film)
+                weights.append(w)
+            vision = self.backbone.block(i, vision)
+        return tokens, vision.reshape(b, v, *vision.shape[1:]), weights
+
+    def heatmaps(self, weights: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Cross-attention (B, heads, Q, K) -> per view (B, h, w): mean over heads and action tokens,
+        read at that view's patch keys (CLS/register tokens excluded)."""
+        mean = weights[:, :, self.num_extra :].float().mean(dim=(1, 2))  # (B, K)
+        s = self.backbone.num_prefix + self.backbone.grid[0] * self.backbone.grid[1]
+        out = {}
+        for j, view in enumerate(self.views):
+            start = self.num_extra + j * s + self.backbone.num_prefix
+            out[view] = mean[:, start : self.num_extra + (j + 1) * s].reshape(-1, *self.backbone.grid)
+        return out
+
+    def forward(self, batch: dict[str, torch.Tensor], with_attention: bool = False) -> PolicyOutput:
+        images = batch["images"]
+        if images.shape[1] != len(self.views):
+            raise ValueError(f"VAT expects {len(self.views)} views {self.views}, got {images.shape[1]}")
+        tokens, _, weights = self.transformer(images, self.action_stream(batch), self.task(batch))
+        actions = self.action_head(tokens[:, self.num_extra :].reshape(images.shape[0], self.chunk, -1))
+        attention: dict[str, torch.Tensor] = {}
+        if with_attention:
+            self.layer_attention = [self.heatmaps(w) for w in weights]
+            attention = {view: torch.stack([m[view] for m in self.layer_attention]).mean(0) for view in self.views}
+        return PolicyOutput(actions, attention)
+
+    @torch.no_grad()
+    def predict(self, batch: dict[str, torch.Tensor]) -> PolicyOutput:
+        """Actions (B, T, A) and action-to-vision heatmaps averaged over layers, heads and tokens."""
+        return self.forward(batch, with_attention=True)
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        loss = masked_l1(self.forward(batch).actions, batch["actions"], batch.get("action_is_pad"))
+        return loss, {"l1": loss.item()}
+
+
+def build_vat(recipe: dict[str, Any], hf_configs: dict[str, Any] | None = None) -> VATPolicy:
+    """Recipe -> VATPolicy (the `policies.BUILDERS` entry for "vat")."""
+    return VATPolicy(
+        ViTTrunk.build(recipe, hf_configs), recipe["views"], recipe["chunk"], recipe["action_dim"], recipe["proprio_dim"],
+        task_conditioning=recipe["task_conditioning"], num_tasks=recipe["num_tasks"], vocab_size=recipe["vocab_size"],
+        action_layers=recipe["action_layers"], use_proprio=recipe["use_proprio"], film_hidden_mult=recipe["film_hidden_mult"],
+    )

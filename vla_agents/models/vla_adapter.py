@@ -1,0 +1,134 @@
+"""VLA-Adapter (Wang et al., 2025): a small policy bridged to every layer of a small VLM.
+
+1. ActionQuery: N learnable embeddings (zero-initialised) are appended after the prompt; the LLM
+   runs causally, so the queries see every visual and text token.
+2. Bridge features, per LLM layer i: C^R_i, the hidden states at the visual positions ("raw"),
+   and C^AQ_i, the hidden states at the ActionQuery positions.
+3. Policy: x0 = zeros(B, T, A*d) (plus training-only noise) -> fc1, then one Bridge Attention
+   block per LLM layer (block i reads layer i+1). Queries come from x; keys/values from
+   [x ; C^AQ_i + proprio token ; C^R_i]. A learnable gate g (init 0) controls the raw vision:
+     - gate_mode="logit_scale" (released code): tanh(g) scales the C^R logits inside one shared
+       softmax, so at g=0 the raw-vision keys are mean-pooled, not removed;
+     - gate_mode="output_scale" (paper): separate attentions, the C^R one multiplied by tanh(g),
+       so at g=0 the raw vision contributes nothing.
+   Then x = ReLU(W_f LN(W_o o + x)); finally fc2 -> (B, T, A) normalized actions, trained with L1.
+4. Proprio: Linear -> GELU -> Linear, fed to the policy only (not to the LLM).
+
+Projections are shared across sources (original version); RoPE on queries and keys (as the Pro
+version) lets the T latents, which start identical, decode different timesteps.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from vla_agents.models.backbones import VisionLanguageBackbone
+from vla_agents.models.blocks import PolicyOutput, ProprioProjector, heatmaps, masked_l1, merge_heads, rotary, split_heads
+
+GateMode = Literal["logit_scale", "output_scale"]
+
+
+class BridgeAttention(nn.Module):
+    """One policy block: attention from the action latents to themselves, to the ActionQuery
+    features (+ proprio) and, gated, to the raw visual features of one LLM layer."""
+
+    def __init__(self, dim: int, heads: int, gate_mode: GateMode = "logit_scale") -> None:
+        super().__init__()
+        if gate_mode not in ("logit_scale", "output_scale"):
+            raise ValueError(f"gate_mode must be 'logit_scale' or 'output_scale', got {gate_mode!r}")
+        self.heads, self.gate_mode = heads, gate_mode
+        self.scale = (dim // heads) ** -0.5
+        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
+        self.gate = nn.Parameter(torch.zeros(1))
+        self.norm = nn.LayerNorm(dim)
+        self.ffn = nn.Linear(dim, dim)
+
+    def _keys_values(self, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        positions = torch.arange(source.shape[1], device=source.device)
+        return rotary(split_heads(self.k(source), self.heads), positions), split_heads(self.v(source), self.heads)
+
+    def forward(
+        self, x: torch.Tensor, action_queries: torch.Tensor, raw: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, T, d); action_queries = [C^AQ_i ; proprio] (B, Q+1, d); raw = C^R_i (B, N, d).
+        Returns the new latents and the attention weights on the raw visual keys (B, heads, T, N)."""
+        q = rotary(split_heads(self.q(x), self.heads), torch.arange(x.shape[1], device=x.device))
+        sources = [self._keys_values(s) for s in (x, action_queries, raw)]
+        logits = [(q @ k.transpose(-1, -2)) * self.scale for k, _ in sources]
+        values = [v for _, v in sources]
+        gate = torch.tanh(self.gate)
+        n_raw = raw.shape[1]
+        if self.gate_mode == "logit_scale":
+            weights = torch.cat([logits[0], logits[1], gate * logits[2]], dim=-1).softmax(dim=-1)
+            o = weights @ torch.cat(values, dim=2)
+            raw_weights = weights[..., -n_raw:]
+        else:
+            per_source = [lg.softmax(dim=-1) for lg in logits]
+            o = per_source[0] @ values[0] + per_source[1] @ values[1] + gate * (per_source[2] @ values[2])
+            raw_weights = per_source[2]
+        x = torch.relu(self.ffn(self.norm(self.o(merge_heads(o)) + x)))
+        return x, raw_weights
+
+
+class VLAAdapterPolicy(nn.Module):
+    def __init__(
+        self,
+        backbone: VisionLanguageBackbone,
+        chunk: int = 8,
+        action_dim: int = 7,
+        proprio_dim: int = 8,
+        num_action_queries: int = 64,
+        policy_heads: int = 8,
+        gate_mode: GateMode = "logit_scale",
+        latent_noise_std: float = 0.02,
+        attention_from: Literal["last", "mean"] = "last",
+    ) -> None:
+        super().__init__()
+        self.backbone, self.chunk, self.action_dim = backbone, chunk, action_dim
+        self.latent_noise_std, self.attention_from = latent_noise_std, attention_from
+        d = backbone.dim
+        self.action_queries = nn.Embedding(num_action_queries, d)
+        nn.init.zeros_(self.action_queries.weight)
+        self.proprio_projector = ProprioProjector(proprio_dim, d)
+        self.fc1 = nn.Sequential(nn.LayerNorm(action_dim * d), nn.Linear(action_dim * d, d), nn.ReLU())
+        self.blocks = nn.ModuleList(
+            BridgeAttention(d, policy_heads, gate_mode) for _ in range(backbone.llm.num_layers)
+        )
+        self.fc2 = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, action_dim))
+
+    def forward(self, batch: dict[str, torch.Tensor], with_attention: bool = False) -> PolicyOutput:
+        images, proprio = batch["images"], batch["proprio"]
+        b = images.shape[0]
+        queries = self.action_queries.weight.unsqueeze(0).expand(b, -1, -1)
+        out = self.backbone(images, batch["input_ids"], batch["attention_mask"], slots=queries, causal=True)
+        visual = slice(out.visual[self.backbone.views[0]].start, out.visual[self.backbone.views[-1]].stop)
+
+        p = self.proprio_projector(proprio).float()
+        x0 = p.new_zeros(b, self.chunk, self.action_dim * self.backbone.dim)
+        if self.training and self.latent_noise_std > 0:
+            x0 = x0 + torch.randn_like(x0) * self.latent_noise_std
+        x = self.fc1(x0)
+        raw_attention = []
+        for block, h in zip(self.blocks, out.hidden_states):  # block i <- LLM layer i+1
+            c_aq, c_r = h[:, out.slots].float(), h[:, visual].float()
+            x, w = block(x, torch.cat([c_aq, p], dim=1), c_r)
+            raw_attention.append(w)
+        actions = self.fc2(x)
+
+        attention = {}
+        if with_attention:
+            w = raw_attention[-1] if self.attention_from == "last" else torch.stack(raw_attention).mean(0)
+            local = {view: slice(s.start - visual.start, s.stop - visual.start) for view, s in out.visual.items()}
+            attention = heatmaps(w, local, out.grid)
+        return PolicyOutput(actions, attention)
+
+    @torch.no_grad()
+    def predict(self, batch: dict[str, torch.Tensor]) -> PolicyOutput:
+        return self.forward(batch, with_attention=True)
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        loss = masked_l1(self.forward(batch).actions, batch["actions"], batch.get("action_is_pad"))
+        metrics = {"l1": loss.item(), "gate_abs": float(torch.stack([blk.gate.detach().abs() for blk in self.blocks]).mean())}
+        return loss, metrics

@@ -1,0 +1,73 @@
+"""Policy registry: a name and a scale select a YAML recipe in `policies/`; the recipe holds every
+hyperparameter, and one builder per policy turns it into a model."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+from torch import nn
+
+from vla_agents.models.backbones import build_backbone
+from vla_agents.models.oft import OFTPolicy
+from vla_agents.models.vla_adapter import VLAAdapterPolicy
+
+SCALES = ("tiny", "paper")
+
+
+def _oft(recipe: dict[str, Any], hf_configs: dict[str, Any] | None) -> nn.Module:
+    return OFTPolicy(build_backbone(recipe, hf_configs), recipe["chunk"], recipe["action_dim"], recipe["proprio_dim"])
+
+
+def _vla_adapter(recipe: dict[str, Any], hf_configs: dict[str, Any] | None) -> nn.Module:
+    return VLAAdapterPolicy(
+        build_backbone(recipe, hf_configs), recipe["chunk"], recipe["action_dim"], recipe["proprio_dim"],
+        num_action_queries=recipe["num_action_queries"], policy_heads=recipe["policy_heads"],
+        gate_mode=recipe["gate_mode"], latent_noise_std=recipe["latent_noise_std"], attention_from=recipe["attention_from"],
+    )
+
+
+BUILDERS: dict[str, Callable[[dict[str, Any], dict[str, Any] | None], nn.Module]] = {
+    "oft": _oft,
+    "vla_adapter": _vla_adapter,
+}
+
+
+def recipes_dir() -> Path:
+    return Path(__file__).resolve().parents[1] / "policies"
+
+
+def list_policies() -> list[str]:
+    return sorted(BUILDERS)
+
+
+def split_name(policy: str, scale: str) -> tuple[str, str]:
+    """Accept "oft" + scale, or the recipe's own name "oft-tiny"."""
+    for s in SCALES:
+        if policy.endswith(f"-{s}"):
+            return policy[: -len(s) - 1], s
+    return policy, scale
+
+
+def check_policy(policy: str) -> None:
+    if policy not in BUILDERS:
+        raise ValueError(f"unknown policy {policy!r}; available: {', '.join(list_policies())}")
+
+
+def load_recipe(policy: str, scale: str = "tiny", overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    check_policy(policy)
+    if scale not in SCALES:
+        raise ValueError(f"unknown scale {scale!r}; available: {', '.join(SCALES)}")
+    path = recipes_dir() / f"{policy}-{scale}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"recipe not found: {path}")
+    recipe = yaml.safe_load(path.read_text())
+    unknown = sorted(set(overrides or {}) - set(recipe))
+    if unknown:
+        raise ValueError(f"unknown recipe keys for {path.name}: {', '.join(unknown)}")
+    return {**recipe, **(overrides or {})}
+
+
+def build_model(recipe: dict[str, Any], hf_configs: dict[str, Any] | None = None) -> nn.Module:
+    check_policy(recipe["policy"])
+    return BUILDERS[recipe["policy"]](recipe, hf_configs)

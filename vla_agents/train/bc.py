@@ -1,0 +1,164 @@
+"""Behaviour cloning: L1 on normalized action chunks, through `accelerate`.
+
+The same loop runs on a 2-core CPU (tiny scale) and on 1..N GPUs with bf16 autocast (`accelerate
+launch`). Paper scale fine-tunes the language model with LoRA (r=64, alpha=128 from the recipe).
+Resuming is exact: the data order is a function of (seed, step) only, and the checkpoint holds
+the optimizer, scheduler and RNG states.
+"""
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from transformers import get_cosine_schedule_with_warmup
+
+from vla_agents.agent import VLAAgent, load_agent, make_agent
+from vla_agents.data.dataset import DemoDataset
+from vla_agents.models.blocks import masked_l1
+from vla_agents.policies import load_recipe, split_name
+
+CHECKPOINT = "checkpoint"
+TRAINER_STATE = "trainer_state.pt"
+
+
+@dataclass
+class BCResult:
+    agent: VLAAgent
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def batch_indices(step: int, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1) -> list[int]:
+    """The samples of `step` on process `rank`: epoch e is a permutation seeded by seed+e, so any
+    step's batch can be recomputed without replaying the ones before it."""
+    per_step = batch_size * world
+    steps_per_epoch = max(1, n // per_step)
+    epoch, k = divmod(step, steps_per_epoch)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
+    start = k * per_step + rank * batch_size
+    return [int(i) % n for i in perm[start : start + batch_size].tolist()] or [int(perm[0])]
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(agent: VLAAgent, out_dir: Path, trainer_state: dict[str, Any]) -> Path:
+    """`out_dir/checkpoint/`: the agent plus trainer_state.pt, swapped into place atomically."""
+    tmp = agent.save_pretrained(out_dir / f".{CHECKPOINT}.tmp-{uuid.uuid4().hex[:8]}")
+    torch.save(trainer_state, tmp / TRAINER_STATE)
+    final, old = out_dir / CHECKPOINT, out_dir / f".{CHECKPOINT}.old-{uuid.uuid4().hex[:8]}"
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def train_bc(
+    policy: str,
+    data: list[str | Path],
+    steps: int,
+    out_dir: str | Path,
+    scale: str = "tiny",
+    batch_size: int | None = None,
+    lr: float | None = None,
+    warmup_steps: int | None = None,
+    save_every: int = 0,
+    resume: bool = False,
+    seed: int = 0,
+    overrides: dict[str, Any] | None = None,
+    eval_fn: Callable[[VLAAgent, int], dict[str, float]] | None = None,
+    eval_every: int = 0,
+    progress: bool = True,
+) -> BCResult:
+    """Train `policy` on demonstration files; the final agent is written to `out_dir`."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
+    checkpoint = out_dir / CHECKPOINT
+    resuming = resume and (checkpoint / TRAINER_STATE).is_file()
+
+    torch.manual_seed(seed)
+    if resuming:
+        agent = load_agent(checkpoint)
+        dataset = DemoDataset(data, chunk_size=agent.chunk, stats=agent.stats)
+    else:
+        dataset = DemoDataset(data, chunk_size=load_recipe(*split_name(policy, scale), overrides)["chunk"])
+        agent = make_agent(policy, scale, stats=dataset.stats, **(overrides or {}))
+        if agent.recipe["scale"] == "paper" and agent.recipe.get("lora_rank"):
+            agent.enable_lora(agent.recipe["lora_rank"], agent.recipe["lora_alpha"])
+    recipe = agent.recipe
+    batch_size = batch_size or recipe["batch_size"]
+    lr = lr if lr is not None else recipe["lr"]
+    warmup_steps = warmup_steps if warmup_steps is not None else recipe["warmup_steps"]
+
+    params = [p for p in agent.model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=recipe.get("weight_decay", 0.0))
+    scheduler = get_cosine_schedule_with_warmup(optimizer, warmup_steps, steps)
+    start = 0
+    if resuming:
+        state = torch.load(checkpoint / TRAINER_STATE, weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"])
+        start = state["step"]
+    agent.model.to(accelerator.device)
+    model, optimizer, scheduler = accelerator.prepare(agent.model, optimizer, scheduler)
+
+    history: list[dict[str, float]] = []
+    columns = [TextColumn("[bold]bc {task.fields[policy]}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}  {task.fields[sps]:.1f} samples/s"),
+               TimeRemainingColumn()]
+    bar = Progress(*columns, disable=not (progress and accelerator.is_main_process))
+    with bar:
+        task = bar.add_task("train", total=steps, completed=start, policy=recipe["policy"], loss=float("nan"), lr=lr, sps=0.0)
+        for step in range(start, steps):
+            tic = time.perf_counter()
+            model.train()
+            idx = batch_indices(step, len(dataset), batch_size, seed, accelerator.process_index, accelerator.num_processes)
+            batch = agent.collate([dataset[i] for i in idx], train=True)
+            with accelerator.autocast():
+                loss = masked_l1(model(batch).actions.float(), batch["actions"], batch["action_is_pad"])
+            accelerator.backward(loss)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+
+            record = {"step": step + 1, "loss": loss.item(), "lr": scheduler.get_last_lr()[0]}
+            sps = len(idx) * accelerator.num_processes / (time.perf_counter() - tic)
+            if eval_fn is not None and eval_every and (step + 1) % eval_every == 0:
+                record.update(eval_fn(agent, step + 1))
+            history.append(record)
+            bar.update(task, advance=1, loss=record["loss"], lr=record["lr"], sps=sps)
+            if save_every and (step + 1) % save_every == 0 and accelerator.is_main_process:
+                save_checkpoint(agent, out_dir, {
+                    "step": step + 1, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "rng": _rng_state(), "seed": seed, "batch_size": batch_size,
+                })
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        agent.save_pretrained(out_dir)
+        with open(out_dir / "train_log.jsonl", "a") as f:
+            f.writelines(json.dumps(r) + "\n" for r in history)
+    return BCResult(agent, history)
