@@ -116,15 +116,15 @@ def test_overlay_heatmap_colors_hot_and_cold_regions():
 
 def test_rollout_video_carries_overlay_and_policy_orientation(tmp_path):
     pattern = tmp_path / "episode=0--success={success}--task={task}.mp4"
-    hot = run_episode(ReachEnv(), TinyAgent(), seed=0, video_path=pattern)
-    plain = run_episode(ReachEnv(), TinyAgent(attention=False), seed=0, video_path=tmp_path / "plain.mp4")
+    hot = run_episode(ReachEnv(), TinyAgent(), seed=0, video_path=pattern, min_view_px=0)
+    plain = run_episode(ReachEnv(), TinyAgent(attention=False), seed=0, video_path=tmp_path / "plain.mp4", min_view_px=0)
     assert hot.success and hot.length == 2 and hot.error is None
     assert hot.video_path == str(tmp_path / "episode=0--success=True--task=reach_the_target_please.mp4")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["plain.mp4", "episode=0--success=True--task=reach_the_target_please.mp4"])
 
     hot_frames, plain_frames = _read_video(hot.video_path), _read_video(plain.video_path)
     assert len(hot_frames) == hot.length + 1
-    expected = compose_frame({"agentview": np.zeros((SIZE, SIZE, 3), np.uint8), "robot0_eye_in_hand": np.zeros((SIZE, SIZE, 3), np.uint8)},
+    expected = compose_frame({"agentview": np.zeros((SIZE, SIZE, 3), np.uint8), "eye_in_hand": np.zeros((SIZE, SIZE, 3), np.uint8)},
                              None, ["a", "b", "c"]).shape
     height, width = expected[0] + expected[0] % 2, expected[1]
     assert hot_frames[0].shape == (height, width, 3)

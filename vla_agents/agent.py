@@ -26,7 +26,10 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from vla_agents.data.normalization import NormStats
 from vla_agents.models.backbones import build_byte_tokenizer
-from vla_agents.policies import build_model, check_policy, list_policies, load_recipe, split_name
+from vla_agents.models.dtp import DTP, DTPPolicy
+from vla_agents.policies import (
+    WRAPPERS, build_model, check_policy, list_policies, load_recipe, load_wrapper_recipe, split_name, split_wrapper,
+)
 from vla_agents.types import AttentionMaps, Observation
 
 __all__ = ["VLAAgent", "make_agent", "load_agent", "list_policies"]
@@ -53,6 +56,11 @@ def lora_targets(module: nn.Module) -> list[str]:
 
 
 class VLAAgent:
+    """A policy model with its tokenizer, benchmark adapter and normalization statistics:
+    raw benchmark observation in, env-ready action out (`act`), one model call per chunk."""
+
+    model_calls = 0  # forward passes so far; evaluation uses it to tell chunk calls from queue pops
+
     def __init__(
         self,
         model: nn.Module,
@@ -113,12 +121,18 @@ class VLAAgent:
     @torch.inference_mode()
     def _predict(self, raw_obs: Mapping, instruction: str | None) -> np.ndarray:
         """Raw observation -> un-normalized canonical chunk (T, A); records the attention maps."""
+        self.model_calls += 1
         obs: Observation = self.adapter.observation(raw_obs, instruction)
         proprio = obs.proprio if self.stats is None else self.stats.normalize_proprio(obs.proprio)
-        item = {"images": obs.images, "proprio": np.asarray(proprio, np.float32), "instruction": obs.instruction}
+        item = {"images": obs.images, "proprio": np.asarray(proprio, np.float32), "instruction": obs.instruction,
+                "task_index": obs.task_id}
         self.model.eval()
         out = self.model.predict(self.collate([item], train=False))
-        self._last_attention = AttentionMaps({v: a[0].float().cpu().numpy() for v, a in out.attention.items()})
+        masks = getattr(out, "masks", {})  # name -> view -> (B, h, w), from wrappers such as DTP
+        self._last_attention = AttentionMaps(
+            {v: a[0].float().cpu().numpy() for v, a in out.attention.items()},
+            {name: {v: m[0].cpu().numpy() for v, m in per_view.items()} for name, per_view in masks.items()},
+        )
         actions = out.actions[0].float().cpu().numpy()
         return actions if self.stats is None else self.stats.unnormalize_action(actions).astype(np.float32)
 
@@ -174,6 +188,8 @@ class VLAAgent:
             "input_ids": input_ids,
             "attention_mask": attention_mask,
         }
+        if items[0].get("task_index") is not None:  # VAT's task-id conditioning
+            batch["task_index"] = torch.as_tensor([it["task_index"] for it in items], dtype=torch.long)
         if "actions" in items[0]:
             batch["actions"] = torch.as_tensor(np.stack([it["actions"] for it in items]), dtype=torch.float32)
             batch["action_is_pad"] = torch.as_tensor(np.stack([it["action_is_pad"] for it in items]), dtype=torch.bool)
@@ -213,6 +229,7 @@ class VLAAgent:
             "proprio_dim": self.recipe["proprio_dim"],
             "hf_configs": self.model.backbone.hf_configs(),
             "lora": self.lora,
+            "dtp": self.model.settings() if isinstance(self.model, DTPPolicy) else None,
         }
 
     def save_pretrained(self, path: str | Path) -> Path:
@@ -244,8 +261,14 @@ class VLAAgent:
 def make_agent(
     policy: str, scale: str = "tiny", adapter: str = "libero", stats: NormStats | None = None, **overrides: Any
 ) -> VLAAgent:
-    """A fresh agent from a recipe; `overrides` replace recipe keys (e.g. llm_path=..., gate_mode=...)."""
+    """A fresh agent from a recipe; `overrides` replace recipe keys (e.g. llm_path=..., gate_mode=...).
+    A wrapper suffix ("oft+dtp") builds the base agent and wraps it, with settings from the
+    wrapper's recipe (`policies/dtp.yaml`) updated by the overrides that name its keys."""
     policy, scale = split_name(policy, scale)
+    base, wrapper = split_wrapper(policy)
+    if wrapper:
+        settings, overrides = load_wrapper_recipe(wrapper, overrides)
+        return WRAPPERS[wrapper](make_agent(base, scale, adapter, stats, **overrides), **settings)
     recipe = load_recipe(policy, scale, overrides)
     if stats is not None and stats.action.dim != recipe["action_dim"]:
         raise ValueError(f"action-dimension mismatch: recipe action_dim={recipe['action_dim']}, stats have {stats.action.dim}")
@@ -301,6 +324,8 @@ def load_agent(path: str | Path, device: str | torch.device | None = None) -> VL
         raise ValueError(f"weights in {path / 'model.safetensors'} do not match the architecture: "
                          f"missing {missing[:5]}, unexpected {unexpected[:5]}")
     model.load_state_dict(state)
+    if config.get("dtp"):
+        agent = DTP(agent, **config["dtp"])
     if device is not None:
         agent.to(device)
     return agent

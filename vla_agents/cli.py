@@ -25,32 +25,61 @@ def _train_bc(args: argparse.Namespace) -> None:
     from vla_agents.train.bc import train_bc
 
     overrides = dict(json.loads(args.overrides)) if args.overrides else None
+    eval_fn = None
+    if args.eval_env and args.eval_every:
+        from vla_agents.eval.rollout import evaluate
+
+        def eval_fn(agent, step: int) -> dict[str, float]:
+            agent.model.eval()
+            report = evaluate(agent, args.eval_env, args.eval_episodes, seed=10_000, progress=False)
+            return {"eval_pc_success": report.metrics()["pc_success"]}
+
     train_bc(policy=args.policy, data=args.data, steps=args.steps, out_dir=args.out, scale=args.scale,
              batch_size=args.batch_size, lr=args.lr, save_every=args.save_every, resume=args.resume,
-             seed=args.seed, overrides=overrides)
+             seed=args.seed, overrides=overrides, eval_fn=eval_fn, eval_every=args.eval_every)
     print(f"agent saved to {args.out}")
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from vla_agents.eval.rollout import evaluate_checkpoint
+    from vla_agents.agent import load_agent
+    from vla_agents.eval.rollout import evaluate
 
-    report = evaluate_checkpoint(args.agent, args.env, episodes=args.episodes, seed=args.seed,
-                                 video_dir=args.video_dir, json_path=args.json)
-    overall = report.to_eval_info()["overall"]
-    print(f"{args.env}: success {overall['pc_success']:.1f}% over {overall['n_episodes']} episodes")
+    report = evaluate(load_agent(args.agent), args.env, episodes=args.episodes, seed=args.seed, video_dir=args.video_dir)
+    info = report.to_eval_info()
+    if args.json:
+        _write_json(Path(args.json), info)
+    overall = info["overall"]
+    print(f"{args.env}: success {overall['pc_success']:.1f}% over {overall['n_episodes']} episodes "
+          f"(act p50 {overall['step_ms_p50']:.1f} ms/step, {overall['chunk_ms_p50']:.1f} ms/chunk)"
+          + (f"; videos in {args.video_dir}" if args.video_dir else ""))
 
 
 def _compare(args: argparse.Namespace) -> None:
-    from vla_agents.eval.compare import compare_checkpoints
+    from rich.console import Console
 
-    compare_checkpoints(args.agents, args.env, episodes=args.episodes, seed=args.seed,
-                        video_dir=args.video_dir, json_path=args.json)
+    from vla_agents.agent import load_agent
+    from vla_agents.eval.compare import compare, render_table
+
+    agents = [(Path(path).name, lambda p=path: load_agent(p)) for path in args.agents]
+    result = compare(agents, args.env, episodes=args.episodes, seed=args.seed, video_dir=args.video_dir)
+    Console().print(render_table(result))
+    if args.json:
+        result.save(Path(args.json).with_suffix(""))
+        print(f"wrote {Path(args.json).with_suffix('.json')} and {Path(args.json).with_suffix('.csv')}")
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    """Atomic: a crash mid-write never leaves a truncated results file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    os.replace(tmp, path)
 
 
 def _demo(args: argparse.Namespace) -> None:
     from vla_agents.demo import run_demo
 
-    run_demo(out_dir=Path(args.out), episodes=args.episodes, retrain=args.retrain)
+    run_demo(out_dir=Path(args.out), episodes=args.episodes, retrain_first=args.retrain)
 
 
 def _envs(args: argparse.Namespace) -> None:
@@ -95,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint exactly")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overrides", default=None, help='JSON recipe overrides, e.g. \'{"gate_mode": "output_scale"}\'')
+    p.add_argument("--eval-env", default=None, help="run evaluation rollouts on this env spec during training")
+    p.add_argument("--eval-every", type=int, default=0, help="evaluation period in steps (0: never)")
+    p.add_argument("--eval-episodes", type=int, default=5)
     p.add_argument("--out", required=True, help="output folder (the trained agent)")
     p.set_defaults(func=_train_bc)
 

@@ -6,6 +6,7 @@ The shipped checkpoints in `policies/checkpoints/` are produced by the project's
 """
 from __future__ import annotations
 
+import os
 import shlex
 import time
 from dataclasses import dataclass
@@ -13,10 +14,11 @@ from pathlib import Path
 
 from rich.console import Console
 
+from vla_agents.resources import resource_dir
 from vla_agents.sim import make_env
 from vla_agents.sim.experts import ScriptedExpert
 
-CHECKPOINTS = Path(__file__).resolve().parents[1] / "policies" / "checkpoints"
+CHECKPOINTS = resource_dir("policies") / "checkpoints"
 DEMO_TASKS = ("embedded/lift", "embedded/pick_color")
 DEMO_DATA = {"embedded/lift": 50, "embedded/pick_color": 100}  # expert episodes collected per task
 
@@ -28,7 +30,7 @@ class ShippedAgent:
     name: str
     policy: str
     steps: int
-    batch_size: int = 32
+    batch_size: int = 16
 
     def train_args(self, data: list[Path], out: Path) -> list[str]:
         return ["train", "bc", "--policy", self.policy, "--scale", "tiny", "--data", *map(str, data),
@@ -36,8 +38,8 @@ class ShippedAgent:
 
 
 SHIPPED = (
-    ShippedAgent("oft-tiny-embedded", "oft", steps=3000),
-    ShippedAgent("vla_adapter-tiny-embedded", "vla_adapter", steps=3000),
+    ShippedAgent("oft-tiny-embedded", "oft", steps=2000),
+    ShippedAgent("vla_adapter-tiny-embedded", "vla_adapter", steps=2000),
 )
 
 
@@ -54,12 +56,14 @@ def retrain(data_dir: Path, console: Console) -> None:
         files.append(path)
     commands += [agent.train_args(files, CHECKPOINTS / agent.name) for agent in SHIPPED]
     log = []
+    root = CHECKPOINTS.parents[1]
     for args in commands:
         console.print(f"[bold]$ vla-agents {shlex.join(args)}")
         start = time.perf_counter()
         if cli(args) != 0:
             raise RuntimeError(f"`vla-agents {shlex.join(args)}` failed")
-        log.append(f"vla-agents {shlex.join(args)}    # {time.perf_counter() - start:.0f} s")
+        shown = [os.path.relpath(a, root) if a.startswith("/") else a for a in args]  # no machine paths in the record
+        log.append(f"vla-agents {shlex.join(shown)}    # {time.perf_counter() - start:.0f} s")
     (CHECKPOINTS / "README.md").write_text(
         "# Shipped tiny checkpoints\n\nProduced by `vla-agents demo --retrain`, which ran exactly these commands "
         "(wall time on the machine that made them after `#`):\n\n```\n" + "\n".join(log) + "\n```\n"

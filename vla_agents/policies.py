@@ -9,8 +9,12 @@ import yaml
 from torch import nn
 
 from vla_agents.models.backbones import build_backbone
+from vla_agents.models.dtp import DTP
+from vla_agents.models.focusvla import FocusVLAPolicy
 from vla_agents.models.oft import OFTPolicy
+from vla_agents.models.vat import build_vat
 from vla_agents.models.vla_adapter import VLAAdapterPolicy
+from vla_agents.resources import resource_dir
 
 SCALES = ("tiny", "paper")
 
@@ -27,14 +31,30 @@ def _vla_adapter(recipe: dict[str, Any], hf_configs: dict[str, Any] | None) -> n
     )
 
 
+def _focusvla(recipe: dict[str, Any], hf_configs: dict[str, Any] | None) -> nn.Module:
+    return FocusVLAPolicy(
+        build_backbone(recipe, hf_configs), recipe["chunk"], recipe["action_dim"], recipe["proprio_dim"],
+        num_action_queries=recipe["num_action_queries"], policy_heads=recipe["policy_heads"], cascade=recipe["cascade"],
+        attention_mode=recipe["attention_mode"], topk=recipe["topk"], gate=recipe["gate"],
+        visual_source=recipe["visual_source"], latent_noise_std=recipe["latent_noise_std"],
+        attention_from=recipe["attention_from"],
+    )
+
+
 BUILDERS: dict[str, Callable[[dict[str, Any], dict[str, Any] | None], nn.Module]] = {
     "oft": _oft,
     "vla_adapter": _vla_adapter,
+    "focusvla": _focusvla,
+    "vat": build_vat,
 }
 
 
+# Training-free wrappers around a built agent, named as a suffix: "oft+dtp", "vla_adapter+dtp".
+WRAPPERS: dict[str, Callable[..., Any]] = {"dtp": DTP}
+
+
 def recipes_dir() -> Path:
-    return Path(__file__).resolve().parents[1] / "policies"
+    return resource_dir("policies")
 
 
 def list_policies() -> list[str]:
@@ -47,6 +67,22 @@ def split_name(policy: str, scale: str) -> tuple[str, str]:
         if policy.endswith(f"-{s}"):
             return policy[: -len(s) - 1], s
     return policy, scale
+
+
+def split_wrapper(policy: str) -> tuple[str, str | None]:
+    """"oft+dtp" -> ("oft", "dtp"); a plain name -> (name, None)."""
+    base, plus, wrapper = policy.partition("+")
+    if plus and wrapper not in WRAPPERS:
+        raise ValueError(f"unknown wrapper {wrapper!r} in {policy!r}; available: {', '.join(sorted(WRAPPERS))}")
+    return base, wrapper or None
+
+
+def load_wrapper_recipe(wrapper: str, overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`policies/<wrapper>.yaml` updated by the overrides that name its keys, and the remaining
+    overrides (those belong to the base policy's recipe)."""
+    settings = yaml.safe_load((recipes_dir() / f"{wrapper}.yaml").read_text())
+    mine = {k: v for k, v in overrides.items() if k in settings}
+    return {**settings, **mine}, {k: v for k, v in overrides.items() if k not in settings}
 
 
 def check_policy(policy: str) -> None:

@@ -6,7 +6,7 @@ import logging
 import re
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,9 @@ from vla_agents.eval.video import VideoWriter, compose_frame
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_VIEWS = ("agentview", "robot0_eye_in_hand")
+# view name (as policies and their attention maps name it) -> raw LIBERO camera key
+DEFAULT_VIEWS = {"agentview": "agentview_image", "eye_in_hand": "robot0_eye_in_hand_image"}
+MIN_VIDEO_VIEW_PX = 256  # smaller views are enlarged (nearest neighbour) so the overlay is legible
 
 
 @dataclass
@@ -62,14 +64,15 @@ def _error_summary(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}{where}"
 
 
-def _policy_views(obs: dict[str, Any], views: Sequence[str]) -> dict[str, np.ndarray]:
+def _policy_views(obs: dict[str, Any], views: Mapping[str, str], min_px: int) -> dict[str, np.ndarray]:
     """Raw LIBERO images are upside down (OpenGL); policies and viewers see them rotated 180 degrees."""
     images = {}
-    for view in views:
-        key = f"{view}_image"
+    for view, key in views.items():
         if key not in obs:
             raise KeyError(f"observation has no {key!r} for video view {view!r}; keys: {sorted(obs)}")
-        images[view] = np.ascontiguousarray(np.asarray(obs[key])[::-1, ::-1])
+        image = np.asarray(obs[key])[::-1, ::-1]
+        factor = max(1, min_px // image.shape[0])
+        images[view] = np.ascontiguousarray(image.repeat(factor, 0).repeat(factor, 1))
     return images
 
 
@@ -78,7 +81,8 @@ def _caption_lines(result: EpisodeResult, step: int) -> list[str]:
 
 
 def run_episode(env: gym.Env, agent: Any, seed: int, max_steps: int | None = None,
-                video_path: str | Path | None = None, views: Sequence[str] = DEFAULT_VIEWS,
+                video_path: str | Path | None = None, views: Mapping[str, str] = DEFAULT_VIEWS,
+                min_view_px: int = MIN_VIDEO_VIEW_PX,
                 fps: int = 20) -> EpisodeResult:
     """Play one episode; exceptions from the agent or env end it and are recorded, not raised.
 
@@ -105,7 +109,7 @@ def run_episode(env: gym.Env, agent: Any, seed: int, max_steps: int | None = Non
                 result.chunk_latency_s.append(elapsed)
             if writer is not None:
                 stage = "video"
-                writer.append(compose_frame(_policy_views(obs, views), getattr(agent, "last_attention", None),
+                writer.append(compose_frame(_policy_views(obs, views, min_view_px), getattr(agent, "last_attention", None),
                                             _caption_lines(result, result.length)))
             stage = "env"
             obs, reward, terminated, truncated, info = env.step(action)
@@ -117,7 +121,7 @@ def run_episode(env: gym.Env, agent: Any, seed: int, max_steps: int | None = Non
                 break
         if writer is not None:
             stage = "video"
-            writer.append(compose_frame(_policy_views(obs, views), None, _caption_lines(result, result.length)))
+            writer.append(compose_frame(_policy_views(obs, views, min_view_px), None, _caption_lines(result, result.length)))
     except Exception as exc:  # noqa: BLE001 - one bad episode must not end an evaluation
         result.error, result.error_source = _error_summary(exc), stage
         logger.warning("episode with seed %d failed in the %s: %s", seed, stage, result.error, exc_info=True)

@@ -204,7 +204,9 @@ def build_byte_tokenizer() -> PreTrainedTokenizerFast:
 @dataclass
 class BackboneOutput:
     """hidden_states[i] is LLM layer i+1's output (B, S, d); visual[view] the sequence positions of
-    that view's patches (row-major over `grid`); slots the positions of the policy's slots."""
+    that view's patches (row-major over `grid`); slots the positions of the policy's slots.
+    visual_key_mask (B, V*h*w), True = pruned: visual tokens no query may attend to; a policy that
+    attends to visual features outside the LLM must mask them there too."""
 
     hidden_states: tuple[torch.Tensor, ...]
     attentions: tuple[torch.Tensor, ...] | None
@@ -212,6 +214,7 @@ class BackboneOutput:
     extra: slice
     slots: slice
     grid: tuple[int, int]
+    visual_key_mask: torch.Tensor | None = None
 
 
 class VisionLanguageBackbone(nn.Module):
@@ -243,7 +246,11 @@ class VisionLanguageBackbone(nn.Module):
         extra: torch.Tensor | None = None,
         causal: bool = True,
         output_attentions: bool = False,
+        visual_key_mask: torch.Tensor | None = None,
     ) -> BackboneOutput:
+        """`visual_key_mask` (B, V*h*w), True = pruned, removes those visual tokens as attention keys
+        (every query, every layer) while they keep their positions: token pruning without
+        re-indexing RoPE or the per-view slices."""
         text = self.llm.embed(input_ids)
         visual = self.encode_images(images).to(text.dtype)
         b = text.shape[0]
@@ -254,7 +261,11 @@ class VisionLanguageBackbone(nn.Module):
         ones = lambda t: attention_mask.new_ones(b, t.shape[1])  # noqa: E731
         keep = torch.cat([attention_mask[:, :1], ones(visual), ones(extra), attention_mask[:, 1:], ones(slots)], dim=1).bool()
         position_ids = keep.long().cumsum(dim=1) - 1  # padding does not consume RoPE positions
-        allowed = keep[:, None, None, :].expand(b, 1, keep.shape[1], keep.shape[1])
+        keys = keep
+        if visual_key_mask is not None:
+            n_vis = visual.shape[1]
+            keys = torch.cat([keep[:, :1], keep[:, 1 : 1 + n_vis] & ~visual_key_mask.bool(), keep[:, 1 + n_vis :]], dim=1)
+        allowed = keys[:, None, None, :].expand(b, 1, keep.shape[1], keep.shape[1])
         if causal:
             allowed = allowed & torch.ones_like(allowed[0, 0]).tril()
         mask = torch.zeros(allowed.shape, dtype=embeds.dtype, device=embeds.device)
@@ -270,6 +281,7 @@ class VisionLanguageBackbone(nn.Module):
             extra=slice(start_extra, start_extra + extra.shape[1]),
             slots=slice(embeds.shape[1] - slots.shape[1], embeds.shape[1]),
             grid=self.grid,
+            visual_key_mask=visual_key_mask,
         )
 
     def hf_configs(self) -> dict[str, Any]:

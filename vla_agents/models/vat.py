@@ -51,21 +51,28 @@ class ViTTrunk(nn.Module):
             raise ValueError(f"unknown VAT vision {kind!r}; available: {', '.join(VISION_KINDS)}")
         self.kind, self.model, self.image_size = kind, model, image_size
         if kind == "tiny_vit":
-            layers, self.dim, patch = model.blocks, model.dim, image_size // model.grid[0]
+            self.dim, patch = model.dim, image_size // model.grid[0]
             self.heads = model.blocks[0].attn.heads
             self.mlp_ratio = model.blocks[0].mlp[0].out_features / self.dim
             self.num_prefix = 0
         else:
             cfg = model.config
-            layers = model.vision_model.encoder.layers if kind == "siglip" else model.encoder.layer
             self.dim, self.heads, patch = cfg.hidden_size, cfg.num_attention_heads, cfg.patch_size
             self.mlp_ratio = cfg.intermediate_size / cfg.hidden_size if kind == "siglip" else cfg.mlp_ratio
             self.num_prefix = 0 if kind == "siglip" else 1 + getattr(cfg, "num_register_tokens", 0)
-        if not 0 <= drop_last_blocks < len(layers):
-            raise ValueError(f"drop_last_blocks={drop_last_blocks} leaves no block of {len(layers)}")
-        self.depth = len(layers) - drop_last_blocks
+        total = len(self.layers)
+        if not 0 <= drop_last_blocks < total:
+            raise ValueError(f"drop_last_blocks={drop_last_blocks} leaves no block of {total}")
+        self.depth = total - drop_last_blocks
         self.drop_last_blocks = drop_last_blocks
         self.grid = (image_size // patch, image_size // patch)
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        """All pretrained ViT blocks, including any dropped ones."""
+        if self.kind == "tiny_vit":
+            return self.model.blocks
+        return self.model.encoder.layers if self.kind == "siglip" else self.model.encoder.layer
 
     @classmethod
     def build(cls, recipe: dict[str, Any], hf_configs: dict[str, Any] | None = None) -> ViTTrunk:
@@ -96,16 +103,12 @@ class ViTTrunk(nn.Module):
             return x.flatten(2).transpose(1, 2) + self.model.pos_embed
         if self.kind == "siglip":
             resize = pixels.shape[-1] != self.model.config.image_size
-            return self.model.vision_model.embeddings(_normalize(pixels, SIGLIP_MEAN, SIGLIP_STD), interpolate_pos_encoding=resize)
+            return self.model.embeddings(_normalize(pixels, SIGLIP_MEAN, SIGLIP_STD), interpolate_pos_encoding=resize)
         return self.model.embeddings(_normalize(pixels, IMAGENET_MEAN, IMAGENET_STD))
 
     def block(self, index: int, x: torch.Tensor) -> torch.Tensor:
         """ViT block `index`, exactly as pretrained."""
-        if self.kind == "tiny_vit":
-            layers = self.model.blocks
-        else:
-            layers = self.model.vision_model.encoder.layers if self.kind == "siglip" else self.model.encoder.layer
-        layer = layers[index]
+        layer = self.layers[index]
         return layer(x)[0] if self.kind == "tiny_vit" else layer(x, attention_mask=None)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -317,5 +320,6 @@ def build_vat(recipe: dict[str, Any], hf_configs: dict[str, Any] | None = None) 
     return VATPolicy(
         ViTTrunk.build(recipe, hf_configs), recipe["views"], recipe["chunk"], recipe["action_dim"], recipe["proprio_dim"],
         task_conditioning=recipe["task_conditioning"], num_tasks=recipe["num_tasks"], vocab_size=recipe["vocab_size"],
-        action_layers=recipe["action_layers"], use_proprio=recipe["use_proprio"], film_hidden_mult=recipe["film_hidden_mult"],
+        action_layers=recipe["action_layers"], use_proprio=recipe["use_proprio"],
+        film_hidden_mult=recipe["film_hidden_mult"],
     )

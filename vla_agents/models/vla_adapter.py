@@ -50,9 +50,10 @@ class BridgeAttention(nn.Module):
         return rotary(split_heads(self.k(source), self.heads), positions), split_heads(self.v(source), self.heads)
 
     def forward(
-        self, x: torch.Tensor, action_queries: torch.Tensor, raw: torch.Tensor
+        self, x: torch.Tensor, action_queries: torch.Tensor, raw: torch.Tensor, raw_pruned: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, T, d); action_queries = [C^AQ_i ; proprio] (B, Q+1, d); raw = C^R_i (B, N, d).
+        """x (B, T, d); action_queries = [C^AQ_i ; proprio] (B, Q+1, d); raw = C^R_i (B, N, d);
+        raw_pruned (B, N), True = a pruned visual token that must get no attention here either.
         Returns the new latents and the attention weights on the raw visual keys (B, heads, T, N)."""
         q = rotary(split_heads(self.q(x), self.heads), torch.arange(x.shape[1], device=x.device))
         sources = [self._keys_values(s) for s in (x, action_queries, raw)]
@@ -60,12 +61,15 @@ class BridgeAttention(nn.Module):
         values = [v for _, v in sources]
         gate = torch.tanh(self.gate)
         n_raw = raw.shape[1]
+        raw_logits = gate * logits[2] if self.gate_mode == "logit_scale" else logits[2]
+        if raw_pruned is not None:
+            raw_logits = raw_logits.masked_fill(raw_pruned[:, None, None, :], float("-inf"))
         if self.gate_mode == "logit_scale":
-            weights = torch.cat([logits[0], logits[1], gate * logits[2]], dim=-1).softmax(dim=-1)
+            weights = torch.cat([logits[0], logits[1], raw_logits], dim=-1).softmax(dim=-1)
             o = weights @ torch.cat(values, dim=2)
             raw_weights = weights[..., -n_raw:]
         else:
-            per_source = [lg.softmax(dim=-1) for lg in logits]
+            per_source = [lg.softmax(dim=-1) for lg in (logits[0], logits[1], raw_logits)]
             o = per_source[0] @ values[0] + per_source[1] @ values[1] + gate * (per_source[2] @ values[2])
             raw_weights = per_source[2]
         x = torch.relu(self.ffn(self.norm(self.o(merge_heads(o)) + x)))
@@ -113,7 +117,7 @@ class VLAAdapterPolicy(nn.Module):
         raw_attention = []
         for block, h in zip(self.blocks, out.hidden_states):  # block i <- LLM layer i+1
             c_aq, c_r = h[:, out.slots].float(), h[:, visual].float()
-            x, w = block(x, torch.cat([c_aq, p], dim=1), c_r)
+            x, w = block(x, torch.cat([c_aq, p], dim=1), c_r, out.visual_key_mask)
             raw_attention.append(w)
         actions = self.fc2(x)
 

@@ -12,16 +12,16 @@ import os
 import string
 from dataclasses import dataclass, field
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import yaml
 
+from vla_agents.resources import resource_dir
+
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-SPEC_FILE = Path(__file__).resolve().parents[2] / "envs" / "embedded.yaml"
 CAMERAS = ("agentview", "robot0_eye_in_hand")
 INSTRUCTION_MAX_CHARS = 128
 INSTRUCTION_CHARSET = string.ascii_letters + string.digits + " ,.;:'-_()"
@@ -45,7 +45,7 @@ class TaskSpec:
 
 @lru_cache(maxsize=1)
 def load_suite() -> dict[str, TaskSpec]:
-    spec = yaml.safe_load(SPEC_FILE.read_text())
+    spec = yaml.safe_load((resource_dir("envs") / "embedded.yaml").read_text())
     defaults = spec["defaults"]
     scene = {k: defaults[k] for k in ("cube_half_size", "placement_range", "min_cube_distance")}
     tasks = {}
