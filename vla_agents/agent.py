@@ -290,6 +290,10 @@ def load_agent(path: str | Path, device: str | torch.device | None = None) -> VL
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"agent folder not found: {path}")
+    if (path / "residual.json").exists():  # an RL residual on a frozen base agent saved in path/base
+        from vla_agents.train.residual import load_residual_agent
+
+        return load_residual_agent(path, device)
     for name in ("config.json", "model.safetensors", "norm_stats.json", "tokenizer"):
         if not (path / name).exists():
             raise FileNotFoundError(f"agent folder {path} is missing {name}")

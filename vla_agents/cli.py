@@ -40,6 +40,16 @@ def _train_bc(args: argparse.Namespace) -> None:
     print(f"agent saved to {args.out}")
 
 
+def _train_rl(args: argparse.Namespace) -> None:
+    from vla_agents.train.residual import train_rl
+
+    train_rl(agent_dir=args.agent, env_spec=args.env, algo=args.algo, mode=args.mode_rl, steps=args.steps,
+             out_dir=args.out, scale=args.scale, n_envs=args.n_envs, seed=args.seed, reward=args.reward,
+             progressive_explore=args.progressive_explore, eval_episodes=args.eval_episodes,
+             eval_every=args.eval_every, device=args.device)
+    print(f"residual agent saved to {args.out} (curve: {Path(args.out) / 'curve.png'})")
+
+
 def _eval(args: argparse.Namespace) -> None:
     from vla_agents.agent import load_agent
     from vla_agents.eval.rollout import evaluate
@@ -129,6 +139,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-episodes", type=int, default=5)
     p.add_argument("--out", required=True, help="output folder (the trained agent)")
     p.set_defaults(func=_train_bc)
+
+    p = train.add_parser("rl", help="RL fine-tuning (stable-baselines3) of a residual on a frozen agent")
+    p.add_argument("--agent", required=True, help="frozen base agent folder (save_pretrained output)")
+    p.add_argument("--env", required=True, help="environment spec, e.g. embedded/lift")
+    p.add_argument("--algo", choices=["sac", "ppo"], default="sac")
+    p.add_argument("--mode", dest="mode_rl", choices=["residual", "full"], default="residual",
+                   help="residual: small policy corrects the frozen VLA's actions; full: not implemented yet")
+    p.add_argument("--steps", type=int, default=10_000, help="env steps, over all envs")
+    p.add_argument("--scale", type=float, default=0.1, help="residual action scale")
+    p.add_argument("--n-envs", type=int, default=2, help="parallel envs (subprocesses when > 1)")
+    p.add_argument("--reward", choices=["sparse", "shaped"], default="sparse", help="shaped: success - 1 per step")
+    p.add_argument("--progressive-explore", type=int, default=0,
+                   help="use the residual with probability min(step/N, 1) (Policy Decorator); 0: always")
+    p.add_argument("--eval-every", type=int, default=0, help="evaluation period in env steps (0: start and end only)")
+    p.add_argument("--eval-episodes", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="device of the SB3 policy")
+    p.add_argument("--out", required=True, help="output folder (the RL agent, rl_log.json, curve.png)")
+    p.set_defaults(func=_train_rl)
 
     p = sub.add_parser("eval", help="seeded evaluation episodes with videos and eval_info.json")
     p.add_argument("--agent", required=True, help="agent folder (save_pretrained output)")

@@ -9,6 +9,7 @@ import yaml
 from torch import nn
 
 from vla_agents.models.backbones import build_backbone
+from vla_agents.models.deepvision import build_deepvision
 from vla_agents.models.dtp import DTP
 from vla_agents.models.focusvla import FocusVLAPolicy
 from vla_agents.models.oft import OFTPolicy
@@ -46,6 +47,7 @@ BUILDERS: dict[str, Callable[[dict[str, Any], dict[str, Any] | None], nn.Module]
     "vla_adapter": _vla_adapter,
     "focusvla": _focusvla,
     "vat": build_vat,
+    "deepvision": build_deepvision,
 }
 
 

@@ -119,7 +119,7 @@ class EmbeddedEnv(gym.Env):
         self.target = self.spec_.target
         self.base = self.spec_.base
         self.instruction = self.spec_.instruction
-        self._elapsed = 0
+        self.elapsed_steps = 0
         self._last_raw: dict[str, Any] = {}
 
     # -- task ------------------------------------------------------------------------------------
@@ -144,7 +144,7 @@ class EmbeddedEnv(gym.Env):
         self.sim.rng = np.random.default_rng(self.np_random.integers(2**63))
         self._choose_task()
         raw = self.sim.reset()
-        self._elapsed = 0
+        self.elapsed_steps = 0
         return self._observation(raw), self._info(success=False)
 
     def step(self, action):
@@ -154,9 +154,9 @@ class EmbeddedEnv(gym.Env):
         if not np.all(np.isfinite(action)):
             raise ValueError(f"action contains NaN or inf: {action}")
         raw, _, _, _ = self.sim.step(np.clip(action, -1.0, 1.0))
-        self._elapsed += 1
+        self.elapsed_steps += 1
         success = self.success()
-        truncated = not success and self._elapsed >= self.max_episode_steps
+        truncated = not success and self.elapsed_steps >= self.max_episode_steps
         return self._observation(raw), float(success), success, truncated, self._info(success)
 
     def render(self):

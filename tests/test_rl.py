@@ -1,0 +1,108 @@
+"""Residual RL: the wrapper's action arithmetic, one VLA call per chunk, SB3 compatibility,
+a tiny training run, and the saved RL agent reloading to act identically."""
+from __future__ import annotations
+
+import json
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from stable_baselines3.common.env_checker import check_env
+
+from vla_agents.agent import load_agent, make_agent
+from vla_agents.data.normalization import compute_norm_stats
+from vla_agents.sim import make_env
+from vla_agents.train.residual import ResidualAgent, ResidualEnv, load_residual_agent, train_rl
+
+SMALL = dict(image_size=32, vit_depth=1, llm_layers=2)
+ENV = "embedded/lift"
+ENV_KWARGS = {"image_size": 32}
+
+
+class ActionRecorder(gym.Wrapper):
+    """Keeps the actions the env really receives and the latest raw observation."""
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        self.actions: list[np.ndarray] = []
+
+    def reset(self, **kwargs):
+        self.last_obs, info = self.env.reset(**kwargs)
+        return self.last_obs, info
+
+    def step(self, action):
+        self.actions.append(np.array(action))
+        self.last_obs, *rest = self.env.step(action)
+        return (self.last_obs, *rest)
+
+
+@pytest.fixture(scope="module")
+def agent_dir(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    stats = compute_norm_stats(rng.normal(scale=0.3, size=(100, 7)), rng.normal(size=(100, 8)))
+    return make_agent("vla_adapter", stats=stats, **SMALL).save_pretrained(tmp_path_factory.mktemp("rl") / "bc")
+
+
+def test_wrapper_adds_scaled_clipped_residual_and_calls_vla_once_per_chunk(agent_dir) -> None:
+    base, reference = load_agent(agent_dir), load_agent(agent_dir)  # same weights, independent queues
+    recorder = ActionRecorder(make_env(ENV, **ENV_KWARGS))
+    env = ResidualEnv(recorder, base, scale=0.1)
+    rng = np.random.default_rng(0)
+    calls = base.model_calls
+    obs, _ = env.reset(seed=0)
+    reference.reset()
+    expected_base = reference.act(recorder.last_obs)
+    for _ in range(16):
+        np.testing.assert_allclose(obs[8:15], expected_base, atol=1e-5)
+        residual = rng.uniform(-2.0, 2.0, 7).astype(np.float32)  # outside [-1, 1] on purpose
+        obs, _, terminated, truncated, info = env.step(residual)
+        np.testing.assert_allclose(recorder.actions[-1], np.clip(expected_base + 0.1 * np.clip(residual, -1, 1), -1, 1),
+                                   atol=1e-5)
+        assert not (terminated or truncated)
+        expected_base = reference.act(recorder.last_obs)
+    assert base.model_calls - calls == 3  # reset, then steps 8 and 16 (chunk 8, open-loop)
+    assert obs.shape == env.observation_space.shape == (8 + 7 + 32 + 1,)
+    env.close()
+
+
+def test_sb3_check_env_passes(agent_dir) -> None:
+    env = ResidualEnv(make_env(ENV, **ENV_KWARGS), load_agent(agent_dir), reward="shaped", progressive_explore=100)
+    check_env(env, warn=True)
+    env.close()
+
+
+def test_train_rl_writes_curve_and_a_reloadable_agent(agent_dir, tmp_path) -> None:
+    out = tmp_path / "rl"
+    trained = train_rl(agent_dir, ENV, algo="sac", steps=64, out_dir=out, n_envs=1, eval_episodes=1,
+                       env_kwargs=ENV_KWARGS, progress=False)
+    assert (out / "curve.png").stat().st_size > 0
+    log = json.loads((out / "rl_log.json").read_text())
+    assert [e["step"] for e in log["eval"]] == [0, 64]
+    reloaded = load_residual_agent(out)
+    assert isinstance(reloaded, ResidualAgent) and json.loads((out / "residual.json").read_text())["scale"] == 0.1
+
+    env = make_env(ENV, **ENV_KWARGS)
+    raw, _ = env.reset(seed=3)
+    trained.reset()
+    reloaded.reset()
+    for _ in range(10):
+        a, b = trained.act(raw), reloaded.act(raw)
+        np.testing.assert_allclose(a, b, atol=1e-5)
+        raw, *_ = env.step(a)
+    env.close()
+
+
+def test_full_mode_is_reported_as_missing(agent_dir, tmp_path) -> None:
+    with pytest.raises(NotImplementedError, match="residual"):
+        train_rl(agent_dir, ENV, mode="full", steps=8, out_dir=tmp_path)
+
+
+def test_cli_train_rl_ppo_with_subprocess_envs(agent_dir, tmp_path) -> None:
+    from vla_agents.cli import main
+
+    out = tmp_path / "ppo"
+    assert main(["train", "rl", "--agent", str(agent_dir), "--env", ENV, "--algo", "ppo", "--steps", "32",
+                 "--n-envs", "2", "--eval-episodes", "0", "--reward", "shaped", "--out", str(out)]) == 0
+    assert (out / "curve.png").exists() and load_residual_agent(out).algo == "ppo"
+    assert main(["train", "rl", "--agent", str(agent_dir), "--env", ENV, "--mode", "full", "--steps", "8",
+                 "--out", str(tmp_path / "full")]) == 2

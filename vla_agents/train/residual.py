@@ -1,0 +1,310 @@
+"""Residual RL on a frozen VLA (Policy Decorator / ResiP style), with stable-baselines3.
+
+The base agent stays frozen and keeps executing its chunks open-loop (one VLA call per chunk); a
+small SB3 policy learns a bounded correction `scale * clip(r, -1, 1)` added to each base action.
+The base is treated as part of the environment (`ResidualEnv`), so every SB3 algorithm works
+unchanged and its replay/rollout buffers store exactly the action the actor produced.
+
+SB3 sees a flat vector: normalized proprio (8) + the base action about to run (7) + pooled VLA
+features (last LLM hidden state, mean over tokens, fixed random projection to `feature_dim`; cached
+per chunk) + the chunk phase (1). `ResidualAgent` builds that vector the same way at deployment.
+
+Folder layout written by `ResidualAgent.save_pretrained(dir)`:
+`dir/base/` (the frozen VLAAgent folder), `dir/residual_policy.zip` (SB3), `dir/residual.json`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any, Mapping
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from vla_agents.types import AttentionMaps
+
+__all__ = ["ResidualAgent", "ResidualEnv", "load_residual_agent", "train_rl"]
+
+ALGOS = ("sac", "ppo")
+REWARDS = ("sparse", "shaped")
+POLICY_FILE, CONFIG_FILE, BASE_DIR = "residual_policy.zip", "residual.json", "base"
+
+
+def _algo_class(algo: str):
+    from stable_baselines3 import PPO, SAC
+
+    if algo not in ALGOS:
+        raise ValueError(f"unknown RL algorithm {algo!r}; expected one of {ALGOS}")
+    return {"sac": SAC, "ppo": PPO}[algo]
+
+
+class ResidualAgent:
+    """Frozen base agent + SB3 residual policy, usable wherever a VLAAgent is (`reset`, `act`,
+    `last_attention`, `model_calls`, `save_pretrained`). With `policy=None` it only builds the
+    observation vector (what `ResidualEnv` needs while the policy is being trained)."""
+
+    def __init__(self, base: Any, policy: Any = None, scale: float = 0.1, feature_dim: int = 32,
+                 algo: str = "sac", action_low: float = -1.0, action_high: float = 1.0) -> None:
+        self.base, self.policy, self.scale, self.algo = base, policy, float(scale), algo
+        self.feature_dim, self.action_low, self.action_high = int(feature_dim), float(action_low), float(action_high)
+        self.action_dim = base.action_dim
+        backbone = base.model.backbone
+        # A fixed projection (seeded, so a reloaded agent sees the same features) keeps SB3's input small.
+        gen = torch.Generator().manual_seed(0)
+        self._projection = torch.randn(backbone.llm.hidden_size, self.feature_dim, generator=gen) / backbone.llm.hidden_size ** 0.5
+        self._features = np.zeros(self.feature_dim, np.float32)
+        self._hook = backbone.register_forward_hook(self._pool)
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (self.obs_dim,), np.float32)
+
+    @property
+    def obs_dim(self) -> int:
+        return self.base.recipe["proprio_dim"] + self.action_dim + self.feature_dim + 1
+
+    @property
+    def model_calls(self) -> int:
+        return self.base.model_calls
+
+    @property
+    def last_attention(self) -> AttentionMaps:
+        return self.base.last_attention
+
+    def num_parameters(self) -> int:
+        extra = sum(p.numel() for p in self.policy.policy.parameters()) if self.policy is not None else 0
+        return self.base.num_parameters() + extra
+
+    def _pool(self, module: torch.nn.Module, inputs: Any, out: Any) -> None:
+        """Forward hook on the backbone: runs only when the VLA runs, i.e. once per chunk."""
+        last = out.hidden_states[-1].float().mean(dim=1)[0].cpu()
+        self._features = (last @ self._projection).numpy().astype(np.float32)
+
+    def reset(self) -> None:
+        self.base.reset()
+
+    def observe(self, raw_obs: Mapping) -> tuple[np.ndarray, np.ndarray]:
+        """The base action for this step (advancing the base agent's chunk queue) and SB3's observation."""
+        base_action = np.asarray(self.base.act(raw_obs), np.float32)
+        proprio = self.base.adapter.observation(raw_obs).proprio
+        if self.base.stats is not None:
+            proprio = self.base.stats.normalize_proprio(proprio)
+        n_open_loop = self.base.recipe.get("n_open_loop", self.base.chunk)
+        remaining = len(getattr(self.base, "_queue", ()))
+        phase = 0.0 if self.base.recipe.get("temporal_ensemble") else (n_open_loop - 1 - remaining) / n_open_loop
+        obs = np.concatenate([np.asarray(proprio, np.float32), base_action, self._features, [phase]]).astype(np.float32)
+        return base_action, obs
+
+    def combine(self, base_action: np.ndarray, residual: np.ndarray) -> np.ndarray:
+        residual = np.clip(np.asarray(residual, np.float32), -1.0, 1.0)
+        return np.clip(base_action + self.scale * residual, self.action_low, self.action_high).astype(np.float32)
+
+    def act(self, raw_obs: Mapping, instruction: str | None = None) -> np.ndarray:
+        if self.policy is None:
+            raise RuntimeError("this ResidualAgent has no trained residual policy yet")
+        base_action, obs = self.observe(raw_obs)
+        residual, _ = self.policy.predict(obs, deterministic=True)
+        return self.combine(base_action, residual)
+
+    def config(self) -> dict[str, Any]:
+        return {"algo": self.algo, "scale": self.scale, "feature_dim": self.feature_dim, "obs_dim": self.obs_dim,
+                "action_dim": self.action_dim, "action_low": self.action_low, "action_high": self.action_high,
+                "base": BASE_DIR, "policy": POLICY_FILE}
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        if self.policy is None:
+            raise RuntimeError("nothing to save: this ResidualAgent has no residual policy")
+        path = Path(path)
+        self.base.save_pretrained(path / BASE_DIR)
+        self.policy.save(str(path / POLICY_FILE))
+        (path / CONFIG_FILE).write_text(json.dumps(self.config(), indent=2))
+        return path
+
+
+def load_residual_agent(path: str | Path, device: str | torch.device | None = None) -> ResidualAgent:
+    """Load a folder written by `ResidualAgent.save_pretrained` (what `load_agent` delegates to)."""
+    from vla_agents.agent import load_agent
+
+    path = Path(path)
+    for name in (CONFIG_FILE, POLICY_FILE, BASE_DIR):
+        if not (path / name).exists():
+            raise FileNotFoundError(f"residual agent folder {path} is missing {name}")
+    config = json.loads((path / CONFIG_FILE).read_text())
+    base = load_agent(path / config.get("base", BASE_DIR), device=device)
+    policy = _algo_class(config["algo"]).load(str(path / config.get("policy", POLICY_FILE)), device=device or "cpu")
+    agent = ResidualAgent(base, policy, config["scale"], config["feature_dim"], config["algo"],
+                          config["action_low"], config["action_high"])
+    if policy.observation_space.shape != (agent.obs_dim,):
+        raise ValueError(f"residual policy in {path} expects observations {policy.observation_space.shape}, "
+                         f"the base agent gives ({agent.obs_dim},)")
+    return agent
+
+
+class ResidualEnv(gym.Wrapper):
+    """The residual MDP: action = correction in [-1, 1]^A, the frozen base agent runs inside `step`.
+
+    reward="sparse" passes the env's 0/1 success reward; "shaped" is Policy Decorator's `r - 1`
+    (a per-step cost until success, so faster success pays more). `progressive_explore=N` > 0 uses
+    the residual at each step with probability min(steps_so_far / N, 1) and zeroes it otherwise
+    (Policy Decorator), counting this env's own steps; the buffer still stores the policy's action."""
+
+    def __init__(self, env: gym.Env, agent: Any, scale: float = 0.1, reward: str = "sparse",
+                 progressive_explore: int = 0, feature_dim: int = 32, algo: str = "sac") -> None:
+        super().__init__(env)
+        if reward not in REWARDS:
+            raise ValueError(f"unknown reward {reward!r}; expected one of {REWARDS}")
+        low, high = float(np.min(env.action_space.low)), float(np.max(env.action_space.high))
+        self.residual = agent if isinstance(agent, ResidualAgent) else ResidualAgent(
+            agent, scale=scale, feature_dim=feature_dim, algo=algo, action_low=low, action_high=high)
+        self.reward_mode, self.progressive_explore = reward, int(progressive_explore)
+        self.observation_space = self.residual.observation_space
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (self.residual.action_dim,), np.float32)
+        self.total_steps = 0
+        self._rng = np.random.default_rng()
+        self._base_action = np.zeros(self.residual.action_dim, np.float32)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        if seed is not None:
+            self._rng = np.random.default_rng(seed)
+        raw, info = self.env.reset(seed=seed, options=options)
+        self.residual.reset()
+        self._base_action, obs = self.residual.observe(raw)
+        return obs, info
+
+    def step(self, action):
+        residual = np.asarray(action, np.float32)
+        if self.progressive_explore > 0 and self._rng.random() >= min(self.total_steps / self.progressive_explore, 1.0):
+            residual = np.zeros_like(residual)
+        env_action = self.residual.combine(self._base_action, residual)
+        raw, reward, terminated, truncated, info = self.env.step(env_action)
+        self.total_steps += 1
+        info = {**info, "base_action": self._base_action, "env_action": env_action}
+        # The terminal observation needs its base action too: SB3 bootstraps truncated episodes from it.
+        self._base_action, obs = self.residual.observe(raw)
+        if self.reward_mode == "shaped":
+            reward = float(reward) - 1.0
+        return obs, float(reward), bool(terminated), bool(truncated), info  # the env may give np.bool_
+
+
+def _make_residual_env(agent_dir: str, env_spec: str, env_kwargs: dict, **wrapper_kwargs: Any) -> ResidualEnv:
+    """Top-level (picklable) factory: each worker process loads its own frozen base agent."""
+    from vla_agents.agent import load_agent
+    from vla_agents.sim import make_env
+
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    return ResidualEnv(make_env(env_spec, **env_kwargs), load_agent(agent_dir), **wrapper_kwargs)
+
+
+def _success_rate(agent: ResidualAgent, env_spec: str, env_kwargs: dict, episodes: int) -> float:
+    from vla_agents.eval.rollout import evaluate
+    from vla_agents.sim import make_env
+
+    report = evaluate(agent, lambda: make_env(env_spec, **env_kwargs), episodes, seed=10_000, progress=False)
+    return float(np.mean([r.success for r in report.episodes]))
+
+
+def _plot_curve(log: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if log["eval"]:
+        ax.plot([e["step"] for e in log["eval"]], [e["success_rate"] for e in log["eval"]], "o-", label="eval success")
+    episodes = log["train_episodes"]
+    if episodes:
+        wins = np.array([e["success"] for e in episodes], float)
+        window = max(1, min(20, len(wins)))
+        smooth = np.convolve(wins, np.ones(window) / window, mode="valid")
+        ax.plot([e["step"] for e in episodes][window - 1 :], smooth, label=f"train success (mean of {window})")
+    ax.set(xlabel="env steps", ylabel="success rate", ylim=(-0.05, 1.05),
+           title=f"residual {log['config']['algo'].upper()} on {log['config']['env']}")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def train_rl(agent_dir: str | Path, env_spec: str, algo: str = "sac", mode: str = "residual", steps: int = 10_000,
+             out_dir: str | Path = "runs/rl", scale: float = 0.1, n_envs: int = 2, seed: int = 0,
+             reward: str = "sparse", progressive_explore: int = 0, eval_episodes: int = 5, eval_every: int = 0,
+             feature_dim: int = 32, env_kwargs: dict | None = None, progress: bool = True,
+             device: str = "cpu") -> ResidualAgent:
+    """Residual RL on the frozen agent in `agent_dir`; writes the agent, `rl_log.json` and `curve.png`
+    to `out_dir`. Success is evaluated (deterministic residual) before training, every `eval_every`
+    env steps (0: never in between) and at the end."""
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecMonitor
+
+    from vla_agents.agent import load_agent
+
+    if mode == "full":
+        raise NotImplementedError("mode='full' (RL on the whole VLA) needs a stochastic, log-prob-able action "
+                                  "head and is not implemented; mode='residual' is available")
+    if mode != "residual":
+        raise ValueError(f"unknown mode {mode!r}; expected 'residual' or 'full'")
+    algo_class = _algo_class(algo)
+    if reward not in REWARDS:
+        raise ValueError(f"unknown reward {reward!r}; expected one of {REWARDS}")
+    agent_dir, out_dir, env_kwargs = str(agent_dir), Path(out_dir), dict(env_kwargs or {})
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    factory = partial(_make_residual_env, agent_dir, env_spec, env_kwargs, scale=scale, reward=reward,
+                      progressive_explore=progressive_explore, feature_dim=feature_dim, algo=algo)
+    # robosuite/EGL contexts do not survive fork: workers start fresh interpreters.
+    venv = (SubprocVecEnv([factory] * n_envs, start_method="forkserver") if n_envs > 1 else DummyVecEnv([factory]))
+    venv = VecMonitor(venv)
+    venv.seed(seed)
+    if algo == "ppo":
+        n_steps = max(16, min(256, steps // n_envs))
+        kwargs = dict(n_steps=n_steps, batch_size=min(64, n_steps * n_envs))
+    else:
+        kwargs = dict(learning_starts=min(1000, steps // 4), batch_size=min(256, max(16, steps // 4)))
+    model = algo_class("MlpPolicy", venv, seed=seed, device=device, verbose=0, **kwargs)
+
+    eval_agent = ResidualAgent(load_agent(agent_dir), model, scale, feature_dim, algo)
+    log: dict[str, Any] = {"config": {"agent": agent_dir, "env": env_spec, "algo": algo, "mode": mode, "steps": steps,
+                                      "scale": scale, "n_envs": n_envs, "seed": seed, "reward": reward,
+                                      "progressive_explore": progressive_explore, "feature_dim": feature_dim,
+                                      "eval_episodes": eval_episodes},
+                           "eval": [], "train_episodes": []}
+    start = time.perf_counter()
+
+    def record_eval(step: int) -> None:
+        if eval_episodes > 0:
+            rate = _success_rate(eval_agent, env_spec, env_kwargs, eval_episodes)
+            log["eval"].append({"step": step, "success_rate": rate, "wall_s": time.perf_counter() - start})
+
+    class Recorder(BaseCallback):
+        """Per-episode training success and periodic evaluation, both against env steps."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.next_eval = eval_every
+
+        def _on_step(self) -> bool:
+            for done, info in zip(self.locals["dones"], self.locals["infos"]):
+                if done and "episode" in info:
+                    log["train_episodes"].append({"step": self.num_timesteps, "success": bool(info.get("success")),
+                                                  "return": float(info["episode"]["r"]), "length": int(info["episode"]["l"])})
+            if eval_every > 0 and self.num_timesteps >= self.next_eval:
+                self.next_eval += eval_every
+                record_eval(self.num_timesteps)
+            return True
+
+    record_eval(0)
+    try:
+        model.learn(total_timesteps=steps, callback=Recorder(), progress_bar=progress)
+    finally:
+        venv.close()
+    if not log["eval"] or log["eval"][-1]["step"] != model.num_timesteps:
+        record_eval(model.num_timesteps)
+    log["wall_s"] = time.perf_counter() - start
+    eval_agent.save_pretrained(out_dir)
+    (out_dir / "rl_log.json").write_text(json.dumps(log, indent=2))
+    _plot_curve(log, out_dir / "curve.png")
+    return eval_agent
