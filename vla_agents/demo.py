@@ -38,8 +38,8 @@ class ShippedAgent:
 
 
 SHIPPED = (
-    ShippedAgent("oft-tiny-embedded", "oft", steps=2000),
-    ShippedAgent("vla_adapter-tiny-embedded", "vla_adapter", steps=2000),
+    ShippedAgent("oft-tiny-embedded", "oft", steps=4500),
+    ShippedAgent("vla_adapter-tiny-embedded", "vla_adapter", steps=4500),
 )
 
 
