@@ -203,19 +203,9 @@ def test_agent_acts_and_round_trips(tmp_path: Path) -> None:
     assert loaded.recipe == agent.recipe and loaded.num_parameters() == agent.num_parameters()
 
 
-def test_paper_scale_construction(tmp_path: Path) -> None:
+def test_paper_scale_construction(tmp_path: Path, tiny_hf_models: dict[str, str]) -> None:
     """Tiny random SigLIP + DINOv2 + Qwen2 saved locally and loaded through the paper recipe."""
-    from transformers import Dinov2Config, Dinov2Model, Qwen2Config, Qwen2ForCausalLM, SiglipVisionConfig, SiglipVisionModel
-
-    from vla_agents.models.backbones import build_byte_tokenizer
-
-    vit = dict(image_size=28, patch_size=14, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
-    SiglipVisionModel(SiglipVisionConfig(**vit)).save_pretrained(tmp_path / "siglip")
-    Dinov2Model(Dinov2Config(**vit)).save_pretrained(tmp_path / "dinov2")
-    Qwen2ForCausalLM(Qwen2Config(vocab_size=300, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                 num_key_value_heads=2, intermediate_size=64)).save_pretrained(tmp_path / "qwen")
-    build_byte_tokenizer().save_pretrained(tmp_path / "qwen")
-    paths = dict(siglip_path=str(tmp_path / "siglip"), dinov2_path=str(tmp_path / "dinov2"), llm_path=str(tmp_path / "qwen"))
+    paths = tiny_hf_models
 
     agent = make_agent("focusvla", scale="paper", stats=stats(), image_size=28, topk=5, **paths)
     model = agent.model
