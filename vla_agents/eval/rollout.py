@@ -13,11 +13,12 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
+from rich.progress import (BarColumn, MofNCompleteColumn, SpinnerColumn, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 
 from vla_agents.eval.stats import wilson_interval
 from vla_agents.eval.video import VideoWriter, compose_frame
+from vla_agents.progress import LoggedProgress
 
 logger = logging.getLogger(__name__)
 
@@ -271,7 +272,7 @@ def evaluate(agent: Any, env: str | Callable[[], gym.Env], episodes: int, seed: 
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[sr]}"), TimeElapsedColumn(), TimeRemainingColumn())
     try:
-        with Progress(*columns, transient=True, disable=not progress) as bar:
+        with LoggedProgress(*columns, transient=True, disable=not progress, log_every=0.25) as bar:
             task = bar.add_task(f"{policy} on {name}", total=episodes, sr="")
             for i in range(episodes):
                 path = Path(video_dir) / f"episode={i}--success={{success}}--task={{task}}.mp4" if video_dir else None

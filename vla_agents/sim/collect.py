@@ -9,10 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from vla_agents.adapters.libero import quat2axisangle
 from vla_agents.data.hdf5 import DemoWriter
+from vla_agents.progress import LoggedProgress
 from vla_agents.sim import make_env
 from vla_agents.sim.experts import ScriptedExpert
 
@@ -57,7 +58,7 @@ def collect_demos(spec: str, episodes: int, out: str | Path, seed: int = 0, imag
     columns = (TextColumn("[bold]collect[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn())
     with DemoWriter(out, instruction=env.unwrapped.spec_.instruction, env_name=spec,
-                    env_kwargs={"image_size": image_size}) as writer, Progress(*columns) as progress:
+                    env_kwargs={"image_size": image_size}) as writer, LoggedProgress(*columns) as progress:
         bar = progress.add_task(spec, total=episodes, status="")
         while len(lengths) < episodes:
             if attempts >= max_attempts:

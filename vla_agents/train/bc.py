@@ -19,13 +19,14 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from accelerate import Accelerator
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 from transformers import get_cosine_schedule_with_warmup
 
 from vla_agents.agent import VLAAgent, load_agent, make_agent
 from vla_agents.data.dataset import DemoDataset
 from vla_agents.models.blocks import masked_l1
 from vla_agents.policies import load_recipe, split_name
+from vla_agents.progress import LoggedProgress
 
 CHECKPOINT = "checkpoint"
 TRAINER_STATE = "trainer_state.pt"
@@ -130,7 +131,7 @@ def train_bc(
     columns = [TextColumn("[bold]bc {task.fields[policy]}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}  {task.fields[sps]:.1f} samples/s"),
                TimeRemainingColumn()]
-    bar = Progress(*columns, disable=not (progress and accelerator.is_main_process))
+    bar = LoggedProgress(*columns, disable=not (progress and accelerator.is_main_process))
     with bar:
         task = bar.add_task("train", total=steps, completed=start, policy=recipe["policy"], loss=float("nan"), lr=lr, sps=0.0)
         for step in range(start, steps):

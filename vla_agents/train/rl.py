@@ -90,7 +90,9 @@ def _recorder(log: dict[str, Any], steps: int, eval_every: int, record_eval: Cal
     """An SB3 callback counting env steps (a full-mode SB3 step runs a whole chunk, reported as
     `info["env_steps"]`), logging finished episodes, PPO updates and periodic evaluations, and
     drawing the progress bar."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+
+    from vla_agents.progress import LoggedProgress
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 
@@ -101,7 +103,7 @@ def _recorder(log: dict[str, Any], steps: int, eval_every: int, record_eval: Cal
             self.env_steps, self.next_eval, self.updates = 0, eval_every, 0
             self.lengths = np.zeros(self.training_env.num_envs, dtype=int)
             self.start = time.perf_counter()
-            self.bar = Progress(TextColumn(f"[bold]rl {config['mode']} {config['algo']}"), BarColumn(), MofNCompleteColumn(),
+            self.bar = LoggedProgress(TextColumn(f"[bold]rl {config['mode']} {config['algo']}"), BarColumn(), MofNCompleteColumn(),
                                 TextColumn("{task.fields[status]}"), TimeRemainingColumn(), disable=not progress)
             self.bar.start()
             self.task = self.bar.add_task("env steps", total=steps, status="")
