@@ -129,3 +129,24 @@ def test_vla_adapter_queries_zero_init_and_latent_noise_train_only() -> None:
     assert torch.equal(model(b).actions, model(b).actions)
     model.train()
     assert not torch.equal(model(b).actions, model(b).actions)
+
+
+@pytest.mark.parametrize("std", [0.02, 0.2])
+def test_tiny_llm_initialised_with_recipe_std(std: float) -> None:
+    """`llm_init_std` sets the from-config Qwen2's initializer_range, which its weights then follow."""
+    torch.manual_seed(0)
+    model = build_model(load_recipe("oft", "tiny", {**SMALL, "llm_init_std": std}))
+    llm = model.backbone.llm
+    assert llm.config.initializer_range == std
+    weights = torch.cat([layer.self_attn.q_proj.weight.flatten() for layer in llm.model.layers])
+    assert weights.std().item() == pytest.approx(std, rel=0.05)
+    assert torch.all(llm.model.layers[0].self_attn.q_proj.bias == 0)
+
+
+@pytest.mark.parametrize("std", [0.02, 1.0])
+def test_tiny_vit_position_embedding_follows_recipe_std(std: float) -> None:
+    torch.manual_seed(0)
+    model = build_model(load_recipe("oft", "tiny", {**SMALL, "image_size": 128, "vit_pos_std": std}))
+    pos = model.backbone.vision.pos_embed
+    assert pos.shape == (1, 64, 128)
+    assert pos.std().item() == pytest.approx(std, rel=0.05)

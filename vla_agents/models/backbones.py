@@ -42,12 +42,14 @@ class TinyViT(nn.Module):
 
     fused = False
 
-    def __init__(self, image_size: int = 128, patch_size: int = 16, dim: int = 128, depth: int = 2, heads: int = 4) -> None:
+    def __init__(
+        self, image_size: int = 128, patch_size: int = 16, dim: int = 128, depth: int = 2, heads: int = 4, pos_std: float = 0.02
+    ) -> None:
         super().__init__()
         self.grid = (image_size // patch_size, image_size // patch_size)
         self.dim = dim
         self.patch_embed = nn.Conv2d(3, dim, kernel_size=patch_size, stride=patch_size)
-        self.pos_embed = nn.Parameter(torch.randn(1, self.grid[0] * self.grid[1], dim) * 0.02)
+        self.pos_embed = nn.Parameter(torch.randn(1, self.grid[0] * self.grid[1], dim) * pos_std)
         self.blocks = nn.ModuleList(TransformerBlock(dim, heads) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
 
@@ -298,7 +300,8 @@ def build_backbone(recipe: dict[str, Any], hf_configs: dict[str, Any] | None = N
     attn = recipe.get("attn_implementation", "eager")
     if recipe["vision"] == "tiny_vit":
         vision: nn.Module = TinyViT(
-            recipe["image_size"], recipe["patch_size"], recipe["vit_dim"], recipe["vit_depth"], recipe["vit_heads"]
+            recipe["image_size"], recipe["patch_size"], recipe["vit_dim"], recipe["vit_depth"], recipe["vit_heads"],
+            recipe.get("vit_pos_std", 0.02),
         )
     elif hf_configs is not None:
         vision = HFVisionTower.from_configs(hf_configs["vision"], recipe["image_size"])
@@ -319,7 +322,7 @@ def build_backbone(recipe: dict[str, Any], hf_configs: dict[str, Any] | None = N
                 vocab_size=recipe["vocab_size"], hidden_size=recipe["llm_dim"], num_hidden_layers=recipe["llm_layers"],
                 num_attention_heads=recipe["llm_heads"], num_key_value_heads=recipe["llm_kv_heads"],
                 intermediate_size=recipe["llm_intermediate"], max_position_embeddings=recipe.get("llm_max_positions", 2048),
-                tie_word_embeddings=False,
+                tie_word_embeddings=False, initializer_range=recipe.get("llm_init_std", 0.02),
             ),
             attn,
         )

@@ -80,7 +80,8 @@ class ViTTrunk(nn.Module):
         offline and the weights come from the checkpoint."""
         kind, size, drop = recipe["vision"], recipe["image_size"], recipe.get("drop_last_blocks", 0)
         if kind == "tiny_vit":
-            vit = TinyViT(size, recipe["patch_size"], recipe["vit_dim"], recipe["vit_depth"], recipe["vit_heads"])
+            vit = TinyViT(size, recipe["patch_size"], recipe["vit_dim"], recipe["vit_depth"], recipe["vit_heads"],
+                          recipe.get("vit_pos_std", 0.02))
             return cls(kind, vit, size, drop)
         if hf_configs is not None:
             cfg = dict(hf_configs["vision"])
