@@ -72,7 +72,7 @@ def retrain(data_dir: Path, console: Console) -> None:
     )
 
 
-def run_demo(out_dir: Path, episodes: int = 10, retrain_first: bool = False, console: Console | None = None) -> None:
+def run_demo(out_dir: Path, episodes: int = 8, retrain_first: bool = False, console: Console | None = None) -> None:
     from vla_agents.agent import load_agent
     from vla_agents.eval.compare import compare, render_table
     from vla_agents.models.dtp import DTP
