@@ -25,6 +25,8 @@ def main() -> None:
     parser.add_argument("--scenes", type=int, default=20)
     parser.add_argument("--seed", type=int, default=1000, help="first scene seed (evaluation seeds start at 1000)")
     args = parser.parse_args()
+    if args.scenes < 2:
+        parser.error(f"--scenes must be at least 2 to compute a correlation, got {args.scenes}")
 
     agent, env, expert = load_agent(args.agent), make_env(args.env), ScriptedExpert()
     expert.bind(env)

@@ -41,7 +41,10 @@ def main() -> None:
         key, sep, value = item.partition("=")
         if not sep:
             parser.error(f"--set expects KEY=VALUE, got {item!r}")
-        overrides[key] = json.loads(value)
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            parser.error(f"--set {key}: value must be JSON (a number, true/false, \"text\"), got {value!r}")
 
     torch.manual_seed(args.seed)
     dataset = DemoDataset([args.data], chunk_size=8)
