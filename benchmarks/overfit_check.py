@@ -22,7 +22,7 @@ import torch
 
 from vla_agents.agent import make_agent
 from vla_agents.data.dataset import DemoDataset
-from vla_agents.models.blocks import masked_l1
+from vla_agents.models.blocks import action_loss
 
 
 def main() -> None:
@@ -62,7 +62,7 @@ def main() -> None:
     start = time.perf_counter()
     for step in range(args.steps + 1):
         actions = agent.model(batch).actions
-        loss = masked_l1(actions, batch["actions"], batch["action_is_pad"])
+        loss = action_loss(actions, batch["actions"], batch["action_is_pad"], agent.recipe.get("loss", "l1"))
         if step % 25 == 0:
             err = (actions[:, 0] - first).abs().mean(0).detach()
             print(f"step {step:4d}  loss {loss.item():.3f}  first-action L1 x {err[0]:.2f} y {err[1]:.2f} z {err[2]:.2f}"

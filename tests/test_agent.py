@@ -47,6 +47,7 @@ def count_predict(agent) -> list[int]:
 @pytest.mark.parametrize("policy", ["oft", "vla_adapter"])
 def test_queue_runs_model_once_per_chunk(policy: str) -> None:
     agent = make_agent(policy, stats=stats(), **SMALL)
+    assert agent.policy_name == policy
     calls = count_predict(agent)
     actions = [agent.act(raw_obs()) for _ in range(17)]
     assert calls[0] == 3  # steps 0, 8, 16

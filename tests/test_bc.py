@@ -9,7 +9,9 @@ import torch
 from safetensors.torch import load_file
 
 from vla_agents.agent import load_agent
+from vla_agents.data import DemoDataset
 from vla_agents.data.hdf5 import DemoWriter
+from vla_agents.models.blocks import action_loss
 from vla_agents.train.bc import batch_indices, train_bc
 
 SMALL = dict(image_size=32, vit_depth=1, llm_layers=2)
@@ -54,6 +56,20 @@ def test_bc_loss_decreases(policy: str, demos: Path, tmp_path: Path) -> None:
            "robot0_eef_pos": np.zeros(3), "robot0_eef_quat": np.array([0, 0, 0, 1.0]), "robot0_gripper_qpos": np.zeros(2),
            "robot0_joint_pos": np.zeros(7), "language_instruction": "pick up the red cube"}
     assert agent.act(raw).shape == (7,)
+
+
+def test_bc_trains_on_the_recipe_loss(demos: Path, tmp_path: Path) -> None:
+    overrides = {**SMALL, "crop_area": 1.0, "loss": "mse"}  # no random crop: the batch can be rebuilt exactly
+    result = train_bc("oft", [demos], steps=1, out_dir=tmp_path, batch_size=8, lr=0.0, warmup_steps=0,
+                      overrides=overrides, seed=2, progress=False)
+    agent = load_agent(tmp_path)  # lr 0: the weights the step-1 loss was computed with
+    dataset = DemoDataset([demos], chunk_size=agent.chunk, stats=agent.stats)
+    batch = agent.collate([dataset[i] for i in batch_indices(0, len(dataset), 8, seed=2)], train=True)
+    with torch.no_grad():
+        pred = agent.model(batch).actions
+    mse = action_loss(pred, batch["actions"], batch["action_is_pad"], "mse").item()
+    assert result.history[0]["loss"] == pytest.approx(mse, rel=1e-5)
+    assert mse != pytest.approx(action_loss(pred, batch["actions"], batch["action_is_pad"]).item(), rel=1e-3)
 
 
 def test_resume_reproduces_uninterrupted_run(demos: Path, tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ import sys
 
 import h5py
 import numpy as np
+import pytest
 
 from vla_agents.adapters import quat2axisangle
 from vla_agents.data import DemoDataset, read_demos
@@ -47,3 +48,30 @@ def test_recorded_episode_matches_the_env_observations():
     np.testing.assert_allclose(obs["ee_pos"][0], first["robot0_eef_pos"])
     np.testing.assert_allclose(obs["ee_ori"][0], quat2axisangle(first["robot0_eef_quat"]))
     assert actions[0, 6] == -1.0 and actions[-1, 6] == 1.0  # open on approach, closed when lifting
+
+
+def test_dart_noise_perturbs_execution_and_stores_the_expert_action():
+    """With noise the env receives expert action + N(0, noise) on dx, dy, dz; the file keeps the expert's."""
+    env = make_env("embedded/lift")
+    expert = ScriptedExpert(env)
+    executed, intended = [], []
+    step, act = env.step, expert.act
+    env.step = lambda a: executed.append(np.array(a)) or step(a)
+    expert.act = lambda obs: intended.append(act(obs)) or intended[-1]
+    success, actions, obs = record_episode(env, expert, seed=3, noise=0.3)
+    executed, intended = np.stack(executed), np.stack(intended)
+    np.testing.assert_array_equal(actions, intended)
+    assert len(actions) == len(executed) == len(obs["ee_pos"])
+    np.testing.assert_array_equal(executed[:, 3:], actions[:, 3:])  # rotation and gripper untouched
+    offsets = executed[:, :3] - actions[:, :3]
+    unclipped = np.abs(executed[:, :3]) < 1.0
+    assert np.all(offsets[unclipped] != 0) and 0.2 < offsets[unclipped].std() < 0.4
+    assert np.all(np.abs(executed) <= 1.0)
+
+    plain = []
+    env.step = lambda a: plain.append(np.array(a)) or step(a)
+    expert.act = act
+    _, clean_actions, _ = record_episode(env, expert, seed=3)
+    np.testing.assert_array_equal(np.stack(plain), clean_actions)  # noise 0: what is stored is what ran
+    with pytest.raises(ValueError, match="non-negative std"):
+        record_episode(env, expert, seed=3, noise=-0.1)

@@ -6,6 +6,7 @@ import sys
 import imageio.v3 as iio
 
 from vla_agents.demo import CHECKPOINTS, SHIPPED
+from vla_agents.policies import load_recipe
 
 
 def test_shipped_checkpoints_are_small_and_documented():
@@ -17,6 +18,15 @@ def test_shipped_checkpoints_are_small_and_documented():
     recorded = (CHECKPOINTS / "README.md").read_text()
     for agent in SHIPPED:
         assert f"--policy {agent.policy}" in recorded and f"--out policies/checkpoints/{agent.name}" in recorded
+
+
+def test_retrain_commands_reproduce_the_shipped_recipes():
+    """`demo --retrain` must train each checkpoint with the recipe it was shipped with (e.g. its loss)."""
+    for agent in SHIPPED:
+        shipped = json.loads((CHECKPOINTS / agent.name / "config.json").read_text())["recipe"]
+        retrained = load_recipe(agent.policy, "tiny", json.loads(agent.overrides) if agent.overrides else None)
+        for key in ("loss", "llm_init_std", "vit_pos_std", "crop_area", "chunk"):
+            assert shipped.get(key, "l1" if key == "loss" else None) == retrained[key], (agent.name, key)
 
 
 def test_demo_writes_videos_and_a_comparison_table(tmp_path):
@@ -31,3 +41,27 @@ def test_demo_writes_videos_and_a_comparison_table(tmp_path):
     assert len(videos) == 2 * (1 + 2 * len(SHIPPED))
     frames = iio.imread(videos[-1])
     assert frames.ndim == 4 and frames.shape[0] >= 2
+
+
+def test_retrain_trains_each_agent_on_demonstrations_of_its_noise_level(tmp_path, monkeypatch):
+    from rich.console import Console
+
+    from vla_agents import demo
+
+    calls = []
+    monkeypatch.setattr("vla_agents.cli.main", lambda args: calls.append(args) or 0)
+    monkeypatch.setattr(demo, "CHECKPOINTS", tmp_path / "policies" / "checkpoints")
+    demo.CHECKPOINTS.mkdir(parents=True)
+    demo.retrain(tmp_path / "data", Console(quiet=True))
+
+    def value(args, flag, default=None):
+        return args[args.index(flag) + 1] if flag in args else default
+
+    collects = [c for c in calls if c[0] == "collect"]
+    assert len(collects) == len(demo.DEMO_DATA) * len({a.data_noise for a in SHIPPED})
+    for agent in SHIPPED:
+        train = next(c for c in calls if c[:2] == ["train", "bc"] and value(c, "--out").endswith(agent.name))
+        mine = [value(c, "--out") for c in collects if float(value(c, "--noise", 0.0)) == agent.data_noise]
+        assert train[train.index("--data") + 1 : train.index("--steps")] == mine and len(mine) == len(demo.DEMO_DATA)
+    recorded = (demo.CHECKPOINTS / "README.md").read_text()
+    assert all(f"--noise {a.data_noise}" in recorded for a in SHIPPED if a.data_noise)

@@ -192,6 +192,7 @@ def test_large_tau_prunes_nothing_and_matches_the_base_bit_for_bit(policy: str) 
 def test_make_agent_with_dtp_suffix_acts(policy: str) -> None:
     agent = make_agent(policy, stats=stats(), tau=0.25, **SMALL)
     assert isinstance(agent.model, DTPPolicy) and agent.model.tau == 0.25 and agent.model.sigma == 0.65
+    assert agent.policy_name == policy.replace("-tiny", "")  # what evaluation reports and labels its progress with
     actions = [agent.act(raw_obs()) for _ in range(9)]
     assert all(a.shape == (7,) for a in actions)
     masks = agent.last_attention.masks

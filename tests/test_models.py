@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from vla_agents.models.blocks import action_loss
 from vla_agents.models.vla_adapter import BridgeAttention
 from vla_agents.policies import build_model, load_recipe
 
@@ -49,6 +50,17 @@ def test_loss_ignores_padded_steps() -> None:
     b["actions"][:, 4:] += 100.0
     loss_b, _ = model.loss(b)
     assert torch.allclose(loss_a, loss_b)
+
+
+def test_action_loss_l1_and_mse_hand_computed() -> None:
+    pred = torch.tensor([[[0.5, -1.0], [2.0, 0.0]]])  # (B=1, T=2, A=2)
+    target = torch.tensor([[[0.0, 1.0], [0.0, 0.0]]])
+    pad = torch.tensor([[False, True]])  # the second step runs past the demonstration
+    assert action_loss(pred, target, pad).item() == pytest.approx((0.5 + 2.0) / 2)
+    assert action_loss(pred, target, pad, "mse").item() == pytest.approx((0.25 + 4.0) / 2)
+    assert action_loss(pred, target, None, "mse").item() == pytest.approx((0.25 + 4.0 + 4.0 + 0.0) / 4)
+    with pytest.raises(ValueError, match="unknown action loss 'huber'; expected one of l1, mse"):
+        action_loss(pred, target, pad, "huber")
 
 
 def test_oft_zero_action_slots_and_one_forward(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -135,6 +135,11 @@ class VLAAgent:
         return np.stack([self.adapter.action(a) for a in self._predict(raw_obs, instruction)])
 
     @property
+    def policy_name(self) -> str:
+        """The registered name this agent is made by: "oft", or "oft+dtp" when DTP wraps it."""
+        return f"{self.recipe['policy']}+dtp" if isinstance(self.model, DTPPolicy) else self.recipe["policy"]
+
+    @property
     def last_attention(self) -> AttentionMaps:
         return self._last_attention
 

@@ -16,7 +16,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 def _collect(args: argparse.Namespace) -> None:
     from vla_agents.sim.collect import collect_demos
 
-    report = collect_demos(args.env, args.episodes, args.out, seed=args.seed, image_size=args.image_size)
+    report = collect_demos(args.env, args.episodes, args.out, seed=args.seed, image_size=args.image_size, noise=args.noise)
     print(f"wrote {report.episodes} successful episodes ({report.attempts} attempts, "
           f"mean length {report.mean_length:.1f}) to {report.path}")
 
@@ -129,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output .hdf5 file")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--noise", type=float, default=0.0,
+                   help="std of Gaussian noise on the executed translation; the expert's clean action is stored (DART)")
     p.set_defaults(func=_collect)
 
     train = sub.add_parser("train", help="fine-tune an agent").add_subparsers(dest="mode", required=True)

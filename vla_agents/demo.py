@@ -33,14 +33,18 @@ class ShippedAgent:
     policy: str
     steps: int
     batch_size: int = 16
+    overrides: str = ""  # JSON recipe overrides, when the checkpoint predates a recipe change
+    data_noise: float = 0.0  # `collect --noise` of its demonstrations (DART; 0: the expert's own path)
 
     def train_args(self, data: list[Path], out: Path) -> list[str]:
+        overrides = ["--overrides", self.overrides] if self.overrides else []
         return ["train", "bc", "--policy", self.policy, "--scale", "tiny", "--data", *map(str, data),
-                "--steps", str(self.steps), "--batch-size", str(self.batch_size), "--save-every", "500", "--out", str(out)]
+                "--steps", str(self.steps), "--batch-size", str(self.batch_size), "--save-every", "500",
+                *overrides, "--out", str(out)]
 
 
 SHIPPED = (
-    ShippedAgent("oft-tiny-embedded", "oft", steps=4000),
+    ShippedAgent("oft-tiny-embedded", "oft", steps=4000, data_noise=0.4),
     ShippedAgent("vla_adapter-tiny-embedded", "vla_adapter", steps=4000),
 )
 
@@ -51,12 +55,14 @@ def retrain(data_dir: Path, console: Console) -> None:
 
     data_dir.mkdir(parents=True, exist_ok=True)
     commands: list[list[str]] = []
-    files = []
-    for spec, episodes in DEMO_DATA.items():
-        path = data_dir / f"{spec.split('/')[1]}.hdf5"
-        commands.append(["collect", spec, "--episodes", str(episodes), "--seed", str(DEMO_DATA_SEED), "--out", str(path)])
-        files.append(path)
-    commands += [agent.train_args(files, CHECKPOINTS / agent.name) for agent in SHIPPED]
+    files: dict[float, list[Path]] = {}  # one demonstration set per DART noise level in use
+    for noise in sorted({agent.data_noise for agent in SHIPPED}):
+        for spec, episodes in DEMO_DATA.items():
+            path = data_dir / f"{spec.split('/')[1]}{f'_noise{noise}' if noise else ''}.hdf5"
+            commands.append(["collect", spec, "--episodes", str(episodes), "--seed", str(DEMO_DATA_SEED),
+                             *(["--noise", str(noise)] if noise else []), "--out", str(path)])
+            files.setdefault(noise, []).append(path)
+    commands += [agent.train_args(files[agent.data_noise], CHECKPOINTS / agent.name) for agent in SHIPPED]
     log = []
     root = CHECKPOINTS.parents[1]
     for args in commands:

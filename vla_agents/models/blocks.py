@@ -124,9 +124,16 @@ class PolicyOutput:
     attention: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-def masked_l1(pred: torch.Tensor, target: torch.Tensor, is_pad: torch.Tensor | None) -> torch.Tensor:
-    """L1 on normalized actions, ignoring chunk steps padded past the end of a demonstration."""
-    err = (pred - target).abs()
+ACTION_LOSSES = ("l1", "mse")
+
+
+def action_loss(pred: torch.Tensor, target: torch.Tensor, is_pad: torch.Tensor | None, kind: str = "l1") -> torch.Tensor:
+    """L1 (the papers' loss) or squared error on normalized actions, ignoring chunk steps padded past
+    the end of a demonstration. Squared error weighs each sample by its error, where L1's sign
+    gradient weighs the many near-zero residuals as much as the few large ones (benchmarks/README.md)."""
+    if kind not in ACTION_LOSSES:
+        raise ValueError(f"unknown action loss {kind!r}; expected one of {', '.join(ACTION_LOSSES)}")
+    err = (pred - target).abs() if kind == "l1" else (pred - target).square()
     if is_pad is None:
         return err.mean()
     keep = (~is_pad.bool()).unsqueeze(-1).to(err.dtype)

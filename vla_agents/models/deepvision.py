@@ -47,7 +47,7 @@ from vla_agents.models.backbones import (
     IMAGENET_MEAN, IMAGENET_STD, SIGLIP_MEAN, SIGLIP_STD, BackboneOutput, LanguageModel, TinyViT, VisionLanguageBackbone,
     _normalize, build_backbone,
 )
-from vla_agents.models.blocks import PolicyOutput, ProprioProjector, masked_l1
+from vla_agents.models.blocks import PolicyOutput, ProprioProjector, action_loss
 from vla_agents.models.dtp import relevance
 
 COUPLINGS = ("last", "first", "uniform")
@@ -448,7 +448,7 @@ class DeepVisionPolicy(nn.Module):
         return self.forward(batch, with_attention=True)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        loss = masked_l1(self.forward(batch).actions, batch["actions"], batch.get("action_is_pad"))
+        loss = action_loss(self.forward(batch).actions, batch["actions"], batch.get("action_is_pad"))
         return loss, {"l1": loss.item()}
 
 

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from vla_agents.models.backbones import VisionLanguageBackbone
-from vla_agents.models.blocks import PolicyOutput, ProprioProjector, heatmaps, masked_l1, merge_heads, rotary, split_heads
+from vla_agents.models.blocks import PolicyOutput, ProprioProjector, action_loss, heatmaps, merge_heads, rotary, split_heads
 
 Cascade = Literal["parallel", "serial"]
 AttentionMode = Literal["cascaded", "mixed"]
@@ -240,5 +240,5 @@ class FocusVLAPolicy(nn.Module):
         return self.forward(batch, with_attention=True)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        loss = masked_l1(self.forward(batch).actions, batch["actions"], batch.get("action_is_pad"))
+        loss = action_loss(self.forward(batch).actions, batch["actions"], batch.get("action_is_pad"))
         return loss, {"l1": loss.item(), "kept_fraction": float(self.last_kept.float().mean())}

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from vla_agents.models.backbones import VisionLanguageBackbone
-from vla_agents.models.blocks import MLPResNet, PolicyOutput, ProprioProjector, heatmaps, masked_l1
+from vla_agents.models.blocks import MLPResNet, PolicyOutput, ProprioProjector, action_loss, heatmaps
 
 
 class OFTPolicy(nn.Module):
@@ -51,5 +51,5 @@ class OFTPolicy(nn.Module):
         return self.forward(batch, with_attention=True)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        loss = masked_l1(self.forward(batch).actions, batch["actions"], batch.get("action_is_pad"))
+        loss = action_loss(self.forward(batch).actions, batch["actions"], batch.get("action_is_pad"))
         return loss, {"l1": loss.item()}

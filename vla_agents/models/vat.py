@@ -30,7 +30,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, SiglipVisionModel
 
 from vla_agents.models.backbones import IMAGENET_MEAN, IMAGENET_STD, SIGLIP_MEAN, SIGLIP_STD, TinyViT, _normalize
-from vla_agents.models.blocks import Attention, MLPResNet, PolicyOutput, ProprioProjector, masked_l1
+from vla_agents.models.blocks import Attention, MLPResNet, PolicyOutput, ProprioProjector, action_loss
 
 VISION_KINDS = ("tiny_vit", "siglip", "dinov2")
 
@@ -312,7 +312,7 @@ class VATPolicy(nn.Module):
         return self.forward(batch, with_attention=True)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        loss = masked_l1(self.forward(batch).actions, batch["actions"], batch.get("action_is_pad"))
+        loss = action_loss(self.forward(batch).actions, batch["actions"], batch.get("action_is_pad"))
         return loss, {"l1": loss.item()}
 
 

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from vla_agents.models.backbones import VisionLanguageBackbone
-from vla_agents.models.blocks import PolicyOutput, ProprioProjector, heatmaps, masked_l1, merge_heads, rotary, split_heads
+from vla_agents.models.blocks import PolicyOutput, ProprioProjector, action_loss, heatmaps, merge_heads, rotary, split_heads
 
 GateMode = Literal["logit_scale", "output_scale"]
 
@@ -133,6 +133,6 @@ class VLAAdapterPolicy(nn.Module):
         return self.forward(batch, with_attention=True)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        loss = masked_l1(self.forward(batch).actions, batch["actions"], batch.get("action_is_pad"))
+        loss = action_loss(self.forward(batch).actions, batch["actions"], batch.get("action_is_pad"))
         metrics = {"l1": loss.item(), "gate_abs": float(torch.stack([blk.gate.detach().abs() for blk in self.blocks]).mean())}
         return loss, metrics

@@ -2,6 +2,11 @@
 
 Only successful episodes are written, as LIBERO's demonstration files hold only successes.
 Observation t is stored with action t, the pairing behaviour cloning trains on.
+
+With `noise` > 0 the executed translation is perturbed while the expert's own action is what gets
+stored (DART, Laskey et al. 2017): the demonstrations then also cover states off the expert's path,
+each labelled with the correction back toward it, which is what a cloned policy needs once its own
+errors take it there.
 """
 from __future__ import annotations
 
@@ -26,8 +31,12 @@ class CollectionReport:
     mean_length: float
 
 
-def record_episode(env, expert: ScriptedExpert, seed: int) -> tuple[bool, np.ndarray, dict[str, np.ndarray]]:
-    """Roll the expert out once; return (success, actions (T, 7), LIBERO obs arrays (T, ...))."""
+def record_episode(env, expert: ScriptedExpert, seed: int, noise: float = 0.0) -> tuple[bool, np.ndarray, dict[str, np.ndarray]]:
+    """Roll the expert out once; return (success, the expert's actions (T, 7), LIBERO obs arrays (T, ...)).
+    `noise`: std of the Gaussian added to the executed translation (dx, dy, dz), seeded by `seed`."""
+    if noise < 0:
+        raise ValueError(f"noise must be a non-negative std (action units), got {noise}")
+    rng = np.random.default_rng(seed)
     obs, info = env.reset(seed=seed)
     expert.reset()
     frames: dict[str, list] = {k: [] for k in ("agentview_rgb", "eye_in_hand_rgb", "ee_pos", "ee_ori", "gripper_states", "joint_states")}
@@ -42,13 +51,18 @@ def record_episode(env, expert: ScriptedExpert, seed: int) -> tuple[bool, np.nda
         frames["joint_states"].append(obs["robot0_joint_pos"])
         action = expert.act(obs)
         actions.append(action)
-        obs, _, terminated, truncated, info = env.step(action)
+        executed = action.copy()
+        if noise:
+            executed[:3] = np.clip(executed[:3] + rng.normal(0.0, noise, 3), -1.0, 1.0)
+        obs, _, terminated, truncated, info = env.step(executed)
     arrays = {k: np.stack(v) for k, v in frames.items()}
     return bool(info["success"]), np.stack(actions).astype(np.float32), arrays
 
 
-def collect_demos(spec: str, episodes: int, out: str | Path, seed: int = 0, image_size: int = 128, max_attempts: int | None = None) -> CollectionReport:
-    """Write `episodes` successful expert episodes of `spec` to `out` (seeds seed, seed+1, ...)."""
+def collect_demos(spec: str, episodes: int, out: str | Path, seed: int = 0, image_size: int = 128,
+                  max_attempts: int | None = None, noise: float = 0.0) -> CollectionReport:
+    """Write `episodes` successful expert episodes of `spec` to `out` (seeds seed, seed+1, ...);
+    `noise` > 0 perturbs the executed translation (DART, see the module docstring)."""
     if episodes < 1:
         raise ValueError(f"--episodes must be at least 1, got {episodes}")
     env = make_env(spec, image_size=image_size)
@@ -63,7 +77,7 @@ def collect_demos(spec: str, episodes: int, out: str | Path, seed: int = 0, imag
         while len(lengths) < episodes:
             if attempts >= max_attempts:
                 raise RuntimeError(f"only {len(lengths)}/{episodes} successful episodes after {attempts} attempts on {spec}")
-            success, actions, obs = record_episode(env, expert, seed + attempts)
+            success, actions, obs = record_episode(env, expert, seed + attempts, noise)
             attempts += 1
             if success:
                 writer.add_episode(actions, obs, instruction=env.unwrapped.instruction)

@@ -29,10 +29,9 @@ class ScriptedExpert:
 
     policy_name = "scripted-expert"
 
-    def __init__(self, env: EmbeddedEnv | None = None, gain: float = 1.5, tolerance: float = 0.01, noise: float = 0.0, seed: int = 0):
+    def __init__(self, env: EmbeddedEnv | None = None, gain: float = 1.5, tolerance: float = 0.01):
         self.env = env.unwrapped if env is not None else None
-        self.gain, self.tolerance, self.noise = gain, tolerance, noise
-        self.rng = np.random.default_rng(seed)
+        self.gain, self.tolerance = gain, tolerance
         self.reset()
 
     def bind(self, env: EmbeddedEnv) -> EmbeddedEnv:
@@ -84,6 +83,4 @@ class ScriptedExpert:
         action = np.zeros(7)
         action[:3] = np.clip(self.gain * error / POS_SCALE, -1.0, 1.0)
         action[6] = waypoint.gripper
-        if self.noise:
-            action[:6] += self.rng.normal(0.0, self.noise, 6)
-        return np.clip(action, -1.0, 1.0).astype(np.float32)
+        return action.astype(np.float32)

@@ -24,7 +24,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from vla_agents.agent import VLAAgent, load_agent, make_agent
 from vla_agents.data.dataset import DemoDataset
-from vla_agents.models.blocks import masked_l1
+from vla_agents.models.blocks import action_loss
 from vla_agents.policies import load_recipe, split_name
 from vla_agents.progress import LoggedProgress
 
@@ -140,7 +140,7 @@ def train_bc(
             idx = batch_indices(step, len(dataset), batch_size, seed, accelerator.process_index, accelerator.num_processes)
             batch = agent.collate([dataset[i] for i in idx], train=True)
             with accelerator.autocast():
-                loss = masked_l1(model(batch).actions.float(), batch["actions"], batch["action_is_pad"])
+                loss = action_loss(model(batch).actions.float(), batch["actions"], batch["action_is_pad"], recipe.get("loss", "l1"))
             accelerator.backward(loss)
             optimizer.step()
             scheduler.step()

@@ -39,7 +39,7 @@ from vla_agents.agent import VLAAgent, load_agent, make_adapter, preprocess_imag
 from vla_agents.data.dataset import DemoDataset
 from vla_agents.data.normalization import NormStats
 from vla_agents.models.backbones import VisionLanguageBackbone
-from vla_agents.models.blocks import masked_l1
+from vla_agents.models.blocks import action_loss
 from vla_agents.train.rl import REWARDS, RLRun, shape_reward, vec_env
 
 __all__ = ["BCRegulariser", "ChunkEnv", "VLAActorCriticPolicy", "setup_full"]
@@ -109,8 +109,9 @@ class ChunkEnv(gym.Wrapper):
 
 
 class BCRegulariser:
-    """`weight * L1` between the actor's mean chunk and demonstration chunks: `train bc`'s loss, on
-    centre-cropped images as the actor sees them, on a fresh random batch each time."""
+    """`weight *` `train bc`'s loss (the recipe's `loss`, L1 by default) between the actor's mean chunk
+    and demonstration chunks, on centre-cropped images as the actor sees them, on a fresh random batch
+    each time."""
 
     def __init__(self, agent: VLAAgent, paths: list[str | Path], weight: float, batch_size: int, seed: int = 0) -> None:
         if agent.stats is None:
@@ -121,10 +122,11 @@ class BCRegulariser:
         self.l1: list[float] = []  # values since `pop_mean`
 
     def loss(self) -> torch.Tensor:
-        """The unweighted L1 on one batch, with its graph."""
+        """The unweighted BC loss on one batch, with its graph."""
         items = [self.data[int(i)] for i in self.rng.integers(len(self.data), size=self.batch_size)]
         batch = self.agent.collate(items, train=False)
-        return masked_l1(self.agent.model(batch).actions.float(), batch["actions"], batch["action_is_pad"])
+        return action_loss(self.agent.model(batch).actions.float(), batch["actions"], batch["action_is_pad"],
+                           self.agent.recipe.get("loss", "l1"))
 
     def pop_mean(self) -> float:
         mean, self.l1 = float(np.mean(self.l1)) if self.l1 else math.nan, []
