@@ -38,7 +38,15 @@ def test_policy_shapes_and_loss(policy: str) -> None:
         assert heat.shape == (2, 2, 2) and torch.all(heat >= 0)
     loss, metrics = model.loss(batch())
     loss.backward()
-    assert loss.item() > 0 and "l1" in metrics
+    assert loss.item() > 0 and model.loss_kind == "mse" and metrics["mse"] == loss.item()  # the tiny recipe's loss
+
+    with_l1 = build_model(load_recipe(policy, "tiny", {**SMALL, "loss": "l1"}))
+    with_l1.load_state_dict(model.state_dict())
+    model.eval(), with_l1.eval()  # no latent noise: both see the same predictions
+    b = batch()
+    err = model.predict(b).actions - b["actions"]
+    assert model.loss(b)[0].item() == pytest.approx(err.square().mean().item(), rel=1e-5)
+    assert with_l1.loss(b)[1]["l1"] == pytest.approx(err.abs().mean().item(), rel=1e-5)
 
 
 def test_loss_ignores_padded_steps() -> None:

@@ -108,4 +108,6 @@ def load_recipe(policy: str, scale: str = "tiny", overrides: dict[str, Any] | No
 
 def build_model(recipe: dict[str, Any], hf_configs: dict[str, Any] | None = None) -> nn.Module:
     check_policy(recipe["policy"])
-    return BUILDERS[recipe["policy"]](recipe, hf_configs)
+    model = BUILDERS[recipe["policy"]](recipe, hf_configs)
+    model.loss_kind = recipe.get("loss", "l1")  # recipes saved before the key existed trained with L1
+    return model

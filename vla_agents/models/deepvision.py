@@ -425,6 +425,8 @@ class DeepVisionPolicy(nn.Module):
     """QwenVLA-OFT head on a DeepVisionBackbone: T zero action tokens (one per chunk step), robot
     state as one extra token after the images, a two-layer MLP per action token, L1 loss."""
 
+    loss_kind = "l1"  # the papers' loss; `build_model` sets the recipe's `loss`
+
     def __init__(self, backbone: DeepVisionBackbone, chunk: int = 8, action_dim: int = 7, proprio_dim: int = 8) -> None:
         super().__init__()
         self.backbone, self.chunk, self.action_dim = backbone, chunk, action_dim
@@ -448,8 +450,8 @@ class DeepVisionPolicy(nn.Module):
         return self.forward(batch, with_attention=True)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        loss = action_loss(self.forward(batch).actions, batch["actions"], batch.get("action_is_pad"))
-        return loss, {"l1": loss.item()}
+        loss = action_loss(self.forward(batch).actions, batch["actions"], batch.get("action_is_pad"), self.loss_kind)
+        return loss, {self.loss_kind: loss.item()}
 
 
 def build_deepvision(recipe: dict[str, Any], hf_configs: dict[str, Any] | None = None) -> DeepVisionPolicy:

@@ -163,6 +163,8 @@ class FocusBlock(nn.Module):
 
 
 class FocusVLAPolicy(nn.Module):
+    loss_kind = "l1"  # the papers' loss; `build_model` sets the recipe's `loss`
+
     def __init__(
         self,
         backbone: VisionLanguageBackbone,
@@ -240,5 +242,5 @@ class FocusVLAPolicy(nn.Module):
         return self.forward(batch, with_attention=True)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        loss = action_loss(self.forward(batch).actions, batch["actions"], batch.get("action_is_pad"))
-        return loss, {"l1": loss.item(), "kept_fraction": float(self.last_kept.float().mean())}
+        loss = action_loss(self.forward(batch).actions, batch["actions"], batch.get("action_is_pad"), self.loss_kind)
+        return loss, {self.loss_kind: loss.item(), "kept_fraction": float(self.last_kept.float().mean())}

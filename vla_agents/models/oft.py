@@ -19,6 +19,8 @@ from vla_agents.models.blocks import MLPResNet, PolicyOutput, ProprioProjector, 
 
 
 class OFTPolicy(nn.Module):
+    loss_kind = "l1"  # the papers' loss; `build_model` sets the recipe's `loss`
+
     def __init__(self, backbone: VisionLanguageBackbone, chunk: int = 8, action_dim: int = 7, proprio_dim: int = 8) -> None:
         super().__init__()
         self.backbone, self.chunk, self.action_dim = backbone, chunk, action_dim
@@ -51,5 +53,5 @@ class OFTPolicy(nn.Module):
         return self.forward(batch, with_attention=True)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        loss = action_loss(self.forward(batch).actions, batch["actions"], batch.get("action_is_pad"))
-        return loss, {"l1": loss.item()}
+        loss = action_loss(self.forward(batch).actions, batch["actions"], batch.get("action_is_pad"), self.loss_kind)
+        return loss, {self.loss_kind: loss.item()}

@@ -218,6 +218,8 @@ class VATPolicy(nn.Module):
     action-to-vision heatmaps of the i-th action module (view -> (B, h, w)).
     """
 
+    loss_kind = "l1"  # the papers' loss; `build_model` sets the recipe's `loss`
+
     def __init__(
         self,
         backbone: ViTTrunk,
@@ -312,8 +314,8 @@ class VATPolicy(nn.Module):
         return self.forward(batch, with_attention=True)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        loss = action_loss(self.forward(batch).actions, batch["actions"], batch.get("action_is_pad"))
-        return loss, {"l1": loss.item()}
+        loss = action_loss(self.forward(batch).actions, batch["actions"], batch.get("action_is_pad"), self.loss_kind)
+        return loss, {self.loss_kind: loss.item()}
 
 
 def build_vat(recipe: dict[str, Any], hf_configs: dict[str, Any] | None = None) -> VATPolicy:

@@ -77,6 +77,8 @@ class BridgeAttention(nn.Module):
 
 
 class VLAAdapterPolicy(nn.Module):
+    loss_kind = "l1"  # the papers' loss; `build_model` sets the recipe's `loss`
+
     def __init__(
         self,
         backbone: VisionLanguageBackbone,
@@ -133,6 +135,6 @@ class VLAAdapterPolicy(nn.Module):
         return self.forward(batch, with_attention=True)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        loss = action_loss(self.forward(batch).actions, batch["actions"], batch.get("action_is_pad"))
-        metrics = {"l1": loss.item(), "gate_abs": float(torch.stack([blk.gate.detach().abs() for blk in self.blocks]).mean())}
+        loss = action_loss(self.forward(batch).actions, batch["actions"], batch.get("action_is_pad"), self.loss_kind)
+        metrics = {self.loss_kind: loss.item(), "gate_abs": float(torch.stack([blk.gate.detach().abs() for blk in self.blocks]).mean())}
         return loss, metrics
