@@ -69,6 +69,8 @@ def test_action_loss_l1_and_mse_hand_computed() -> None:
     assert action_loss(pred, target, None, "mse").item() == pytest.approx((0.25 + 4.0 + 4.0 + 0.0) / 4)
     with pytest.raises(ValueError, match="unknown action loss 'huber'; expected one of l1, mse"):
         action_loss(pred, target, pad, "huber")
+    with pytest.raises(ValueError, match="recipe key loss: unknown action loss 'huber'; expected one of l1, mse"):
+        build_model(load_recipe("oft", "tiny", {**SMALL, "loss": "huber"}))  # at build time, before any training
 
 
 def test_oft_zero_action_slots_and_one_forward(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,6 +9,7 @@ import yaml
 from torch import nn
 
 from vla_agents.models.backbones import build_backbone
+from vla_agents.models.blocks import ACTION_LOSSES
 from vla_agents.models.deepvision import build_deepvision
 from vla_agents.models.dtp import DTP
 from vla_agents.models.focusvla import FocusVLAPolicy
@@ -108,6 +109,9 @@ def load_recipe(policy: str, scale: str = "tiny", overrides: dict[str, Any] | No
 
 def build_model(recipe: dict[str, Any], hf_configs: dict[str, Any] | None = None) -> nn.Module:
     check_policy(recipe["policy"])
+    loss_kind = recipe.get("loss", "l1")  # recipes saved before the key existed trained with L1
+    if loss_kind not in ACTION_LOSSES:
+        raise ValueError(f"recipe key loss: unknown action loss {loss_kind!r}; expected one of {', '.join(ACTION_LOSSES)}")
     model = BUILDERS[recipe["policy"]](recipe, hf_configs)
-    model.loss_kind = recipe.get("loss", "l1")  # recipes saved before the key existed trained with L1
+    model.loss_kind = loss_kind  # the one place training reads it from (`train bc`, RL's BC term, `model.loss`)
     return model

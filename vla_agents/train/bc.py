@@ -140,7 +140,7 @@ def train_bc(
             idx = batch_indices(step, len(dataset), batch_size, seed, accelerator.process_index, accelerator.num_processes)
             batch = agent.collate([dataset[i] for i in idx], train=True)
             with accelerator.autocast():
-                loss = action_loss(model(batch).actions.float(), batch["actions"], batch["action_is_pad"], recipe.get("loss", "l1"))
+                loss = action_loss(model(batch).actions.float(), batch["actions"], batch["action_is_pad"], agent.model.loss_kind)
             accelerator.backward(loss)
             optimizer.step()
             scheduler.step()

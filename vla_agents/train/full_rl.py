@@ -126,7 +126,7 @@ class BCRegulariser:
         items = [self.data[int(i)] for i in self.rng.integers(len(self.data), size=self.batch_size)]
         batch = self.agent.collate(items, train=False)
         return action_loss(self.agent.model(batch).actions.float(), batch["actions"], batch["action_is_pad"],
-                           self.agent.recipe.get("loss", "l1"))
+                           self.agent.model.loss_kind)
 
     def pop_mean(self) -> float:
         mean, self.l1 = float(np.mean(self.l1)) if self.l1 else math.nan, []
