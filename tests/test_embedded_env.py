@@ -62,6 +62,22 @@ def test_seeded_resets_are_reproducible_and_seeds_differ():
         assert not np.allclose(first[0][c], other[c])
 
 
+def test_an_env_renders_its_own_scene_after_another_env_opens_and_closes():
+    """An evaluation env built and closed beside a training env (same process) must not change what
+    the training env's cameras see: robosuite renders into whichever GL context is current."""
+    env = vla_agents.make_env("embedded/lift", image_size=64)
+    env.reset(seed=3)
+    alone, *_ = env.step(np.zeros(7))
+    env.reset(seed=3)
+    other = vla_agents.make_env("embedded/lift", image_size=64)
+    other.reset(seed=4)
+    other.close()
+    beside, *_ = env.step(np.zeros(7))
+    env.close()
+    for camera in ("agentview_image", "robot0_eye_in_hand_image"):
+        np.testing.assert_array_equal(beside[camera], alone[camera])
+
+
 def _teleport(env, color, height):
     sim = env.sim
     pos = sim.cube_pos(color) + [0, 0, height]
