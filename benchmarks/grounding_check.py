@@ -3,6 +3,9 @@
 At the start of an embedded episode the expert's action points from the gripper to the target cube,
 so over fresh scenes a policy that localizes the cube correlates with it on x and y. A policy that
 replays the mean trajectory shows a correlation near 0 on y (and a small spread), whatever its loss.
+On tasks with several cubes (pick_color) it also says which cube the first action heads for (the
+largest cosine between the action's xy and the gripper-to-cube xy): the named one, or the nearest.
+A policy that ignores the instruction heads for the named cube at the chance rate, 1 / cubes.
 Half a minute on a CPU, so it can follow every intermediate checkpoint of a long training:
 
     python benchmarks/grounding_check.py --agent runs/oft/checkpoint --env embedded/lift --scenes 20
@@ -30,18 +33,27 @@ def main() -> None:
 
     agent, env, expert = load_agent(args.agent), make_env(args.env), ScriptedExpert()
     expert.bind(env)
-    predicted, wanted = [], []
+    predicted, wanted, heads_for_named, heads_for_nearest = [], [], [], []
     for seed in range(args.seed, args.seed + args.scenes):
         obs, _ = env.reset(seed=seed)
         expert.reset()
         agent.reset()
         wanted.append(expert.act(obs)[:2])
         predicted.append(agent.act_chunk(obs)[0, :2])
+        to_cube = {c: (env.sim.cube_pos(c) - env.sim.eef_pos())[:2] for c in env.sim.colors}
+        cosine = {c: predicted[-1] @ d / (np.linalg.norm(predicted[-1]) * np.linalg.norm(d) + 1e-9) for c, d in to_cube.items()}
+        heads_for = max(cosine, key=cosine.get)
+        heads_for_named.append(heads_for == env.target)
+        heads_for_nearest.append(heads_for == min(to_cube, key=lambda c: np.linalg.norm(to_cube[c])))
+    n_cubes = len(env.sim.colors)
     env.close()
     predicted, wanted = np.array(predicted), np.array(wanted)
     for axis, name in enumerate("xy"):
         corr = np.corrcoef(predicted[:, axis], wanted[:, axis])[0, 1]
         print(f"{name}: correlation {corr:+.2f}   spread (std) agent {predicted[:, axis].std():.3f}, expert {wanted[:, axis].std():.3f}")
+    if n_cubes > 1:
+        print(f"first action heads for the named cube in {np.mean(heads_for_named):.0%} of scenes, the nearest in "
+              f"{np.mean(heads_for_nearest):.0%} (ignoring the instruction: {1 / n_cubes:.0%} named)")
 
 
 if __name__ == "__main__":

@@ -58,10 +58,14 @@ def test_sb3_check_env_passes(agent_dir) -> None:
 def test_train_rl_writes_curve_and_a_reloadable_agent(agent_dir, tmp_path) -> None:
     out = tmp_path / "rl"
     trained = train_rl(agent_dir, ENV, algo="sac", steps=64, out_dir=out, n_envs=1, eval_episodes=1,
-                       env_kwargs=ENV_KWARGS, progress=False)
+                       env_kwargs=ENV_KWARGS, progress=False, save_every=40)
     assert (out / "curve.png").stat().st_size > 0
     log = json.loads((out / "rl_log.json").read_text())
     assert [e["step"] for e in log["eval"]] == [0, 64]
+    # the periodic checkpoint: written once (at 40 env steps; the next would be at 80), loadable, no temp left
+    assert json.loads((out / "checkpoint" / "rl_log.json").read_text())["env_steps"] == 40
+    assert isinstance(load_agent(out / "checkpoint"), ResidualAgent)
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
     reloaded = load_residual_agent(out)
     assert isinstance(reloaded, ResidualAgent) and json.loads((out / "residual.json").read_text())["scale"] == 0.1
 
@@ -81,7 +85,12 @@ def test_cli_train_rl_ppo_with_subprocess_envs(agent_dir, tmp_path) -> None:
 
     out = tmp_path / "ppo"
     assert main(["train", "rl", "--agent", str(agent_dir), "--env", ENV, "--algo", "ppo", "--steps", "32",
-                 "--n-envs", "2", "--eval-episodes", "0", "--reward", "shaped", "--out", str(out)]) == 0
-    assert (out / "curve.png").exists() and load_residual_agent(out).algo == "ppo"
+                 "--n-envs", "2", "--eval-episodes", "0", "--reward", "shaped", "--log-std-init", "-2.5",
+                 "--out", str(out)]) == 0
+    agent = load_residual_agent(out)
+    assert (out / "curve.png").exists() and agent.algo == "ppo"
+    # ResiP's start: a narrow Gaussian (one 32-step update moves the log-std by far less than 0.1)
+    np.testing.assert_allclose(agent.policy.policy.log_std.detach().numpy(), -2.5, atol=0.1)
+    assert json.loads((out / "rl_log.json").read_text())["config"]["log_std_init"] == -2.5
     assert main(["train", "rl", "--agent", str(agent_dir), "--env", ENV, "--mode", "full", "--algo", "sac",
                  "--steps", "8", "--out", str(tmp_path / "full")]) == 2  # full mode is PPO only

@@ -47,7 +47,8 @@ def _train_rl(args: argparse.Namespace) -> None:
              out_dir=args.out, n_envs=args.n_envs, seed=args.seed, reward=args.reward,
              eval_episodes=args.eval_episodes, eval_every=args.eval_every, lr=args.lr, device=args.device,
              scale=args.scale, progressive_explore=args.progressive_explore,
-             bc_weight=args.bc_weight, bc_data=args.bc_data, log_std_init=args.log_std_init)
+             bc_weight=args.bc_weight, bc_data=args.bc_data, log_std_init=args.log_std_init,
+             save_every=args.save_every)
     print(f"{args.mode_rl} RL agent saved to {args.out} (curve: {Path(args.out) / 'curve.png'})")
 
 
@@ -173,8 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="full: weight of the L1 to demonstration chunks added to the PPO loss (needs --bc-data)")
     p.add_argument("--bc-data", nargs="+", default=None, help="full: demonstration HDF5 files for --bc-weight")
     p.add_argument("--log-std-init", type=float, default=-1.5,
-                   help="full: initial log-std of the Gaussian over normalized actions (-1.5: std 0.22)")
+                   help="PPO (full, or residual --algo ppo): initial log-std of its Gaussian (-1.5: std 0.22)")
     p.add_argument("--eval-every", type=int, default=0, help="evaluation period in env steps (0: start and end only)")
+    p.add_argument("--save-every", type=int, default=0,
+                   help="write the agent so far to OUT/checkpoint every N env steps (0: only at the end)")
     p.add_argument("--eval-episodes", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="device of the SB3 policy (full: of the VLA too)")

@@ -79,6 +79,16 @@ def osc_action(action) -> np.ndarray:
         raise ValueError(f"action contains NaN or inf: {action}")
     return np.clip(action, -1.0, 1.0)
 
+
+def make_render_context_current(mj_sim) -> None:
+    """robosuite (1.4 and 1.5) renders into whichever GL context is current, and building or closing
+    another env switches it: without this before each render, an evaluation env opened beside a
+    training env in the same process leaves the training env reading another (or no) framebuffer."""
+    context = getattr(mj_sim, "_render_context_offscreen", None)
+    if context is not None:
+        context.gl_ctx.make_current()
+
+
 class EmbeddedEnv(gym.Env):
     """A task of the embedded suite. Success terminates the episode and is reported in
     `info["success"]`; the step limit (from the suite spec) truncates it."""
@@ -161,7 +171,7 @@ class EmbeddedEnv(gym.Env):
     # -- gymnasium API ---------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
-        self._make_render_context_current()
+        make_render_context_current(self.sim.sim)
         self.sim.rng = np.random.default_rng(self.np_random.integers(2**63))
         self._choose_task()
         raw = self.sim.reset()
@@ -169,7 +179,7 @@ class EmbeddedEnv(gym.Env):
         return self._observation(raw), self._info(success=False)
 
     def step(self, action):
-        self._make_render_context_current()
+        make_render_context_current(self.sim.sim)
         raw, _, _, _ = self.sim.step(osc_action(action))
         self.elapsed_steps += 1
         success = self.success()
@@ -179,7 +189,7 @@ class EmbeddedEnv(gym.Env):
     def render(self):
         if self.use_cameras:
             return self._last_raw["agentview_image"][::-1].copy()
-        self._make_render_context_current()
+        make_render_context_current(self.sim.sim)
         frame = self.sim.sim.render(camera_name="agentview", width=self.image_size, height=self.image_size)
         return frame[::-1].copy()
 
@@ -187,14 +197,6 @@ class EmbeddedEnv(gym.Env):
         self.sim.close()
 
     # -- helpers ---------------------------------------------------------------------------------
-    def _make_render_context_current(self) -> None:
-        """robosuite renders into whichever GL context is current, and building or closing another
-        env switches it; without this, an evaluation env opened beside a training env in the same
-        process leaves the training env reading another (or no) framebuffer."""
-        context = self.sim.sim._render_context_offscreen if self.sim.sim is not None else None
-        if context is not None:
-            context.gl_ctx.make_current()
-
     def _observation(self, raw: dict[str, Any]) -> dict[str, Any]:
         obs = {key: np.asarray(raw[key], dtype=np.float64) for key in self.observation_space.spaces if key.startswith("robot0_") and not key.endswith("_image")}
         obs["language_instruction"] = self.instruction

@@ -22,7 +22,7 @@ import numpy as np
 import yaml
 
 from vla_agents.sim import INSTALL
-from vla_agents.sim.embedded import INSTRUCTION_CHARSET, INSTRUCTION_MAX_CHARS, osc_action
+from vla_agents.sim.embedded import INSTRUCTION_CHARSET, INSTRUCTION_MAX_CHARS, make_render_context_current, osc_action
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
@@ -178,6 +178,7 @@ class LiberoEnv(gym.Env):
             index = int(options["episode_index"]) % n
         else:
             index = seed % n if seed is not None else int(self.np_random.integers(n))
+        make_render_context_current(self.env.env.sim)
         self.env.reset()
         raw = self.env.set_init_state(self.init_states[index])
         for _ in range(self.num_steps_wait):
@@ -186,6 +187,7 @@ class LiberoEnv(gym.Env):
         return self._observation(raw), self._info(False)
 
     def step(self, action):
+        make_render_context_current(self.env.env.sim)
         raw, reward, done, _ = self.env.step(osc_action(action))
         self.elapsed_steps += 1
         success = bool(done)

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -27,8 +25,8 @@ from vla_agents.data.dataset import DemoDataset
 from vla_agents.models.blocks import action_loss
 from vla_agents.policies import load_recipe, split_name
 from vla_agents.progress import LoggedProgress
+from vla_agents.train.checkpoint import CHECKPOINT, write_checkpoint
 
-CHECKPOINT = "checkpoint"
 TRAINER_STATE = "trainer_state.pt"
 
 
@@ -66,14 +64,12 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 def save_checkpoint(agent: VLAAgent, out_dir: Path, trainer_state: dict[str, Any]) -> Path:
     """`out_dir/checkpoint/`: the agent plus trainer_state.pt, swapped into place atomically."""
-    tmp = agent.save_pretrained(out_dir / f".{CHECKPOINT}.tmp-{uuid.uuid4().hex[:8]}")
-    torch.save(trainer_state, tmp / TRAINER_STATE)
-    final, old = out_dir / CHECKPOINT, out_dir / f".{CHECKPOINT}.old-{uuid.uuid4().hex[:8]}"
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
-    return final
+
+    def write(folder: Path) -> None:
+        agent.save_pretrained(folder)
+        torch.save(trainer_state, folder / TRAINER_STATE)
+
+    return write_checkpoint(out_dir, write)
 
 
 def train_bc(

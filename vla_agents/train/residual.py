@@ -195,8 +195,12 @@ def _make_residual_env(agent_dir: str, env_spec: str, env_kwargs: dict, **wrappe
 
 def setup_residual(agent_dir: str, env_spec: str, env_kwargs: dict, algo: str, steps: int, n_envs: int, seed: int,
                    reward: str, lr: float | None, device: str, scale: float, progressive_explore: int,
-                   feature_dim: int) -> RLRun:
-    """`train_rl`'s residual mode: SB3's MlpPolicy on `ResidualEnv`s, evaluated as a `ResidualAgent`."""
+                   feature_dim: int, log_std_init: float) -> RLRun:
+    """`train_rl`'s residual mode: SB3's MlpPolicy on `ResidualEnv`s, evaluated as a `ResidualAgent`.
+
+    PPO starts as ResiP does: a near-zero mean (SB3's orthogonal init, gain 0.01 on the action layer)
+    and a small `log_std_init`, so the first rollouts behave like the base agent. SAC's initial
+    policy is wide (std about 1) and its warm-up is uniform, which is what `progressive_explore` tempers."""
     from vla_agents.agent import load_agent
 
     algo_class = _algo_class(algo)
@@ -204,8 +208,9 @@ def setup_residual(agent_dir: str, env_spec: str, env_kwargs: dict, algo: str, s
                       progressive_explore=progressive_explore, feature_dim=feature_dim, algo=algo)
     venv = vec_env(factory, n_envs, seed)
     if algo == "ppo":
-        n_steps = max(16, min(256, steps // n_envs))
-        kwargs = dict(n_steps=n_steps, batch_size=min(64, n_steps * n_envs))
+        # Sparse success rewards need several episodes per update; at least 4 updates per run.
+        n_steps = max(16, min(1024, steps // (4 * n_envs)))
+        kwargs = dict(n_steps=n_steps, batch_size=min(256, n_steps * n_envs), policy_kwargs=dict(log_std_init=log_std_init))
     else:
         kwargs = dict(learning_starts=min(1000, steps // 4), batch_size=min(256, max(16, steps // 4)))
     if lr is not None:
@@ -213,4 +218,4 @@ def setup_residual(agent_dir: str, env_spec: str, env_kwargs: dict, algo: str, s
     model = algo_class("MlpPolicy", venv, seed=seed, device=device, verbose=0, **kwargs)
     agent = ResidualAgent(load_agent(agent_dir), model, scale, feature_dim, algo)
     return RLRun(model, agent, steps, {"scale": scale, "progressive_explore": progressive_explore,
-                                       "feature_dim": feature_dim})
+                                       "feature_dim": feature_dim, **({"log_std_init": log_std_init} if algo == "ppo" else {})})

@@ -18,6 +18,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from vla_agents.train.checkpoint import write_checkpoint
+
 MODES = ("residual", "full")
 REWARDS = ("sparse", "shaped")
 
@@ -86,10 +88,11 @@ def plot_curve(log: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def _recorder(log: dict[str, Any], steps: int, eval_every: int, record_eval: Callable[[int], None], progress: bool):
+def _recorder(log: dict[str, Any], steps: int, eval_every: int, record_eval: Callable[[int], None],
+              save_every: int, save_checkpoint: Callable[[int], None], progress: bool):
     """An SB3 callback counting env steps (a full-mode SB3 step runs a whole chunk, reported as
-    `info["env_steps"]`), logging finished episodes, PPO updates and periodic evaluations, and
-    drawing the progress bar."""
+    `info["env_steps"]`), logging finished episodes, PPO updates, periodic evaluations and
+    checkpoints, and drawing the progress bar."""
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
     from vla_agents.progress import LoggedProgress
@@ -100,7 +103,7 @@ def _recorder(log: dict[str, Any], steps: int, eval_every: int, record_eval: Cal
 
     class Recorder(BaseCallback):
         def _on_training_start(self) -> None:
-            self.env_steps, self.next_eval, self.updates = 0, eval_every, 0
+            self.env_steps, self.next_eval, self.next_save, self.updates = 0, eval_every, save_every, 0
             self.lengths = np.zeros(self.training_env.num_envs, dtype=int)
             self.start = time.perf_counter()
             self.bar = LoggedProgress(TextColumn(f"[bold]rl {config['mode']} {config['algo']}"), BarColumn(), MofNCompleteColumn(),
@@ -121,6 +124,9 @@ def _recorder(log: dict[str, Any], steps: int, eval_every: int, record_eval: Cal
             if eval_every > 0 and self.env_steps >= self.next_eval:
                 self.next_eval += eval_every
                 record_eval(self.env_steps)
+            if save_every > 0 and self.env_steps >= self.next_save:
+                self.next_save += save_every
+                save_checkpoint(self.env_steps)
             wins = [e["success"] for e in log["train_episodes"][-20:]]
             status = (f"{len(log['train_episodes'])} episodes, success {np.mean(wins) if wins else 0:.0%} (last 20)"
                       + (f", eval {log['eval'][-1]['success_rate']:.0%}" if log["eval"] else "")
@@ -152,13 +158,16 @@ def train_rl(agent_dir: str | Path, env_spec: str, algo: str | None = None, mode
              reward: str = "sparse", eval_episodes: int = 5, eval_every: int = 0, env_kwargs: dict | None = None,
              lr: float | None = None, progress: bool = True, device: str = "cpu",
              scale: float = 0.1, progressive_explore: int = 0, feature_dim: int = 32,
-             bc_weight: float = 0.0, bc_data: list[str | Path] | None = None, log_std_init: float = -1.5) -> Any:
+             bc_weight: float = 0.0, bc_data: list[str | Path] | None = None, log_std_init: float = -1.5,
+             save_every: int = 0) -> Any:
     """RL fine-tuning of the agent in `agent_dir` on `env_spec` for `steps` env steps (over all envs).
 
     mode="residual" (algo "sac" by default, or "ppo"): `scale`, `progressive_explore` and
     `feature_dim` shape the residual, see `residual.py`. mode="full" (algo "ppo"): `bc_weight` > 0
-    with `bc_data` demonstration files adds the BC regulariser; `log_std_init` sets the initial
-    exploration noise, see `full_rl.py`. `lr` defaults to SB3's (residual) or full mode's own.
+    with `bc_data` demonstration files adds the BC regulariser, see `full_rl.py`. `log_std_init` sets
+    the initial exploration noise of PPO's Gaussian (full mode, and residual PPO). `lr` defaults to SB3's (residual) or full mode's own.
+    `save_every` > 0 writes the agent so far (and its log) to `out_dir/checkpoint/` every that many
+    env steps, so an interrupted run keeps a loadable agent.
     Returns the trained agent, also written to `out_dir` with `rl_log.json` and `curve.png`."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
@@ -172,7 +181,7 @@ def train_rl(agent_dir: str | Path, env_spec: str, algo: str | None = None, mode
 
         algo = algo or "sac"
         run = setup_residual(algo=algo, scale=scale, progressive_explore=progressive_explore, feature_dim=feature_dim,
-                             **common)
+                             log_std_init=log_std_init, **common)
     else:
         from vla_agents.train.full_rl import setup_full
 
@@ -196,7 +205,14 @@ def train_rl(agent_dir: str | Path, env_spec: str, algo: str | None = None, mode
             eval_s += time.perf_counter() - tic
             log["eval"].append({"step": step, "success_rate": rate, "wall_s": time.perf_counter() - start})
 
-    recorder = _recorder(log, steps, eval_every, record_eval, progress)
+    def save_checkpoint(step: int) -> None:
+        def write(folder: Path) -> None:
+            run.agent.save_pretrained(folder)
+            (folder / "rl_log.json").write_text(json.dumps({**log, "env_steps": step}, indent=2))
+
+        write_checkpoint(out_dir, write)
+
+    recorder = _recorder(log, steps, eval_every, record_eval, save_every, save_checkpoint, progress)
     record_eval(0)
     try:
         run.model.learn(total_timesteps=run.timesteps, callback=recorder)
