@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -231,6 +232,7 @@ class _FakeLibero:
 
     def __init__(self, success_at=None):
         self.actions, self.init_state, self.steps, self.success_at = [], None, 0, success_at
+        self.env = SimpleNamespace(sim=None)  # the wrapped robosuite env, here without a render context
 
     def reset(self):
         self.steps = 0
