@@ -5,7 +5,9 @@ so over fresh scenes a policy that localizes the cube correlates with it on x an
 replays the mean trajectory shows a correlation near 0 on y (and a small spread), whatever its loss.
 On tasks with several cubes (pick_color) it also says which cube the first action heads for (the
 largest cosine between the action's xy and the gripper-to-cube xy): the named one, or the nearest.
-A policy that ignores the instruction heads for the named cube at the chance rate, 1 / cubes.
+A policy that ignores the instruction heads for the named cube at the chance rate, 1 / cubes; the
+instruction check says how much the first chunk moves when only the instruction changes (every
+instruction the task can give, same scene), against how much it moves from one scene to the next.
 Half a minute on a CPU, so it can follow every intermediate checkpoint of a long training:
 
     python benchmarks/grounding_check.py --agent runs/oft/checkpoint --env embedded/lift --scenes 20
@@ -33,7 +35,7 @@ def main() -> None:
 
     agent, env, expert = load_agent(args.agent), make_env(args.env), ScriptedExpert()
     expert.bind(env)
-    predicted, wanted, heads_for_named, heads_for_nearest = [], [], [], []
+    predicted, wanted, heads_for_named, heads_for_nearest, by_instruction = [], [], [], [], []
     for seed in range(args.seed, args.seed + args.scenes):
         obs, _ = env.reset(seed=seed)
         expert.reset()
@@ -45,6 +47,11 @@ def main() -> None:
         heads_for = max(cosine, key=cosine.get)
         heads_for_named.append(heads_for == env.target)
         heads_for_nearest.append(heads_for == min(to_cube, key=lambda c: np.linalg.norm(to_cube[c])))
+        chunks = []
+        for instruction in env.instructions:
+            agent.reset()
+            chunks.append(agent.act_chunk({**obs, "language_instruction": instruction})[:, :3])
+        by_instruction.append(np.array(chunks))
     n_cubes = len(env.sim.colors)
     env.close()
     predicted, wanted = np.array(predicted), np.array(wanted)
@@ -54,6 +61,12 @@ def main() -> None:
     if n_cubes > 1:
         print(f"first action heads for the named cube in {np.mean(heads_for_named):.0%} of scenes, the nearest in "
               f"{np.mean(heads_for_nearest):.0%} (ignoring the instruction: {1 / n_cubes:.0%} named)")
+    if len(by_instruction[0]) > 1:
+        chunks = np.array(by_instruction)  # scene, instruction, step, xyz
+        across_instructions = np.abs(chunks - chunks.mean(axis=1, keepdims=True)).mean()
+        across_scenes = np.abs(chunks - chunks.mean(axis=0, keepdims=True)).mean()
+        print(f"first chunk's xyz, mean |deviation|: across instructions (same scene) {across_instructions:.3f}, "
+              f"across scenes (same instruction) {across_scenes:.3f}")
 
 
 if __name__ == "__main__":

@@ -60,8 +60,16 @@ def test_retrain_trains_each_agent_on_demonstrations_of_its_noise_level(tmp_path
     collects = [c for c in calls if c[0] == "collect"]
     assert len(collects) == len(demo.DEMO_DATA) * len({a.data_noise for a in SHIPPED})
     for agent in SHIPPED:
-        train = next(c for c in calls if c[:2] == ["train", "bc"] and value(c, "--out").endswith(agent.name))
+        trains = [c for c in calls if c[:2] == ["train", "bc"] and value(c, "--out").endswith(agent.name)]
         mine = [value(c, "--out") for c in collects if float(value(c, "--noise", 0.0)) == agent.data_noise]
-        assert train[train.index("--data") + 1 : train.index("--steps")] == mine and len(mine) == len(demo.DEMO_DATA)
+        for train in trains:
+            assert train[train.index("--data") + 1 : train.index("--steps")] == mine and len(mine) == len(demo.DEMO_DATA)
+        # a continued agent: the same run resumed to the longer schedule, right after its first part
+        assert [(value(c, "--steps"), "--resume" in c) for c in trains] == (
+            [(str(agent.steps), False), (str(agent.continued_to), True)] if agent.continued_to else [(str(agent.steps), False)])
+        if agent.continued_to:
+            at = trains[0].index("--steps") + 1
+            assert trains[1] == [*trains[0][:at], str(agent.continued_to), *trains[0][at + 1:], "--resume"]
+            assert calls.index(trains[1]) == calls.index(trains[0]) + 1
     recorded = (demo.CHECKPOINTS / "README.md").read_text()
     assert all(f"--noise {a.data_noise}" in recorded for a in SHIPPED if a.data_noise)

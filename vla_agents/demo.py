@@ -35,16 +35,22 @@ class ShippedAgent:
     batch_size: int = 16
     overrides: str = ""  # JSON recipe overrides, when the checkpoint predates a recipe change
     data_noise: float = 0.0  # `collect --noise` of its demonstrations (DART; 0: the expert's own path)
+    continued_to: int = 0  # then `--resume --steps continued_to`: the cosine schedule restretched to the
+    # longer run, so it restarts at its value there (half the peak lr when continued_to = 2 x steps)
 
-    def train_args(self, data: list[Path], out: Path) -> list[str]:
+    def train_commands(self, data: list[Path], out: Path) -> list[list[str]]:
         overrides = ["--overrides", self.overrides] if self.overrides else []
-        return ["train", "bc", "--policy", self.policy, "--scale", "tiny", "--data", *map(str, data),
-                "--steps", str(self.steps), "--batch-size", str(self.batch_size), "--save-every", "500",
-                *overrides, "--out", str(out)]
+        first = ["train", "bc", "--policy", self.policy, "--scale", "tiny", "--data", *map(str, data),
+                 "--steps", str(self.steps), "--batch-size", str(self.batch_size), "--save-every", "500",
+                 *overrides, "--out", str(out)]
+        if not self.continued_to:
+            return [first]
+        steps_at = first.index("--steps") + 1
+        return [first, [*first[:steps_at], str(self.continued_to), *first[steps_at + 1:], "--resume"]]
 
 
 SHIPPED = (
-    ShippedAgent("oft-tiny-embedded", "oft", steps=4000, data_noise=0.4),
+    ShippedAgent("oft-tiny-embedded", "oft", steps=4000, data_noise=0.4, continued_to=8000),
     ShippedAgent("vla_adapter-tiny-embedded", "vla_adapter", steps=4000),
 )
 
@@ -62,7 +68,7 @@ def retrain(data_dir: Path, console: Console) -> None:
             commands.append(["collect", spec, "--episodes", str(episodes), "--seed", str(DEMO_DATA_SEED),
                              *(["--noise", str(noise)] if noise else []), "--out", str(path)])
             files.setdefault(noise, []).append(path)
-    commands += [agent.train_args(files[agent.data_noise], CHECKPOINTS / agent.name) for agent in SHIPPED]
+    commands += [c for agent in SHIPPED for c in agent.train_commands(files[agent.data_noise], CHECKPOINTS / agent.name)]
     log = []
     root = CHECKPOINTS.parents[1]
     for args in commands:
