@@ -165,7 +165,8 @@ def train_rl(agent_dir: str | Path, env_spec: str, algo: str | None = None, mode
     mode="residual" (algo "sac" by default, or "ppo"): `scale`, `progressive_explore` and
     `feature_dim` shape the residual, see `residual.py`. mode="full" (algo "ppo"): `bc_weight` > 0
     with `bc_data` demonstration files adds the BC regulariser, see `full_rl.py`. `log_std_init` sets
-    the initial exploration noise of PPO's Gaussian (full mode, and residual PPO). `lr` defaults to SB3's (residual) or full mode's own.
+    the initial exploration noise of PPO's Gaussian (full mode, and residual PPO). `lr` defaults to
+    SB3's (residual) or full mode's own.
     `save_every` > 0 writes the agent so far (and its log) to `out_dir/checkpoint/` every that many
     env steps, so an interrupted run keeps a loadable agent.
     Returns the trained agent, also written to `out_dir` with `rl_log.json` and `curve.png`."""
