@@ -68,6 +68,7 @@ def test_train_rl_writes_curve_and_a_reloadable_agent(agent_dir, tmp_path) -> No
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
     reloaded = load_residual_agent(out)
     assert isinstance(reloaded, ResidualAgent) and json.loads((out / "residual.json").read_text())["scale"] == 0.1
+    assert reloaded.policy_name == f"{reloaded.base.policy_name}+residual-sac"
 
     env = make_env(ENV, **ENV_KWARGS)
     raw, _ = env.reset(seed=3)

@@ -51,7 +51,7 @@ class ShippedAgent:
 
 SHIPPED = (
     ShippedAgent("oft-tiny-embedded", "oft", steps=4000, data_noise=0.4, continued_to=8000),
-    ShippedAgent("vla_adapter-tiny-embedded", "vla_adapter", steps=4000),
+    ShippedAgent("vla_adapter-tiny-embedded", "vla_adapter", steps=4000, continued_to=8000),
 )
 
 

@@ -64,6 +64,11 @@ class ResidualAgent:
         return self.base.recipe["proprio_dim"] + self.action_dim + self.feature_dim + 1
 
     @property
+    def policy_name(self) -> str:
+        """E.g. "oft+residual-ppo": what evaluation labels its rows and reports with."""
+        return f"{self.base.policy_name}+residual-{self.algo}"
+
+    @property
     def model_calls(self) -> int:
         return self.base.model_calls
 
