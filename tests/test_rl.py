@@ -95,3 +95,6 @@ def test_cli_train_rl_ppo_with_subprocess_envs(agent_dir, tmp_path) -> None:
     assert json.loads((out / "rl_log.json").read_text())["config"]["log_std_init"] == -2.5
     assert main(["train", "rl", "--agent", str(agent_dir), "--env", ENV, "--mode", "full", "--algo", "sac",
                  "--steps", "8", "--out", str(tmp_path / "full")]) == 2  # full mode is PPO only
+    with pytest.raises(ValueError, match="save_every is a period in env steps, 0 for never; got -5"):
+        train_rl(agent_dir, ENV, steps=8, out_dir=tmp_path / "bad", save_every=-5)
+    assert not (tmp_path / "bad").exists()  # refused before anything was built or written

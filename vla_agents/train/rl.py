@@ -174,6 +174,9 @@ def train_rl(agent_dir: str | Path, env_spec: str, algo: str | None = None, mode
         raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
     if reward not in REWARDS:
         raise ValueError(f"unknown reward {reward!r}; expected one of {REWARDS}")
+    for name, value in (("eval_every", eval_every), ("save_every", save_every)):
+        if value < 0:
+            raise ValueError(f"{name} is a period in env steps, 0 for never; got {value}")
     agent_dir, out_dir, env_kwargs = str(agent_dir), Path(out_dir), dict(env_kwargs or {})
     common = dict(agent_dir=agent_dir, env_spec=env_spec, env_kwargs=env_kwargs, steps=steps, n_envs=n_envs,
                   seed=seed, reward=reward, lr=lr, device=device)
