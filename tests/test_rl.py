@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from conftest import ActionRecorder
 from stable_baselines3.common.env_checker import check_env
 
@@ -98,3 +99,22 @@ def test_cli_train_rl_ppo_with_subprocess_envs(agent_dir, tmp_path) -> None:
     with pytest.raises(ValueError, match="save_every is a period in env steps, 0 for never; got -5"):
         train_rl(agent_dir, ENV, steps=8, out_dir=tmp_path / "bad", save_every=-5)
     assert not (tmp_path / "bad").exists()  # refused before anything was built or written
+
+
+def test_training_continues_a_saved_residual_with_its_own_weights_algo_and_scale(agent_dir, tmp_path) -> None:
+    first = train_rl(agent_dir, ENV, algo="ppo", steps=32, out_dir=tmp_path / "first", n_envs=1, eval_episodes=0,
+                     env_kwargs=ENV_KWARGS, progress=False, scale=0.3)
+    with torch.no_grad():
+        first.policy.policy.action_net.bias.fill_(0.5)  # a mark a fresh policy could not have
+    first.save_pretrained(tmp_path / "first")
+    # lr 0: the continued run's update leaves the loaded weights as they were
+    continued = train_rl(tmp_path / "first", ENV, steps=16, out_dir=tmp_path / "second", n_envs=1, eval_episodes=0,
+                         env_kwargs=ENV_KWARGS, progress=False, lr=0.0)
+    assert continued.algo == "ppo" and continued.scale == 0.3  # from the saved residual, not the defaults
+    np.testing.assert_array_equal(continued.policy.policy.action_net.bias.detach().numpy(), np.full(7, 0.5, np.float32))
+    config = json.loads((tmp_path / "second" / "rl_log.json").read_text())["config"]
+    assert config["continued_from"] == str(tmp_path / "first") and config["algo"] == "ppo"
+    assert isinstance(load_agent(tmp_path / "second"), ResidualAgent)
+    with pytest.raises(ValueError, match="trained with 'ppo'; it cannot continue with 'sac'"):
+        train_rl(tmp_path / "first", ENV, algo="sac", steps=8, out_dir=tmp_path / "bad", n_envs=1,
+                 env_kwargs=ENV_KWARGS, progress=False)

@@ -198,29 +198,51 @@ def _make_residual_env(agent_dir: str, env_spec: str, env_kwargs: dict, **wrappe
     return ResidualEnv(make_env(env_spec, **env_kwargs), load_agent(agent_dir), **wrapper_kwargs)
 
 
-def setup_residual(agent_dir: str, env_spec: str, env_kwargs: dict, algo: str, steps: int, n_envs: int, seed: int,
-                   reward: str, lr: float | None, device: str, scale: float, progressive_explore: int,
+def setup_residual(agent_dir: str, env_spec: str, env_kwargs: dict, algo: str | None, steps: int, n_envs: int,
+                   seed: int, reward: str, lr: float | None, device: str, scale: float, progressive_explore: int,
                    feature_dim: int, log_std_init: float) -> RLRun:
     """`train_rl`'s residual mode: SB3's MlpPolicy on `ResidualEnv`s, evaluated as a `ResidualAgent`.
 
     PPO starts as ResiP does: a near-zero mean (SB3's orthogonal init, gain 0.01 on the action layer)
     and a small `log_std_init`, so the first rollouts behave like the base agent. SAC's initial
-    policy is wide (std about 1) and its warm-up is uniform, which is what `progressive_explore` tempers."""
+    policy is wide (std about 1) and its warm-up is uniform, which is what `progressive_explore` tempers.
+
+    When `agent_dir` is itself a residual agent, training continues its residual policy (weights,
+    optimizer, log-std) on the same frozen base, with the saved algorithm, scale and feature size:
+    a long run can be split into parts, or taken further."""
     from vla_agents.agent import load_agent
 
+    continued = (Path(agent_dir) / CONFIG_FILE).exists()
+    if continued:
+        saved = json.loads((Path(agent_dir) / CONFIG_FILE).read_text())
+        if algo is not None and algo != saved["algo"]:
+            raise ValueError(f"{agent_dir} holds a residual trained with {saved['algo']!r}; it cannot continue "
+                             f"with {algo!r} (leave the algorithm unset, or start from its base/ folder)")
+        algo, scale, feature_dim = saved["algo"], saved["scale"], saved["feature_dim"]
+        base_dir = str(Path(agent_dir) / saved.get("base", BASE_DIR))
+    else:
+        algo, base_dir = algo or "sac", agent_dir
     algo_class = _algo_class(algo)
-    factory = partial(_make_residual_env, agent_dir, env_spec, env_kwargs, scale=scale, reward=reward,
+    factory = partial(_make_residual_env, base_dir, env_spec, env_kwargs, scale=scale, reward=reward,
                       progressive_explore=progressive_explore, feature_dim=feature_dim, algo=algo)
     venv = vec_env(factory, n_envs, seed)
-    if algo == "ppo":
-        # Sparse success rewards need several episodes per update; at least 4 updates per run.
-        n_steps = max(16, min(1024, steps // (4 * n_envs)))
-        kwargs = dict(n_steps=n_steps, batch_size=min(256, n_steps * n_envs), policy_kwargs=dict(log_std_init=log_std_init))
+    if continued:
+        custom = {"learning_rate": lr} if lr is not None else None
+        model = algo_class.load(str(Path(agent_dir) / POLICY_FILE), env=venv, device=device, custom_objects=custom)
+        model.set_random_seed(seed)
     else:
-        kwargs = dict(learning_starts=min(1000, steps // 4), batch_size=min(256, max(16, steps // 4)))
-    if lr is not None:
-        kwargs["learning_rate"] = lr
-    model = algo_class("MlpPolicy", venv, seed=seed, device=device, verbose=0, **kwargs)
-    agent = ResidualAgent(load_agent(agent_dir), model, scale, feature_dim, algo)
-    return RLRun(model, agent, steps, {"scale": scale, "progressive_explore": progressive_explore,
-                                       "feature_dim": feature_dim, **({"log_std_init": log_std_init} if algo == "ppo" else {})})
+        if algo == "ppo":
+            # Sparse success rewards need several episodes per update; at least 4 updates per run.
+            n_steps = max(16, min(1024, steps // (4 * n_envs)))
+            kwargs = dict(n_steps=n_steps, batch_size=min(256, n_steps * n_envs),
+                          policy_kwargs=dict(log_std_init=log_std_init))
+        else:
+            kwargs = dict(learning_starts=min(1000, steps // 4), batch_size=min(256, max(16, steps // 4)))
+        if lr is not None:
+            kwargs["learning_rate"] = lr
+        model = algo_class("MlpPolicy", venv, seed=seed, device=device, verbose=0, **kwargs)
+    agent = ResidualAgent(load_agent(base_dir), model, scale, feature_dim, algo)
+    config = {"algo": algo, "scale": scale, "progressive_explore": progressive_explore, "feature_dim": feature_dim,
+              **({"log_std_init": log_std_init} if algo == "ppo" and not continued else {}),
+              **({"continued_from": str(agent_dir)} if continued else {})}
+    return RLRun(model, agent, steps, config)

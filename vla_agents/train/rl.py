@@ -163,7 +163,8 @@ def train_rl(agent_dir: str | Path, env_spec: str, algo: str | None = None, mode
     """RL fine-tuning of the agent in `agent_dir` on `env_spec` for `steps` env steps (over all envs).
 
     mode="residual" (algo "sac" by default, or "ppo"): `scale`, `progressive_explore` and
-    `feature_dim` shape the residual, see `residual.py`. mode="full" (algo "ppo"): `bc_weight` > 0
+    `feature_dim` shape the residual, see `residual.py`; an `agent_dir` that already holds a residual
+    agent continues training that residual. mode="full" (algo "ppo"): `bc_weight` > 0
     with `bc_data` demonstration files adds the BC regulariser, see `full_rl.py`. `log_std_init` sets
     the initial exploration noise of PPO's Gaussian (full mode, and residual PPO). `lr` defaults to
     SB3's (residual) or full mode's own.
@@ -183,7 +184,6 @@ def train_rl(agent_dir: str | Path, env_spec: str, algo: str | None = None, mode
     if mode == "residual":
         from vla_agents.train.residual import setup_residual
 
-        algo = algo or "sac"
         run = setup_residual(algo=algo, scale=scale, progressive_explore=progressive_explore, feature_dim=feature_dim,
                              log_std_init=log_std_init, **common)
     else:
@@ -193,6 +193,7 @@ def train_rl(agent_dir: str | Path, env_spec: str, algo: str | None = None, mode
         if algo != "ppo":
             raise ValueError(f"mode='full' trains with PPO (its actor is a Gaussian with a log-prob), not {algo!r}")
         run = setup_full(bc_weight=bc_weight, bc_data=bc_data, log_std_init=log_std_init, **common)
+    algo = run.config.get("algo", algo)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     log: dict[str, Any] = {"config": {"agent": agent_dir, "env": env_spec, "algo": algo, "mode": mode, "steps": steps,
