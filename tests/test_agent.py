@@ -81,12 +81,13 @@ def test_prompt_tokenization_is_cached() -> None:
 @pytest.mark.parametrize("policy", ["oft", "vla_adapter"])
 def test_save_load_round_trip(policy: str, tmp_path: Path) -> None:
     agent = make_agent(policy, stats=stats(), gate_mode="output_scale", **SMALL) if policy == "vla_adapter" \
-        else make_agent(policy, stats=stats(), **SMALL)
+        else make_agent(policy, stats=stats(), film=True, **SMALL)  # OFT+ FiLM weights travel too
     agent.save_pretrained(tmp_path / "agent")
     agent.save_pretrained(tmp_path / "agent")  # overwriting is atomic too
     loaded = load_agent(tmp_path / "agent")
     np.testing.assert_array_equal(agent.act_chunk(raw_obs()), loaded.act_chunk(raw_obs()))
     assert loaded.recipe == agent.recipe and loaded.num_parameters() == agent.num_parameters()
+    assert (loaded.model.backbone.film is not None) == (policy == "oft")
     assert not list(tmp_path.glob(".agent.*"))
 
 
@@ -94,7 +95,7 @@ def test_paper_scale_loading_path(tmp_path: Path, tiny_hf_models: dict[str, str]
     """Tiny random SigLIP + DINOv2 + Qwen2 saved locally and loaded through the paper recipe."""
     paths = tiny_hf_models
     for policy in ("oft", "vla_adapter"):
-        agent = make_agent(policy, scale="paper", stats=stats(), image_size=28, **paths)
+        agent = make_agent(policy, scale="paper", stats=stats(), image_size=28, film=policy == "oft", **paths)
         assert agent.model.backbone.vision.fused and agent.model.backbone.vision.dim == 64
         assert agent.act(raw_obs()).shape == (7,)
         assert agent.last_attention.heatmaps["eye_in_hand"].shape == (2, 2)
@@ -107,6 +108,7 @@ def test_paper_scale_loading_path(tmp_path: Path, tiny_hf_models: dict[str, str]
     for policy in ("oft", "vla_adapter"):
         loaded = load_agent(tmp_path / f"agent-{policy}")
         assert loaded.act_chunk(raw_obs()).shape == (8, 7)
+        assert (loaded.model.backbone.film is not None) == (policy == "oft")  # FiLM in SigLIP and DINOv2 blocks
 
 
 def test_load_errors_are_clear(tmp_path: Path) -> None:

@@ -172,3 +172,73 @@ def test_tiny_vit_position_embedding_follows_recipe_std(std: float) -> None:
     pos = model.backbone.vision.pos_embed
     assert pos.shape == (1, 64, 128)
     assert pos.std().item() == pytest.approx(std, rel=0.05)
+
+
+def test_film_block_rescales_the_stream_between_attention_and_mlp_hand_computed() -> None:
+    from vla_agents.models.blocks import TransformerBlock
+
+    torch.manual_seed(0)
+    block, x = TransformerBlock(8, 2), torch.randn(2, 5, 8)
+    gamma, beta = torch.randn(2, 8), torch.randn(2, 8)
+    after_attention = x + block.attn(block.norm1(x))[0]
+    modulated = after_attention * (1 + gamma[:, None]) + beta[:, None]  # the same for every token
+    expected = modulated + block.mlp(block.norm2(modulated))
+    torch.testing.assert_close(block(x, film=(gamma, beta))[0], expected)
+    zero = torch.zeros(2, 8)
+    torch.testing.assert_close(block(x, film=(zero, zero))[0], block(x)[0])  # zero FiLM is the identity
+
+
+def test_film_makes_visual_tokens_depend_on_the_instruction_and_ignores_padding() -> None:
+    torch.manual_seed(0)
+    plain = build_model(load_recipe("oft", "tiny", SMALL)).backbone
+    film = build_model(load_recipe("oft", "tiny", {**SMALL, "film": True})).backbone
+    assert plain.film is None and len(film.film.scale) == SMALL["vit_depth"]
+    images = torch.rand(1, 2, 3, 32, 32)
+    ids = {word: torch.tensor([[1, *word.encode()]]) for word in ("red", "blue")}
+
+    def visual(backbone, input_ids, mask):
+        out = backbone(images, input_ids, mask, slots=torch.zeros(1, 2, backbone.dim))
+        return out.hidden_states[0][:, out.visual["agentview"]]  # layer 1 at the patches: the tokens' own content
+
+    def embeds(backbone, word, pad=0):
+        input_ids = torch.cat([ids[word][:, :1], torch.zeros(1, pad, dtype=torch.long), ids[word][:, 1:]], dim=1)
+        mask = torch.ones_like(input_ids)
+        mask[:, 1 : 1 + pad] = 0
+        text = backbone.llm.embed(input_ids)
+        return backbone.encode_images(images, (text * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)) \
+            if backbone.film is not None else backbone.encode_images(images)
+
+    assert torch.equal(embeds(plain, "red"), embeds(plain, "blue"))  # no FiLM: vision never reads the prompt
+    assert (embeds(film, "red") - embeds(film, "blue")).abs().max() > 1e-3
+    torch.testing.assert_close(embeds(film, "red", pad=3), embeds(film, "red"))  # left padding is not language
+    left_padded = torch.tensor([[1, 0, 0, *b"red"]])
+    mask = torch.tensor([[1, 0, 0, 1, 1, 1]])
+    torch.testing.assert_close(visual(film, left_padded, mask)[0, :4, :4],
+                               visual(film, ids["red"], torch.ones_like(ids["red"]))[0, :4, :4], atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="needs the mean prompt embedding"):
+        film.encode_images(images)
+
+
+def test_film_inside_transformers_towers_matches_the_block_equation(tiny_hf_models) -> None:
+    from vla_agents.models.backbones import SIGLIP_MEAN, SIGLIP_STD, HFVisionTower, _normalize
+
+    torch.manual_seed(0)
+    tower = HFVisionTower.from_pretrained(tiny_hf_models["siglip_path"], tiny_hf_models["dinov2_path"], 28).eval()
+    assert tower.film_dims == [32, 32, 32, 32]  # DINOv2's two layers, then SigLIP's
+    pixels = torch.rand(2, 3, 28, 28)
+    identity = [(torch.zeros(2, 32), torch.zeros(2, 32))] * 4
+    torch.testing.assert_close(tower(pixels, film=identity), tower(pixels))
+    film = [(torch.randn(2, 32), torch.randn(2, 32)) for _ in range(4)]
+    out = tower(pixels, film=film)
+    # SigLIP's first layer (its features are the second-to-last hidden state of two), by hand
+    model = getattr(tower.siglip, "vision_model", tower.siglip)
+    layer = model.encoder.layers[0]
+    x = model.embeddings(_normalize(pixels, SIGLIP_MEAN, SIGLIP_STD))
+    gamma, beta = film[2]
+    x = (x + layer.self_attn(layer.layer_norm1(x))[0]) * (1 + gamma[:, None]) + beta[:, None]
+    torch.testing.assert_close(out[..., 32:], x + layer.mlp(layer.layer_norm2(x)))
+    # DINOv2: gamma -1 flattens the stream after attention to beta at every patch
+    flatten = [(-torch.ones(2, 32), torch.randn(2, 32))] + film[1:]
+    dino = tower(pixels, film=flatten)[..., :32]
+    torch.testing.assert_close(dino, dino[:, :1].expand_as(dino))
+    torch.testing.assert_close(tower(pixels), tower(pixels, film=identity))  # the hooks came off

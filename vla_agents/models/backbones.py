@@ -53,13 +53,19 @@ class TinyViT(nn.Module):
         self.blocks = nn.ModuleList(TransformerBlock(dim, heads) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
 
+    @property
+    def film_dims(self) -> list[int]:
+        """The width of each block FiLM modulates, in the order `forward(film=...)` takes them."""
+        return [self.dim] * len(self.blocks)
+
     def forward(
-        self, pixels: torch.Tensor, return_attention: bool = False
+        self, pixels: torch.Tensor, return_attention: bool = False, film: list[tuple[torch.Tensor, torch.Tensor]] | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        """`film`: one (gamma, beta) pair per block (see `VisionFiLM`), or None."""
         x = self.patch_embed(_normalize(pixels, SIGLIP_MEAN, SIGLIP_STD)).flatten(2).transpose(1, 2) + self.pos_embed
         attentions = []
-        for block in self.blocks:
-            x, weights = block(x, return_weights=return_attention)
+        for i, block in enumerate(self.blocks):
+            x, weights = block(x, return_weights=return_attention, film=None if film is None else film[i])
             attentions.append(weights)
         x = self.norm(x)
         return (x, attentions) if return_attention else x
@@ -109,19 +115,84 @@ class HFVisionTower(nn.Module):
             out["dinov2"] = self.dinov2.config.to_dict()
         return out
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        features = []
+    def _film_sites(self) -> list[tuple[nn.Module, nn.Module]]:
+        """Per encoder layer, DINOv2's then SigLIP's: (the layer, the module whose output the layer adds
+        to its residual stream after attention)."""
+        sites = []
         if self.dinov2 is not None:
-            hidden = self.dinov2(_normalize(pixels, IMAGENET_MEAN, IMAGENET_STD), output_hidden_states=True).hidden_states[-2]
-            skip = 1 + getattr(self.dinov2.config, "num_register_tokens", 0)
-            features.append(hidden[:, skip:])
+            sites += [(layer, layer.layer_scale1) for layer in self.dinov2.encoder.layer]
         if self.siglip is not None:
-            resize = pixels.shape[-1] != self.siglip.config.image_size
-            out = self.siglip(
-                _normalize(pixels, SIGLIP_MEAN, SIGLIP_STD), output_hidden_states=True, interpolate_pos_encoding=resize
-            )
-            features.append(out.hidden_states[-2])
-        return torch.cat(features, dim=-1)
+            siglip = getattr(self.siglip, "vision_model", self.siglip)  # transformers < 5 nests it
+            sites += [(layer, layer.self_attn) for layer in siglip.encoder.layers]
+        return sites
+
+    @property
+    def film_dims(self) -> list[int]:
+        """The width of each encoder layer FiLM modulates, in the order `forward(film=...)` takes them."""
+        dims = []
+        if self.dinov2 is not None:
+            dims += [self.dinov2.config.hidden_size] * self.dinov2.config.num_hidden_layers
+        if self.siglip is not None:
+            dims += [self.siglip.config.hidden_size] * self.siglip.config.num_hidden_layers
+        return dims
+
+    def _attach_film(self, film: list[tuple[torch.Tensor, torch.Tensor]]) -> list[Any]:
+        """FiLM inside transformers' encoder layers without copying their code: a pre-hook keeps each
+        layer's input (its residual) and a hook rewrites the attention branch `a` so that the layer's
+        `residual + a` becomes `(residual + a) * (1 + gamma) + beta`, which the MLP then reads."""
+        if self.dinov2 is not None and self.dinov2.config.drop_path_rate > 0:
+            raise ValueError("FiLM on DINOv2 needs drop_path_rate 0 (stochastic depth would rescale the rewritten branch)")
+        handles = []
+        for (layer, branch), (gamma, beta) in zip(self._film_sites(), film):
+            kept: dict[str, torch.Tensor] = {}
+
+            def keep_residual(module, args, kwargs, kept=kept):
+                kept["residual"] = args[0] if args else kwargs["hidden_states"]
+
+            def modulate(module, args, out, kept=kept, gamma=gamma, beta=beta):
+                attended = out[0] if isinstance(out, tuple) else out
+                residual = kept["residual"]
+                rewritten = (residual + attended) * (1 + gamma[:, None]) + beta[:, None] - residual
+                return (rewritten, *out[1:]) if isinstance(out, tuple) else rewritten
+
+            handles += [layer.register_forward_pre_hook(keep_residual, with_kwargs=True), branch.register_forward_hook(modulate)]
+        return handles
+
+    def forward(self, pixels: torch.Tensor, film: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
+        """`film`: one (gamma, beta) pair per encoder layer (see `film_dims`), or None."""
+        handles = self._attach_film(film) if film is not None else []
+        try:
+            features = []
+            if self.dinov2 is not None:
+                hidden = self.dinov2(_normalize(pixels, IMAGENET_MEAN, IMAGENET_STD), output_hidden_states=True).hidden_states[-2]
+                skip = 1 + getattr(self.dinov2.config, "num_register_tokens", 0)
+                features.append(hidden[:, skip:])
+            if self.siglip is not None:
+                resize = pixels.shape[-1] != self.siglip.config.image_size
+                out = self.siglip(
+                    _normalize(pixels, SIGLIP_MEAN, SIGLIP_STD), output_hidden_states=True, interpolate_pos_encoding=resize
+                )
+                features.append(out.hidden_states[-2])
+            return torch.cat(features, dim=-1)
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
+class VisionFiLM(nn.Module):
+    """OpenVLA-OFT+'s FiLM: the mean of the prompt's input embeddings sets a per-channel scale and
+    shift of every ViT block's stream after attention, gamma = Linear(e), beta = Linear(e), one pair
+    per block and the same for every patch (per-patch FiLM followed language worse in the paper).
+    OFT+ added it because its policy ignored the instruction, which is what ours do on pick_color."""
+
+    def __init__(self, llm_dim: int, block_dims: list[int]) -> None:
+        super().__init__()
+        self.scale = nn.ModuleList(nn.Linear(llm_dim, dim) for dim in block_dims)
+        self.shift = nn.ModuleList(nn.Linear(llm_dim, dim) for dim in block_dims)
+
+    def forward(self, language: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(B, llm_dim) mean prompt embedding -> per block (gamma, beta), each (B, that block's width)."""
+        return [(scale(language), shift(language)) for scale, shift in zip(self.scale, self.shift)]
 
 
 class VisionProjector(nn.Module):
@@ -220,10 +291,11 @@ class BackboneOutput:
 
 
 class VisionLanguageBackbone(nn.Module):
-    def __init__(self, vision: nn.Module, llm: LanguageModel, views: list[str]) -> None:
+    def __init__(self, vision: nn.Module, llm: LanguageModel, views: list[str], film: bool = False) -> None:
         super().__init__()
         self.vision, self.llm, self.views = vision, llm, list(views)
         self.projector = VisionProjector(vision.dim, llm.hidden_size, fused=vision.fused)
+        self.film = VisionFiLM(llm.hidden_size, vision.film_dims) if film else None
 
     @property
     def dim(self) -> int:
@@ -233,10 +305,16 @@ class VisionLanguageBackbone(nn.Module):
     def grid(self) -> tuple[int, int]:
         return self.vision.grid
 
-    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, V, 3, H, W) in [0, 1] -> projected visual tokens (B, V*h*w, d), views in order."""
+    def encode_images(self, images: torch.Tensor, language: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, V, 3, H, W) in [0, 1] -> projected visual tokens (B, V*h*w, d), views in order.
+        `language` (B, d), the mean prompt embedding, conditions the towers when FiLM is on."""
         b, v = images.shape[:2]
-        tokens = self.vision(images.flatten(0, 1))
+        if self.film is None:
+            tokens = self.vision(images.flatten(0, 1))
+        elif language is None:
+            raise ValueError("this backbone has FiLM: encode_images needs the mean prompt embedding (language=)")
+        else:
+            tokens = self.vision(images.flatten(0, 1), film=self.film(language.repeat_interleave(v, dim=0)))
         return self.projector(tokens).reshape(b, v * tokens.shape[1], -1)
 
     def forward(
@@ -254,7 +332,11 @@ class VisionLanguageBackbone(nn.Module):
         (every query, every layer) while they keep their positions: token pruning without
         re-indexing RoPE or the per-view slices."""
         text = self.llm.embed(input_ids)
-        visual = self.encode_images(images).to(text.dtype)
+        language = None
+        if self.film is not None:  # OFT+: the mean input embedding of the (unpadded) prompt
+            weights = attention_mask[..., None].to(text.dtype)
+            language = (text * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
+        visual = self.encode_images(images, language).to(text.dtype)
         b = text.shape[0]
         extra = text.new_zeros(b, 0, text.shape[-1]) if extra is None else extra.to(text.dtype)
         parts = [text[:, :1], visual, extra, text[:, 1:], slots.to(text.dtype)]
@@ -326,4 +408,4 @@ def build_backbone(recipe: dict[str, Any], hf_configs: dict[str, Any] | None = N
             ),
             attn,
         )
-    return VisionLanguageBackbone(vision, llm, recipe["views"])
+    return VisionLanguageBackbone(vision, llm, recipe["views"], film=recipe.get("film", False))

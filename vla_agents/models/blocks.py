@@ -57,7 +57,8 @@ class Attention(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    """Pre-norm ViT block: x + Attn(LN x), then x + MLP(LN x)."""
+    """Pre-norm ViT block: x + Attn(LN x), then x + MLP(LN x). `film` = (gamma, beta), each (B, dim),
+    rescales the stream between the two, x * (1 + gamma) + beta, as OpenVLA-OFT+'s FiLM does."""
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0) -> None:
         super().__init__()
@@ -66,9 +67,13 @@ class TransformerBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, int(dim * mlp_ratio)), nn.GELU(), nn.Linear(int(dim * mlp_ratio), dim))
 
-    def forward(self, x: torch.Tensor, return_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self, x: torch.Tensor, return_weights: bool = False, film: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         attended, weights = self.attn(self.norm1(x), return_weights=return_weights)
         x = x + attended
+        if film is not None:
+            x = x * (1 + film[0][:, None]) + film[1][:, None]
         return x + self.mlp(self.norm2(x)), weights
 
 
