@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from vla_agents.eval import (ComparisonResult, compare, compose_frame, diff_interval, evaluate, overlay_heatmap,
-                             render_table, run_episode, wilson_interval)
+from vla_agents.eval import (ComparisonResult, compare, compose_frame, diff_interval, evaluate, mcnemar_exact,
+                             overlay_heatmap, render_table, run_episode, wilson_interval)
 from vla_agents.types import AttentionMaps
 
 SIZE = 64
@@ -193,6 +193,15 @@ def test_wilson_and_newcombe_intervals():
     assert (round(low, 4), round(high, 4)) == (0.0524, 0.3339)
     with pytest.raises(ValueError):
         wilson_interval(11, 10)
+
+
+def test_mcnemar_exact_against_hand_computed_binomial_tails():
+    assert mcnemar_exact(7, 1) == pytest.approx(2 * (1 + 8) / 2**8)  # 0.0703: P(<= 1 of 8 fair coins), both sides
+    assert mcnemar_exact(1, 7) == mcnemar_exact(7, 1)
+    assert mcnemar_exact(10, 0) == pytest.approx(2 / 2**10)
+    assert mcnemar_exact(3, 3) == 1.0 and mcnemar_exact(0, 0) == 1.0  # no evidence either way
+    with pytest.raises(ValueError, match="non-negative"):
+        mcnemar_exact(-1, 2)
 
 
 def test_compare_table_json_and_csv(tmp_path):

@@ -33,3 +33,15 @@ def diff_interval(successes_a: int, n_a: int, successes_b: int, n_b: int, z: flo
     low = diff - math.sqrt((p_a - low_a) ** 2 + (high_b - p_b) ** 2)
     high = diff + math.sqrt((high_a - p_a) ** 2 + (p_b - low_b) ** 2)
     return max(-1.0, low), min(1.0, high)
+
+
+def mcnemar_exact(gained: int, lost: int) -> float:
+    """Two-sided exact McNemar p-value for two agents run on the same seeded episodes.
+
+    Only the episodes whose outcome changed carry information: `gained` (B succeeded where A
+    failed) and `lost` (the reverse). If neither agent were better, each change would be a fair coin."""
+    if gained < 0 or lost < 0:
+        raise ValueError(f"need non-negative counts, got gained={gained}, lost={lost}")
+    n = gained + lost
+    tail = sum(math.comb(n, i) for i in range(min(gained, lost) + 1)) / 2**n
+    return min(1.0, 2 * tail)

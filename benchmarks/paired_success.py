@@ -1,0 +1,45 @@
+"""Did agent B beat agent A? Two `vla-agents eval --json` files over the same seeds.
+
+    .venv/bin/python benchmarks/paired_success.py runs/eval_before.json runs/eval_after.json
+
+Prints both success rates with Wilson intervals, the difference with Newcombe's 95% interval
+(as if the episodes were independent), and, pairing episodes by seed, how many outcomes changed
+each way with the exact McNemar p-value, which uses the pairing the interval ignores.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from vla_agents.eval.stats import diff_interval, mcnemar_exact, wilson_interval
+
+
+def outcomes(path: Path) -> dict[int, bool]:
+    """Seed -> success, from a LeRobot-shaped eval_info JSON."""
+    episodes = json.loads(path.read_text())["per_episode"]
+    return {int(e["seed"]): bool(e["success"]) for e in episodes}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("before", type=Path, help="eval JSON of agent A (the reference)")
+    parser.add_argument("after", type=Path, help="eval JSON of agent B")
+    args = parser.parse_args()
+    a, b = outcomes(args.before), outcomes(args.after)
+    if a.keys() != b.keys():
+        raise SystemExit(f"the two evaluations ran different seeds ({len(a.keys() ^ b.keys())} differ); "
+                         "run both with the same --episodes and --seed")
+    n, wins_a, wins_b = len(a), sum(a.values()), sum(b.values())
+    for name, wins in (("A", wins_a), ("B", wins_b)):
+        low, high = wilson_interval(wins, n)
+        print(f"{name}: {wins}/{n} = {100 * wins / n:.0f}%  (Wilson 95%: {100 * low:.0f}-{100 * high:.0f}%)")
+    low, high = diff_interval(wins_b, n, wins_a, n)
+    print(f"B - A: {100 * (wins_b - wins_a) / n:+.0f} points  (Newcombe 95%: {100 * low:+.1f} to {100 * high:+.1f})")
+    gained = sum(b[s] and not a[s] for s in a)
+    lost = sum(a[s] and not b[s] for s in a)
+    print(f"paired by seed: {gained} gained, {lost} lost; exact McNemar p = {mcnemar_exact(gained, lost):.4f}")
+
+
+if __name__ == "__main__":
+    main()
