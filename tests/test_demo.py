@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import imageio.v3 as iio
 
@@ -18,6 +19,27 @@ def test_shipped_checkpoints_are_small_and_documented():
     recorded = (CHECKPOINTS / "README.md").read_text()
     for agent in SHIPPED:
         assert f"--policy {agent.policy}" in recorded and f"--out policies/checkpoints/{agent.name}" in recorded
+
+
+def test_a_wheel_installs_every_shipped_checkpoint_file_where_the_demo_looks():
+    """pyproject's data-files must map each tracked checkpoint file to the same relative place
+    under share/vla-agents/, or an installed (non-editable) `vla-agents demo` finds no agents."""
+    import glob
+    import tomllib
+
+    root = CHECKPOINTS.parents[1]
+    data_files = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["data-files"]
+    installed = {}
+    for destination, patterns in data_files.items():
+        for pattern in patterns:
+            for name in glob.glob(pattern, root_dir=root):
+                if (root / name).is_file():
+                    installed[name] = destination
+    tracked = subprocess.run(["git", "ls-files", "policies/checkpoints"], cwd=root, capture_output=True, text=True,
+                             check=True).stdout.split()
+    assert tracked, "no tracked checkpoint files"
+    for name in tracked:
+        assert installed.get(name) == f"share/vla-agents/{Path(name).parent.as_posix()}", name
 
 
 def test_retrain_commands_reproduce_the_shipped_recipes():
