@@ -118,3 +118,5 @@ def test_training_continues_a_saved_residual_with_its_own_weights_algo_and_scale
     with pytest.raises(ValueError, match="trained with 'ppo'; it cannot continue with 'sac'"):
         train_rl(tmp_path / "first", ENV, algo="sac", steps=8, out_dir=tmp_path / "bad", n_envs=1,
                  env_kwargs=ENV_KWARGS, progress=False)
+    with pytest.raises(ValueError, match="is a residual agent; full mode fine-tunes a VLA agent folder"):
+        train_rl(tmp_path / "first", ENV, mode="full", steps=8, out_dir=tmp_path / "bad", n_envs=1)

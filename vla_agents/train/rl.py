@@ -188,8 +188,12 @@ def train_rl(agent_dir: str | Path, env_spec: str, algo: str | None = None, mode
                              log_std_init=log_std_init, **common)
     else:
         from vla_agents.train.full_rl import setup_full
+        from vla_agents.train.residual import CONFIG_FILE
 
         algo = algo or "ppo"
+        if (Path(agent_dir) / CONFIG_FILE).exists():
+            raise ValueError(f"{agent_dir} is a residual agent; full mode fine-tunes a VLA agent folder "
+                             "(its base/ folder, for instance)")
         if algo != "ppo":
             raise ValueError(f"mode='full' trains with PPO (its actor is a Gaussian with a log-prob), not {algo!r}")
         run = setup_full(bc_weight=bc_weight, bc_data=bc_data, log_std_init=log_std_init, **common)
