@@ -14,7 +14,7 @@ import pytest
 from rich.console import Console
 
 from vla_agents.eval import (ComparisonResult, compare, compose_frame, diff_interval, evaluate, mcnemar_exact,
-                             overlay_heatmap, render_table, run_episode, wilson_interval)
+                             overlay_heatmap, render_table, run_episode, table_console, wilson_interval)
 from vla_agents.types import AttentionMaps
 
 SIZE = 64
@@ -220,6 +220,7 @@ def test_compare_table_json_and_csv(tmp_path):
     policy_cells = "".join(line.split("│")[1].strip() for line in narrow.export_text().splitlines() if line.count("│") > 2)
     assert "slow-tiny-embedded+dtp" in policy_cells  # wrapped over lines, never cut to "slow-t…"
     result.rows[1].name = "slow"
+    assert table_console().width == 160  # pytest captures stdout: not a terminal, so the wide file width
 
     json_path, csv_path = result.save(tmp_path / "comparison")
     assert json_path.parent == csv_path.parent

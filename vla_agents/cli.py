@@ -75,14 +75,12 @@ def _eval(args: argparse.Namespace) -> None:
 
 
 def _compare(args: argparse.Namespace) -> None:
-    from rich.console import Console
-
     from vla_agents.agent import load_agent
-    from vla_agents.eval.compare import compare, render_table
+    from vla_agents.eval.compare import compare, render_table, table_console
 
     agents = [(Path(path).name, lambda p=path: load_agent(p)) for path in args.agents]
     result = compare(agents, args.env, episodes=args.episodes, seed=args.seed, video_dir=args.video_dir)
-    Console().print(render_table(result))
+    table_console().print(render_table(result))
     if args.json:
         result.save(Path(args.json).with_suffix(""))
         print(f"wrote {Path(args.json).with_suffix('.json')} and {Path(args.json).with_suffix('.csv')}")

@@ -86,10 +86,10 @@ def retrain(data_dir: Path, console: Console) -> None:
 
 def run_demo(out_dir: Path, episodes: int = 8, retrain_first: bool = False, console: Console | None = None) -> None:
     from vla_agents.agent import load_agent
-    from vla_agents.eval.compare import compare, render_table
+    from vla_agents.eval.compare import compare, render_table, table_console
     from vla_agents.models.dtp import DTP
 
-    console = console or Console()
+    console = console or table_console()
     missing = [a.name for a in SHIPPED if not (CHECKPOINTS / a.name / "config.json").exists()]
     if retrain_first or missing:
         if missing and not retrain_first:

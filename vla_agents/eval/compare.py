@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
+from rich.console import Console
 from rich.table import Table
 
 from vla_agents.eval.rollout import EvalReport, episode_metrics, evaluate, slugify
@@ -110,6 +111,13 @@ def _ms(value: float | None) -> str:
     if value is None:
         return "-"
     return f"{value:.2f}" if value < 10 else f"{value:.0f}"
+
+
+def table_console(file_width: int = 160) -> Console:
+    """Where comparison tables print: the terminal at its own width; a file or pipe (nohup, CI logs)
+    at `file_width` columns, since rich's 80-column default there folds every cell into stubs."""
+    console = Console()
+    return console if console.is_terminal else Console(width=file_width)
 
 
 def render_table(result: ComparisonResult, title: str = "Agent comparison") -> Table:
