@@ -15,10 +15,17 @@ from pathlib import Path
 from vla_agents.eval.stats import diff_interval, mcnemar_exact, wilson_interval
 
 
-def outcomes(path: Path) -> dict[int, bool]:
-    """Seed -> success, from a LeRobot-shaped eval_info JSON."""
-    episodes = json.loads(path.read_text())["per_episode"]
-    return {int(e["seed"]): bool(e["success"]) for e in episodes}
+def outcomes(path: Path) -> dict[tuple[str | None, int], bool]:
+    """(task, seed) -> success, from a LeRobot-shaped eval_info JSON (rows name their task only when
+    the evaluation ran several; then the same seeds repeat across tasks)."""
+    try:
+        info = json.loads(path.read_text())
+        tasks = [f"{t['task_group']}/{t['task_id']}" for t in info["per_task"]]
+        only = tasks[0] if len(tasks) == 1 else None
+        return {(e.get("task", only), int(e["seed"])): bool(e["success"]) for e in info["per_episode"]}
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise SystemExit(f"{path}: not a `vla-agents eval --json` file (expected per_task, and per_episode rows "
+                         f"with seed and success): {error!r}") from None
 
 
 def main() -> None:
@@ -28,16 +35,16 @@ def main() -> None:
     args = parser.parse_args()
     a, b = outcomes(args.before), outcomes(args.after)
     if a.keys() != b.keys():
-        raise SystemExit(f"the two evaluations ran different seeds ({len(a.keys() ^ b.keys())} differ); "
-                         "run both with the same --episodes and --seed")
+        raise SystemExit(f"the two evaluations ran different episodes ({len(a.keys() ^ b.keys())} task/seed pairs "
+                         "differ); run both on the same --env with the same --episodes and --seed")
     n, wins_a, wins_b = len(a), sum(a.values()), sum(b.values())
     for name, wins in (("A", wins_a), ("B", wins_b)):
         low, high = wilson_interval(wins, n)
         print(f"{name}: {wins}/{n} = {100 * wins / n:.0f}%  (Wilson 95%: {100 * low:.0f}-{100 * high:.0f}%)")
     low, high = diff_interval(wins_b, n, wins_a, n)
     print(f"B - A: {100 * (wins_b - wins_a) / n:+.0f} points  (Newcombe 95%: {100 * low:+.1f} to {100 * high:+.1f})")
-    gained = sum(b[s] and not a[s] for s in a)
-    lost = sum(a[s] and not b[s] for s in a)
+    gained = sum(b[key] and not a[key] for key in a)
+    lost = sum(a[key] and not b[key] for key in a)
     print(f"paired by seed: {gained} gained, {lost} lost; exact McNemar p = {mcnemar_exact(gained, lost):.4f}")
 
 

@@ -39,9 +39,10 @@ def mcnemar_exact(gained: int, lost: int) -> float:
     """Two-sided exact McNemar p-value for two agents run on the same seeded episodes.
 
     Only the episodes whose outcome changed carry information: `gained` (B succeeded where A
-    failed) and `lost` (the reverse). If neither agent were better, each change would be a fair coin."""
+    failed) and `lost` (the reverse). If neither agent were better, each change would be a fair coin,
+    so this is scipy's exact binomial test of `gained` out of `gained + lost` at 1/2."""
+    from scipy.stats import binomtest
+
     if gained < 0 or lost < 0:
         raise ValueError(f"need non-negative counts, got gained={gained}, lost={lost}")
-    n = gained + lost
-    tail = sum(math.comb(n, i) for i in range(min(gained, lost) + 1)) / 2**n
-    return min(1.0, 2 * tail)
+    return binomtest(gained, gained + lost, 0.5).pvalue if gained + lost else 1.0

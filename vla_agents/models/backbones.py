@@ -183,7 +183,7 @@ class VisionFiLM(nn.Module):
     """OpenVLA-OFT+'s FiLM: the mean of the prompt's input embeddings sets a per-channel scale and
     shift of every ViT block's stream after attention, gamma = Linear(e), beta = Linear(e), one pair
     per block and the same for every patch (per-patch FiLM followed language worse in the paper).
-    OFT+ added it because its policy ignored the instruction, which is what ours do on pick_color."""
+    OFT+ added it because its policy ignored the instruction."""
 
     def __init__(self, llm_dim: int, block_dims: list[int]) -> None:
         super().__init__()
