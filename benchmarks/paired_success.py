@@ -2,9 +2,10 @@
 
     .venv/bin/python benchmarks/paired_success.py runs/eval_before.json runs/eval_after.json
 
-Prints both success rates with Wilson intervals, the difference with Newcombe's 95% interval
-(as if the episodes were independent), and, pairing episodes by seed, how many outcomes changed
-each way with the exact McNemar p-value, which uses the pairing the interval ignores.
+Prints both success rates with Wilson intervals, the difference with Newcombe's 95% interval as if
+the episodes were independent, and, pairing episodes by seed, how many outcomes changed each way,
+Newcombe's paired 95% interval of the difference and the exact McNemar p-value. The paired figures
+are the ones that fit the design (same seeds); the unpaired interval is the conservative bound.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-from vla_agents.eval.stats import diff_interval, mcnemar_exact, wilson_interval
+from vla_agents.eval.stats import diff_interval, mcnemar_exact, paired_diff_interval, wilson_interval
 
 
 def outcomes(path: Path) -> dict[tuple[str | None, int], bool]:
@@ -42,10 +43,13 @@ def main() -> None:
         low, high = wilson_interval(wins, n)
         print(f"{name}: {wins}/{n} = {100 * wins / n:.0f}%  (Wilson 95%: {100 * low:.0f}-{100 * high:.0f}%)")
     low, high = diff_interval(wins_b, n, wins_a, n)
-    print(f"B - A: {100 * (wins_b - wins_a) / n:+.0f} points  (Newcombe 95%: {100 * low:+.1f} to {100 * high:+.1f})")
+    print(f"B - A: {100 * (wins_b - wins_a) / n:+.0f} points  (unpaired Newcombe 95%: {100 * low:+.1f} to {100 * high:+.1f})")
     gained = sum(b[key] and not a[key] for key in a)
     lost = sum(a[key] and not b[key] for key in a)
-    print(f"paired by seed: {gained} gained, {lost} lost; exact McNemar p = {mcnemar_exact(gained, lost):.4f}")
+    both = sum(a[key] and b[key] for key in a)
+    low, high = paired_diff_interval(gained, lost, both, n - gained - lost - both)
+    print(f"paired by seed: {gained} gained, {lost} lost; B - A paired 95%: {100 * low:+.1f} to {100 * high:+.1f}; "
+          f"exact McNemar p = {mcnemar_exact(gained, lost):.4f}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import pytest
 from rich.console import Console
 
 from vla_agents.eval import (ComparisonResult, compare, compose_frame, diff_interval, evaluate, mcnemar_exact,
-                             overlay_heatmap, render_table, run_episode, table_console, wilson_interval)
+                             overlay_heatmap, paired_diff_interval, render_table, run_episode, table_console, wilson_interval)
 from vla_agents.types import AttentionMaps
 
 SIZE = 64
@@ -202,6 +202,21 @@ def test_mcnemar_exact_against_hand_computed_binomial_tails():
     assert mcnemar_exact(3, 3) == 1.0 and mcnemar_exact(0, 0) == 1.0  # no evidence either way
     with pytest.raises(ValueError, match="non-negative"):
         mcnemar_exact(-1, 2)
+
+
+def test_paired_interval_against_hand_computed_cases():
+    # Hand-computed with Newcombe's paired formula: 36 both, 12 gained, 2 lost, 0 neither.
+    low, high = paired_diff_interval(gained=12, lost=2, both=36, neither=0)
+    assert (round(low, 4), round(high, 4)) == (0.0569, 0.3404)
+    # Uncorrelated outcomes (phi = 0): the paired interval is the unpaired one.
+    assert paired_diff_interval(1, 1, 1, 1) == pytest.approx(diff_interval(2, 4, 2, 4))
+    # Identical outcomes at 50%: phi = 1 and the Wilson margins cancel, so nothing separates the agents.
+    assert paired_diff_interval(0, 0, 25, 25) == pytest.approx((0.0, 0.0), abs=1e-12)
+    # Pairing only narrows when outcomes correlate: 7 gained, 0 lost, 35 both, 8 neither.
+    paired, unpaired = paired_diff_interval(7, 0, 35, 8), diff_interval(42, 50, 35, 50)
+    assert unpaired[0] < 0 < paired[0] and paired[1] < unpaired[1]
+    with pytest.raises(ValueError, match="non-negative"):
+        paired_diff_interval(-1, 0, 3, 3)
 
 
 def test_compare_table_json_and_csv(tmp_path):

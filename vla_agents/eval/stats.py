@@ -35,6 +35,33 @@ def diff_interval(successes_a: int, n_a: int, successes_b: int, n_b: int, z: flo
     return max(-1.0, low), min(1.0, high)
 
 
+def paired_diff_interval(gained: int, lost: int, both: int, neither: int, z: float = 1.96) -> tuple[float, float]:
+    """Interval for p_after - p_before when both agents ran the same seeded episodes (Newcombe 1998,
+    paired data, method 10).
+
+    `gained`: episodes only the after-agent solved; `lost`: only the before-agent; `both`/`neither`:
+    the rest. The Wilson intervals of the two rates are combined as in `diff_interval`, less their
+    covariance (phi, the correlation of the paired outcomes): seeds that are easy or hard for both
+    agents no longer widen the interval, which is what an unpaired interval wastes."""
+    counts = (gained, lost, both, neither)
+    if min(counts) < 0 or sum(counts) == 0:
+        raise ValueError(f"need non-negative counts with at least one episode, got gained={gained}, lost={lost}, "
+                         f"both={both}, neither={neither}")
+    n = sum(counts)
+    after, before = both + gained, both + lost
+    p_after, p_before = after / n, before / n
+    low_after, high_after = wilson_interval(after, n, z)
+    low_before, high_before = wilson_interval(before, n, z)
+    margins = after * (n - after) * before * (n - before)
+    phi = (both * neither - gained * lost) / math.sqrt(margins) if margins else 0.0
+    down_after, up_after = p_after - low_after, high_after - p_after
+    down_before, up_before = p_before - low_before, high_before - p_before
+    diff = p_after - p_before
+    low = diff - math.sqrt(max(0.0, down_after**2 - 2 * phi * down_after * up_before + up_before**2))
+    high = diff + math.sqrt(max(0.0, up_after**2 - 2 * phi * up_after * down_before + down_before**2))
+    return max(-1.0, low), min(1.0, high)
+
+
 def mcnemar_exact(gained: int, lost: int) -> float:
     """Two-sided exact McNemar p-value for two agents run on the same seeded episodes.
 
