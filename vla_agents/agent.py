@@ -212,7 +212,9 @@ class VLAAgent:
 
     def enable_lora(self, rank: int, alpha: int) -> None:
         """LoRA (peft, gaussian init) on every linear layer of the language model; the LLM and the
-        vision towers are frozen, while action queries, heads and projectors stay trainable."""
+        vision towers are frozen, while action queries, heads and projectors stay trainable.
+        DeepVision's vision expert is not a tower here and stays trainable: its paper trains the
+        expert and its bridges end to end."""
         from peft import LoraConfig, inject_adapter_in_model
 
         backbone = self.model.backbone
