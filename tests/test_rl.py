@@ -68,7 +68,7 @@ def test_train_rl_writes_curve_and_a_reloadable_agent(agent_dir, tmp_path) -> No
     assert isinstance(load_agent(out / "checkpoint"), ResidualAgent)
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
     reloaded = load_residual_agent(out)
-    assert isinstance(reloaded, ResidualAgent) and json.loads((out / "residual.json").read_text())["scale"] == 0.1
+    assert isinstance(reloaded, ResidualAgent) and json.loads((out / "residual.json").read_text())["scale"] == 0.5
     assert reloaded.policy_name == f"{reloaded.base.policy_name}+residual-sac"
 
     env = make_env(ENV, **ENV_KWARGS)
@@ -86,11 +86,11 @@ def test_cli_train_rl_ppo_with_subprocess_envs(agent_dir, tmp_path) -> None:
     from vla_agents.cli import main
 
     out = tmp_path / "ppo"
-    assert main(["train", "rl", "--agent", str(agent_dir), "--env", ENV, "--algo", "ppo", "--steps", "32",
+    assert main(["train", "rl", "--agent", str(agent_dir), "--env", ENV, "--steps", "32",
                  "--n-envs", "2", "--eval-episodes", "0", "--reward", "shaped", "--log-std-init", "-2.5",
                  "--out", str(out)]) == 0
     agent = load_residual_agent(out)
-    assert (out / "curve.png").exists() and agent.algo == "ppo"
+    assert (out / "curve.png").exists() and agent.algo == "ppo"  # the default algorithm
     # ResiP's start: a narrow Gaussian (one 32-step update moves the log-std by far less than 0.1)
     np.testing.assert_allclose(agent.policy.policy.log_std.detach().numpy(), -2.5, atol=0.1)
     assert json.loads((out / "rl_log.json").read_text())["config"]["log_std_init"] == -2.5

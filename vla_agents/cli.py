@@ -159,13 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--env", required=True, help="environment spec, e.g. embedded/lift")
     p.add_argument("--mode", dest="mode_rl", choices=["residual", "full"], default="residual",
                    help="residual: small policy corrects the frozen VLA's actions; full: PPO fine-tunes the VLA itself")
-    p.add_argument("--algo", choices=["sac", "ppo"], default=None, help="default: sac (residual), ppo (full, the only choice)")
+    p.add_argument("--algo", choices=["sac", "ppo"], default=None, help="default: ppo (the measured recipe; sac is residual-only)")
     p.add_argument("--steps", type=int, default=10_000, help="env steps, over all envs")
     p.add_argument("--n-envs", type=int, default=2, help="parallel envs (subprocesses when > 1)")
     p.add_argument("--reward", choices=["sparse", "shaped"], default="sparse", help="shaped: success - 1 per step")
     p.add_argument("--lr", type=float, default=None,
                    help="learning rate (default: SB3's for residual; full: 3e-6 for the VLA, 100x for its log-std and value head)")
-    p.add_argument("--scale", type=float, default=0.1, help="residual: action scale of the correction")
+    p.add_argument("--scale", type=float, default=0.5, help="residual: action scale of the correction")
     p.add_argument("--progressive-explore", type=int, default=0,
                    help="residual: use the correction with probability min(step/N, 1) (Policy Decorator); 0: always")
     p.add_argument("--bc-weight", type=float, default=0.0,

@@ -157,12 +157,12 @@ def train_rl(agent_dir: str | Path, env_spec: str, algo: str | None = None, mode
              steps: int = 10_000, out_dir: str | Path = "runs/rl", n_envs: int = 2, seed: int = 0,
              reward: str = "sparse", eval_episodes: int = 5, eval_every: int = 0, env_kwargs: dict | None = None,
              lr: float | None = None, progress: bool = True, device: str = "cpu",
-             scale: float = 0.1, progressive_explore: int = 0, feature_dim: int = 32,
+             scale: float = 0.5, progressive_explore: int = 0, feature_dim: int = 32,
              bc_weight: float = 0.0, bc_data: list[str | Path] | None = None, log_std_init: float = -1.5,
              save_every: int = 0) -> Any:
     """RL fine-tuning of the agent in `agent_dir` on `env_spec` for `steps` env steps (over all envs).
 
-    mode="residual" (algo "sac" by default, or "ppo"): `scale`, `progressive_explore` and
+    mode="residual" (algo "ppo" by default, or "sac"): `scale`, `progressive_explore` and
     `feature_dim` shape the residual, see `residual.py`; an `agent_dir` that already holds a residual
     agent continues training that residual. mode="full" (algo "ppo"): `bc_weight` > 0
     with `bc_data` demonstration files adds the BC regulariser, see `full_rl.py`. `log_std_init` sets
