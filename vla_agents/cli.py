@@ -172,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="full: weight of the L1 to demonstration chunks added to the PPO loss (needs --bc-data)")
     p.add_argument("--bc-data", nargs="+", default=None, help="full: demonstration HDF5 files for --bc-weight")
     p.add_argument("--log-std-init", type=float, default=-1.5,
-                   help="PPO (full, or residual --algo ppo): initial log-std of its Gaussian (-1.5: std 0.22)")
+                   help="PPO (full and residual): initial log-std of its Gaussian (-1.5: std 0.22)")
     p.add_argument("--eval-every", type=int, default=0, help="evaluation period in env steps (0: start and end only)")
     p.add_argument("--save-every", type=int, default=0,
                    help="write the agent so far to OUT/checkpoint every N env steps (0: only at the end)")
