@@ -20,19 +20,26 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     return max(0.0, center - half), min(1.0, center + half)
 
 
+def _combine_wilson(successes_a: int, n_a: int, successes_b: int, n_b: int, phi: float, z: float) -> tuple[float, float]:
+    """Newcombe's interval for p_a - p_b from the two Wilson intervals, less their covariance `phi`
+    (the correlation of paired outcomes; 0 for independent samples)."""
+    low_a, high_a = wilson_interval(successes_a, n_a, z)
+    low_b, high_b = wilson_interval(successes_b, n_b, z)
+    p_a = successes_a / n_a if n_a else 0.5
+    p_b = successes_b / n_b if n_b else 0.5
+    down_a, up_a, down_b, up_b = p_a - low_a, high_a - p_a, p_b - low_b, high_b - p_b
+    diff = p_a - p_b
+    low = diff - math.sqrt(max(0.0, down_a**2 - 2 * phi * down_a * up_b + up_b**2))
+    high = diff + math.sqrt(max(0.0, up_a**2 - 2 * phi * up_a * down_b + down_b**2))
+    return max(-1.0, low), min(1.0, high)
+
+
 def diff_interval(successes_a: int, n_a: int, successes_b: int, n_b: int, z: float = 1.96) -> tuple[float, float]:
     """Interval for p_a - p_b from the two Wilson intervals (Newcombe 1998, method 10).
 
     Use it to ask whether agent A beats agent B: the difference is significant when the interval
     excludes 0."""
-    low_a, high_a = wilson_interval(successes_a, n_a, z)
-    low_b, high_b = wilson_interval(successes_b, n_b, z)
-    p_a = successes_a / n_a if n_a else 0.5
-    p_b = successes_b / n_b if n_b else 0.5
-    diff = p_a - p_b
-    low = diff - math.sqrt((p_a - low_a) ** 2 + (high_b - p_b) ** 2)
-    high = diff + math.sqrt((high_a - p_a) ** 2 + (p_b - low_b) ** 2)
-    return max(-1.0, low), min(1.0, high)
+    return _combine_wilson(successes_a, n_a, successes_b, n_b, phi=0.0, z=z)
 
 
 def paired_diff_interval(gained: int, lost: int, both: int, neither: int, z: float = 1.96) -> tuple[float, float]:
@@ -40,26 +47,18 @@ def paired_diff_interval(gained: int, lost: int, both: int, neither: int, z: flo
     paired data, method 10).
 
     `gained`: episodes only the after-agent solved; `lost`: only the before-agent; `both`/`neither`:
-    the rest. The Wilson intervals of the two rates are combined as in `diff_interval`, less their
-    covariance (phi, the correlation of the paired outcomes): seeds that are easy or hard for both
-    agents no longer widen the interval, which is what an unpaired interval wastes."""
+    the rest. The Wilson intervals are combined as in `diff_interval`, less their covariance (phi, the
+    correlation of the paired outcomes): seeds that are easy or hard for both agents no longer widen
+    the interval, which is what an unpaired interval wastes."""
     counts = (gained, lost, both, neither)
     if min(counts) < 0 or sum(counts) == 0:
         raise ValueError(f"need non-negative counts with at least one episode, got gained={gained}, lost={lost}, "
                          f"both={both}, neither={neither}")
     n = sum(counts)
     after, before = both + gained, both + lost
-    p_after, p_before = after / n, before / n
-    low_after, high_after = wilson_interval(after, n, z)
-    low_before, high_before = wilson_interval(before, n, z)
     margins = after * (n - after) * before * (n - before)
     phi = (both * neither - gained * lost) / math.sqrt(margins) if margins else 0.0
-    down_after, up_after = p_after - low_after, high_after - p_after
-    down_before, up_before = p_before - low_before, high_before - p_before
-    diff = p_after - p_before
-    low = diff - math.sqrt(max(0.0, down_after**2 - 2 * phi * down_after * up_before + up_before**2))
-    high = diff + math.sqrt(max(0.0, up_after**2 - 2 * phi * up_after * down_before + down_before**2))
-    return max(-1.0, low), min(1.0, high)
+    return _combine_wilson(after, n, before, n, phi, z)
 
 
 def mcnemar_exact(gained: int, lost: int) -> float:
