@@ -50,7 +50,7 @@ from scipy.stats import mannwhitneyu
 
 from vla_agents.agent import VLAAgent, load_agent
 from vla_agents.eval.rollout import EvalReport, evaluate, slugify
-from vla_agents.models.dtp import DTP, DTPStep
+from vla_agents.models.dtp import DTP, DTPStep, can_wrap
 from vla_agents.policies import load_recipe, load_wrapper_recipe
 from vla_agents.sim import make_env
 from vla_agents.sim.collect import collect_demos
@@ -405,11 +405,6 @@ def compare_shares(successful: Sequence[float], failed: Sequence[float]) -> dict
     return summary
 
 
-def supports_dtp(agent: VLAAgent) -> bool:
-    """DTP reads the LLM's attention; policies without a language model (VAT) have none."""
-    return hasattr(getattr(agent.model, "backbone", None), "llm")
-
-
 def run_dtp_study(agents: Sequence[str | Path], env: str, budget: Budget, seeds: Sequence[int], out: Path,
                   taus: Sequence[float], random_taus: Sequence[float]) -> dict[str, Any]:
     """Every (agent, variant, seed) not yet in `<out>/dtp.json`, then the attention analysis."""
@@ -422,7 +417,7 @@ def run_dtp_study(agents: Sequence[str | Path], env: str, budget: Budget, seeds:
     loaded = {}
     for path in map(str, agents):
         agent = load_agent(path)
-        if supports_dtp(agent):
+        if can_wrap(agent.model):
             loaded[path] = agent
         else:
             skipped[path] = f"{agent.recipe['policy']} has no language-model attention for DTP"

@@ -13,7 +13,7 @@ from scipy.ndimage import gaussian_filter
 from vla_agents.agent import load_agent, make_agent
 from vla_agents.models.backbones import BackboneOutput
 from vla_agents.models.dtp import (
-    DTP, DTPPolicy, action_attention, distracting_tokens, relevance, smooth, suppress_corners, top_k_region,
+    DTP, DTPPolicy, action_attention, can_wrap, distracting_tokens, relevance, smooth, suppress_corners, top_k_region,
 )
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -200,6 +200,13 @@ def test_make_agent_with_dtp_suffix_acts(policy: str) -> None:
     assert masks["important"]["agentview"].sum() == 2  # k = 0.426 of a 2x2 grid
     with pytest.raises(ValueError, match="unknown wrapper"):
         make_agent("oft+nope", **SMALL)
+
+
+def test_a_policy_without_prompt_attention_is_refused_by_name(oft_model) -> None:
+    vat = make_agent("vat", image_size=32, vit_depth=1)
+    assert can_wrap(oft_model) and can_wrap(DTPPolicy(oft_model)) and not can_wrap(vat.model)
+    with pytest.raises(TypeError, match="DTP cannot wrap VATPolicy: it needs .*VisionLanguageBackbone"):
+        DTP(vat)
 
 
 def test_wrapping_a_saved_and_reloaded_agent(tmp_path: Path) -> None:

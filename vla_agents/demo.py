@@ -2,8 +2,9 @@
 
 The shipped checkpoints in `policies/checkpoints/` are produced by the project's own `collect` and
 `train bc`; `SHIPPED` below is the single source of those commands, `--retrain` re-runs them and
-`policies/checkpoints/README.md` records them. Each shipped agent also appears wrapped in DTP
-(training-free distracting-token pruning, `policies/dtp.yaml` settings) beside the unwrapped one.
+`policies/checkpoints/README.md` records them. Each shipped agent whose policy DTP can wrap (all but
+VAT, which has no prompt tokens) also appears wrapped in DTP (training-free distracting-token pruning,
+`policies/dtp.yaml` settings) beside the unwrapped one.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import os
 import shlex
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from rich.console import Console
@@ -87,7 +89,7 @@ def retrain(data_dir: Path, console: Console) -> None:
 def run_demo(out_dir: Path, episodes: int = 8, retrain_first: bool = False, console: Console | None = None) -> None:
     from vla_agents.agent import load_agent
     from vla_agents.eval.compare import compare, render_table, table_console
-    from vla_agents.models.dtp import DTP
+    from vla_agents.models.dtp import DTP, can_wrap
 
     console = console or table_console()
     missing = [a.name for a in SHIPPED if not (CHECKPOINTS / a.name / "config.json").exists()]
@@ -102,10 +104,12 @@ def run_demo(out_dir: Path, episodes: int = 8, retrain_first: bool = False, cons
         {spec.split("/")[1]: (lambda s=spec: expert.bind(make_env(s))) for spec in DEMO_TASKS},
         episodes=episodes, seed=1000, video_dir=out_dir / "videos",
     )
-    agents = [(name, loader) for a in SHIPPED for name, loader in (
-        (a.name, lambda a=a: load_agent(CHECKPOINTS / a.name)),
-        (f"{a.name}+dtp", lambda a=a: DTP(load_agent(CHECKPOINTS / a.name))),  # training-free: same weights
-    )]
+    agents = []
+    for a in SHIPPED:
+        load = partial(load_agent, CHECKPOINTS / a.name)
+        agents.append((a.name, load))
+        if can_wrap(load().model):  # DTP is training-free: the same weights, wrapped
+            agents.append((f"{a.name}+dtp", lambda load=load: DTP(load())))
     tasks = {spec.split("/")[1]: spec for spec in DEMO_TASKS}
     rows.rows += compare(agents, tasks, episodes=episodes, seed=1000, video_dir=out_dir / "videos").rows
     console.print(render_table(rows, title=f"embedded suite, {episodes} seeded episodes per task"))

@@ -38,7 +38,7 @@ import torch
 from scipy.ndimage import gaussian_filter
 from torch import nn
 
-from vla_agents.models.backbones import BackboneOutput
+from vla_agents.models.backbones import BackboneOutput, VisionLanguageBackbone
 from vla_agents.models.blocks import PolicyOutput
 
 RANDOM_MASKS = (None, "unimportant", "all")
@@ -117,6 +117,13 @@ def random_tokens(count: torch.Tensor, allowed: torch.Tensor, generator: torch.G
 # ----------------------------------------------------------------------------------------------
 # The wrapper
 # ----------------------------------------------------------------------------------------------
+def can_wrap(policy: nn.Module) -> bool:
+    """DTP reads prompt-to-vision attention inside a vision-language backbone; a policy without one
+    (VAT: a ViT with action branches, no prompt tokens) has nothing to detect distractors with."""
+    policy = policy.policy if isinstance(policy, DTPPolicy) else policy
+    return isinstance(getattr(policy, "backbone", None), VisionLanguageBackbone)
+
+
 @dataclass
 class DTPOutput(PolicyOutput):
     """PolicyOutput plus the overlay masks: name ("important", "pruned") -> view -> bool (B, h, w)."""
@@ -155,6 +162,9 @@ class DTPPolicy(nn.Module):
             raise ValueError(f"random_mask must be one of {RANDOM_MASKS}, got {random_mask!r}")
         if tau < 0 or sigma < 0 or corners < 0 or k <= 0:
             raise ValueError("DTP needs tau, sigma, corners >= 0 and k > 0")
+        if not can_wrap(policy):
+            raise TypeError(f"DTP cannot wrap {type(policy).__name__}: it needs a policy whose backbone is a "
+                            "VisionLanguageBackbone (prompt-to-vision attention), e.g. oft, vla_adapter, focusvla, deepvision")
         self.policy = policy
         self.layers = None if layers is None else [int(i) for i in layers]
         self.k, self.tau, self.sigma, self.corners = k, float(tau), float(sigma), int(corners)
