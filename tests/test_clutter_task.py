@@ -1,4 +1,5 @@
-"""embedded/pick_color_clutter: pick_color's three cubes among look-alike cubes and visual clutter.
+"""embedded/pick_color_clutter (pick_color's three cubes among look-alike cubes and visual clutter) and
+embedded/lift_clutter (lift plus clutter).
 check_env and the scripted expert run in test_embedded_env.py with the other tasks."""
 import numpy as np
 import pytest
@@ -97,3 +98,13 @@ def test_the_instruction_names_only_the_target_and_only_it_counts(env):
     assert not env.success()
     _lift(env, env.target)
     assert env.success()
+
+
+def test_lift_clutter_is_lift_plus_clutter_only():
+    """The DTP testbed for agents trained on lift: the same single cube and instruction, only visual clutter added."""
+    lift, cluttered = load_suite()["lift"], load_suite()["lift_clutter"]
+    assert (cluttered.cubes, cluttered.instruction, cluttered.max_episode_steps) == (lift.cubes, lift.instruction, lift.max_episode_steps)
+    env = vla_agents.make_env("embedded/lift_clutter", image_size=32)
+    env.reset(seed=0)
+    assert set(env.sim.cubes) == {"red"} and env.sim.lookalike_colors == [] and len(env.sim.clutter) == 6
+    env.close()
