@@ -372,11 +372,12 @@ def unimportant_share(step: DTPStep) -> float:
 
 class AttentionRecorder:
     """A DTP-wrapped agent for `evaluate` that keeps, per episode, the unimportant-region share of
-    every model call (the wrapper's `last` analysis)."""
+    every model call (the wrapper's `last` analysis), and how many visual tokens each call pruned."""
 
     def __init__(self, agent: VLAAgent) -> None:
         self.agent, self.policy_name = agent, f"{agent.recipe['policy']}+dtp"
         self.episodes: list[list[float]] = []
+        self.pruned: list[int] = []
 
     @property
     def model_calls(self) -> int:
@@ -390,7 +391,9 @@ class AttentionRecorder:
         calls = self.agent.model_calls
         action = self.agent.act(obs)
         if self.agent.model_calls != calls:
-            self.episodes[-1].append(unimportant_share(self.agent.model.last))
+            step = self.agent.model.last
+            self.episodes[-1].append(unimportant_share(step))
+            self.pruned.append(sum(int(m.sum()) for m in step.pruned.values()))
         return action
 
 
@@ -439,6 +442,7 @@ def run_dtp_study(agents: Sequence[str | Path], env: str, budget: Budget, seeds:
                 "seed": seed, "success": m["pc_success"], "successes": m["successes"], "episodes": m["n_episodes"],
                 "episode_success": [ep.success for ep in report.episodes],
                 "unimportant_share": [float(np.mean(s)) if s else None for s in wrapped.episodes],
+                "pruned_per_call": float(np.mean(wrapped.pruned)) if wrapped.pruned else 0.0,
             }, **extra())
             bar.update(overall, advance=budget.episodes, status=f"{Path(path).name} {variant.name} {m['pc_success']:.0f}%")
     results.write(**extra())
@@ -471,6 +475,13 @@ def dtp_markdown(result: dict[str, Any], seeds: Sequence[int]) -> str:
         lines.append(f"| {agent} | {mine[0]['policy']} | " + " | ".join(cells) + " |")
     lines += ["", "Success %: mean ± sample std over seeds (per-seed values). tau: DTP's tolerance; random-*: "
               "as many random tokens pruned as DTP would prune, outside its important region or anywhere.", "",
+              "Visual tokens pruned per act (mean over calls; mean ± std over seeds):", "",
+              "| agent | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for agent in agents:
+        mine = [r for r in runs if r["agent"] == agent]
+        cells = [format_cell([r["pruned_per_call"] for r in mine if r["variant"] == name]) for name in names]
+        lines.append(f"| {agent} | " + " | ".join(cells) + " |")
+    lines += ["",
               "Share of action-to-vision attention outside DTP's important region, unwrapped policy, per episode "
               "(all seeds pooled); Mann-Whitney U of failed vs successful episodes, two-sided:", "",
               "| agent | successful (n) | failed (n) | share, successful | share, failed | U | p |", "|---|---|---|---|---|---|---|"]

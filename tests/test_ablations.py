@@ -105,13 +105,15 @@ def test_dtp_study_micro_run(tmp_path: Path) -> None:
     make_agent("vla_adapter", **TINY).save_pretrained(tmp_path / "vla_adapter")
     make_agent("vat", image_size=32, vit_depth=1).save_pretrained(tmp_path / "vat")
     agents = [str(tmp_path / "vla_adapter"), str(tmp_path / "vat")]
-    budget = ablations.Budget(episodes=2, image_size=32, max_episode_steps=4)
-    result = ablations.run_dtp_study(agents, "embedded/pick_color_clutter", budget, [0], tmp_path / "out", taus=[0.5], random_taus=[])
+    budget = ablations.Budget(episodes=2, image_size=32, max_episode_steps=4, overrides={"k": 1})
+    result = ablations.run_dtp_study(agents, "embedded/pick_color_clutter", budget, [0], tmp_path / "out", taus=[0.0, 0.5], random_taus=[])
     saved = json.loads((tmp_path / "out" / "dtp.json").read_text())
     assert set(saved["budget"]) == {*ablations.DTP_BUDGET, "env"}
     assert list(saved["skipped"]) == [agents[1]]  # VAT has no language model for DTP to read
     runs = {r["variant"]: r for r in saved["runs"]}
-    assert list(runs) == ["unwrapped", "dtp-tau-0.5"]
+    assert list(runs) == ["unwrapped", "dtp-tau-0", "dtp-tau-0.5"]
+    # 2 views x 2x2 patches, k = 1 per view: tau 0 prunes every token outside the important region, 3 per view
+    assert runs["unwrapped"]["pruned_per_call"] == 0.0 and runs["dtp-tau-0"]["pruned_per_call"] == 6.0
     assert runs["unwrapped"]["settings"]["tau"] == ablations.NEVER_PRUNE and runs["dtp-tau-0.5"]["settings"]["random_mask"] is None
     for run in runs.values():
         assert len(run["episode_success"]) == len(run["unimportant_share"]) == 2
@@ -119,7 +121,7 @@ def test_dtp_study_micro_run(tmp_path: Path) -> None:
     analysis = saved["analysis"][agents[0]]
     assert analysis["n_success"] + analysis["n_failed"] == 2
     markdown = ablations.dtp_markdown(result, [0])
-    assert "| agent | policy | unwrapped | dtp-tau-0.5 |" in markdown and "Mann-Whitney" in markdown and "Skipped" in markdown
+    assert "| agent | policy | unwrapped | dtp-tau-0 | dtp-tau-0.5 |" in markdown and "pruned per act" in markdown and "Mann-Whitney" in markdown and "Skipped" in markdown
 
 
 def test_dtp_variants_sweep_tau_and_match_the_random_masks_to_dtp() -> None:
