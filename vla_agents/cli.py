@@ -10,6 +10,8 @@ import os
 import sys
 from pathlib import Path
 
+from vla_agents.train.rl import RESIDUAL_SCALE
+
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 
@@ -165,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reward", choices=["sparse", "shaped"], default="sparse", help="shaped: success - 1 per step")
     p.add_argument("--lr", type=float, default=None,
                    help="learning rate (default: SB3's for residual; full: 3e-6 for the VLA, 100x for its log-std and value head)")
-    p.add_argument("--scale", type=float, default=0.5, help="residual: action scale of the correction")
+    p.add_argument("--scale", type=float, default=RESIDUAL_SCALE, help="residual: action scale of the correction")
     p.add_argument("--progressive-explore", type=int, default=0,
                    help="residual: use the correction with probability min(step/N, 1) (Policy Decorator); 0: always")
     p.add_argument("--bc-weight", type=float, default=0.0,

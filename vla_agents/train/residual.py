@@ -24,7 +24,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from vla_agents.train.rl import REWARDS, RLRun, shape_reward, vec_env
+from vla_agents.train.rl import DEFAULT_ALGO, RESIDUAL_SCALE, REWARDS, RLRun, shape_reward, vec_env
 from vla_agents.types import AttentionMaps
 
 __all__ = ["ResidualAgent", "ResidualEnv", "load_residual_agent", "setup_residual"]
@@ -46,8 +46,8 @@ class ResidualAgent:
     `last_attention`, `model_calls`, `save_pretrained`). With `policy=None` it only builds the
     observation vector (what `ResidualEnv` needs while the policy is being trained)."""
 
-    def __init__(self, base: Any, policy: Any = None, scale: float = 0.5, feature_dim: int = 32,
-                 algo: str = "ppo", action_low: float = -1.0, action_high: float = 1.0) -> None:
+    def __init__(self, base: Any, policy: Any = None, scale: float = RESIDUAL_SCALE, feature_dim: int = 32,
+                 algo: str = DEFAULT_ALGO, action_low: float = -1.0, action_high: float = 1.0) -> None:
         self.base, self.policy, self.scale, self.algo = base, policy, float(scale), algo
         self.feature_dim, self.action_low, self.action_high = int(feature_dim), float(action_low), float(action_high)
         self.action_dim = base.action_dim
@@ -153,8 +153,8 @@ class ResidualEnv(gym.Wrapper):
     the residual at each step with probability min(steps_so_far / N, 1) and zeroes it otherwise
     (Policy Decorator), counting this env's own steps; the buffer still stores the policy's action."""
 
-    def __init__(self, env: gym.Env, agent: Any, scale: float = 0.5, reward: str = "sparse",
-                 progressive_explore: int = 0, feature_dim: int = 32, algo: str = "ppo") -> None:
+    def __init__(self, env: gym.Env, agent: Any, scale: float = RESIDUAL_SCALE, reward: str = "sparse",
+                 progressive_explore: int = 0, feature_dim: int = 32, algo: str = DEFAULT_ALGO) -> None:
         super().__init__(env)
         if reward not in REWARDS:
             raise ValueError(f"unknown reward {reward!r}; expected one of {REWARDS}")
@@ -221,7 +221,7 @@ def setup_residual(agent_dir: str, env_spec: str, env_kwargs: dict, algo: str | 
         algo, scale, feature_dim = saved["algo"], saved["scale"], saved["feature_dim"]
         base_dir = str(Path(agent_dir) / saved.get("base", BASE_DIR))
     else:
-        algo, base_dir = algo or "ppo", agent_dir
+        algo, base_dir = algo or DEFAULT_ALGO, agent_dir
     algo_class = _algo_class(algo)
     factory = partial(_make_residual_env, base_dir, env_spec, env_kwargs, scale=scale, reward=reward,
                       progressive_explore=progressive_explore, feature_dim=feature_dim, algo=algo)
