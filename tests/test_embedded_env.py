@@ -90,6 +90,25 @@ def _teleport(env, color, height):
     sim.sim.forward()
 
 
+def test_object_state_is_the_target_then_the_base_with_offsets_from_the_gripper():
+    env = vla_agents.make_env("embedded/stack", use_cameras=False)
+    env.reset(seed=0)
+    sim = env.sim
+    target_pos = sim.cube_pos(env.target) + [0.04, -0.03, 0.0]  # moved along the table, turned 30 degrees
+    sim.sim.data.set_joint_qpos(sim.cubes[env.target].joints[0],
+                                np.concatenate([target_pos, [np.cos(np.pi / 12), 0, 0, np.sin(np.pi / 12)]]))
+    sim.sim.forward()
+    obs, *_ = env.step(np.zeros(7))  # one control step: the cube rests where it was put
+    state = obs["object-state"]
+    assert state.shape == env.observation_space["object-state"].shape == (20,)
+    np.testing.assert_allclose(state[0:3], target_pos, atol=2e-3)
+    np.testing.assert_allclose(state[3:7], [0, 0, np.sin(np.pi / 12), np.cos(np.pi / 12)], atol=1e-2)  # x, y, z, w
+    np.testing.assert_allclose(state[7:10], state[0:3] - obs["robot0_eef_pos"], atol=1e-6)
+    np.testing.assert_allclose(state[10:13], sim.cube_pos(env.base), atol=1e-9)
+    np.testing.assert_allclose(state[17:20], state[10:13] - obs["robot0_eef_pos"], atol=1e-6)
+    env.close()
+
+
 def test_pick_color_succeeds_only_for_the_named_cube():
     env = vla_agents.make_env("embedded/pick_color", use_cameras=False)
     env.reset(seed=0)

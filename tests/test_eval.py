@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+from functools import partial
 
 import gymnasium as gym
 import imageio
@@ -255,3 +256,22 @@ def test_compare_table_json_and_csv(tmp_path):
     precomputed.add("again", [evaluate(TinyAgent(), envs["reach/a"], episodes=2, progress=False, env_name="reach/a")])
     assert precomputed.rows[0].num_parameters == 1_234_567
     assert math.isclose(precomputed.rows[0].metrics()["overall"]["pc_success"], 100.0)
+
+
+def test_compare_in_worker_processes_gives_the_same_episodes_as_one_process():
+    envs = {"reach/a": partial(ReachEnv, offset=0), "reach/b": partial(ReachEnv, offset=1)}
+    agents = [("fast", partial(TinyAgent, speed=1.0)), ("slow", partial(TinyAgent, speed=0.5))]
+    one = compare(agents, envs, episodes=3, progress=False)
+    two = compare(agents, envs, episodes=3, progress=False, workers=2)
+
+    def outcomes(result):
+        return {(row.name, task): [(ep.seed, ep.success, ep.length, ep.instruction) for ep in report.episodes]
+                for row in result.rows for task, report in row.reports.items()}
+
+    assert [row.name for row in two.rows] == ["fast", "slow"] and two.tasks == ["reach/a", "reach/b"]
+    assert outcomes(two) == outcomes(one)
+    assert [ep.success for ep in two.rows[1].reports["reach/a"].episodes] == [True, True, False]  # targets 2, 3, 4; 6 steps of 0.5 reach 3
+    with pytest.raises(ValueError, match="the one for 'unpicklable' on 'reach/a' cannot be pickled"):
+        compare([("unpicklable", lambda: TinyAgent())], envs, episodes=1, progress=False, workers=2)
+    with pytest.raises(ValueError, match="workers must be at least 1, got 0"):
+        compare(agents, envs, episodes=1, workers=0)

@@ -120,3 +120,35 @@ def test_training_continues_a_saved_residual_with_its_own_weights_algo_and_scale
                  env_kwargs=ENV_KWARGS, progress=False)
     with pytest.raises(ValueError, match="is a residual agent; full mode fine-tunes a VLA agent folder"):
         train_rl(tmp_path / "first", ENV, mode="full", steps=8, out_dir=tmp_path / "bad", n_envs=1)
+
+
+def test_a_residual_observing_privileged_state_sees_it_saves_it_and_needs_it(agent_dir, tmp_path) -> None:
+    recorder = ActionRecorder(make_env(ENV, **ENV_KWARGS))
+    env = ResidualEnv(recorder, load_agent(agent_dir), state_keys=["object-state"])
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == env.observation_space.shape == (8 + 7 + 32 + 1 + 10,)
+    np.testing.assert_allclose(obs[-10:], recorder.last_obs["object-state"], rtol=1e-6)  # the raw entry, appended
+    obs, *_ = env.step(np.zeros(7, np.float32))
+    np.testing.assert_allclose(obs[-10:], recorder.last_obs["object-state"], rtol=1e-6)
+    env.close()
+    with pytest.raises(ValueError, match=r"state keys \['cube_pos'\] are not vector entries .*\['object-state'"):
+        ResidualEnv(make_env(ENV, **ENV_KWARGS), load_agent(agent_dir), state_keys=["cube_pos"])
+
+    trained = train_rl(agent_dir, ENV, steps=16, out_dir=tmp_path / "state", n_envs=1, eval_episodes=0,
+                       env_kwargs=ENV_KWARGS, progress=False, state_keys=["object-state"])
+    assert trained.state_sizes == {"object-state": 10}
+    reloaded = load_residual_agent(tmp_path / "state")
+    assert reloaded.state_sizes == {"object-state": 10} and reloaded.obs_dim == 58
+    env = make_env(ENV, **ENV_KWARGS)
+    raw, _ = env.reset(seed=4)
+    trained.reset()
+    reloaded.reset()
+    np.testing.assert_array_equal(trained.act(raw), reloaded.act(raw))
+    blind = {k: v for k, v in raw.items() if k != "object-state"}
+    with pytest.raises(KeyError, match="observes privileged state 'object-state', which the observation lacks"):
+        reloaded.act(blind)
+    with pytest.raises(ValueError, match="state 'object-state' has 3 numbers; this residual was trained on 10"):
+        reloaded.act({**raw, "object-state": np.zeros(3)})
+    env.close()
+    with pytest.raises(ValueError, match="full mode's actor is the VLA"):
+        train_rl(agent_dir, ENV, mode="full", steps=8, out_dir=tmp_path / "bad", state_keys=["object-state"])

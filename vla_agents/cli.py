@@ -8,6 +8,7 @@ import argparse
 import json
 import os
 import sys
+from functools import partial
 from pathlib import Path
 
 from vla_agents.train.rl import RESIDUAL_SCALE
@@ -50,7 +51,7 @@ def _train_rl(args: argparse.Namespace) -> None:
              eval_episodes=args.eval_episodes, eval_every=args.eval_every, lr=args.lr, device=args.device,
              scale=args.scale, progressive_explore=args.progressive_explore,
              bc_weight=args.bc_weight, bc_data=args.bc_data, log_std_init=args.log_std_init,
-             save_every=args.save_every)
+             save_every=args.save_every, state_keys=args.state_keys)
     print(f"{args.mode_rl} RL agent saved to {args.out} (curve: {Path(args.out) / 'curve.png'})")
 
 
@@ -80,8 +81,9 @@ def _compare(args: argparse.Namespace) -> None:
     from vla_agents.agent import load_agent
     from vla_agents.eval.compare import compare, render_table, table_console
 
-    agents = [(Path(path).name, lambda p=path: load_agent(p)) for path in args.agents]
-    result = compare(agents, args.env, episodes=args.episodes, seed=args.seed, video_dir=args.video_dir)
+    agents = [(Path(path).name, partial(load_agent, path)) for path in args.agents]
+    result = compare(agents, args.env, episodes=args.episodes, seed=args.seed, video_dir=args.video_dir,
+                     workers=args.workers)
     table_console().print(render_table(result))
     if args.json:
         result.save(Path(args.json).with_suffix(""))
@@ -170,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=float, default=RESIDUAL_SCALE, help="residual: action scale of the correction")
     p.add_argument("--progressive-explore", type=int, default=0,
                    help="residual: use the correction with probability min(step/N, 1) (Policy Decorator); 0: always")
+    p.add_argument("--state-keys", nargs="+", default=None, metavar="KEY",
+                   help="residual: privileged simulator state it also observes, e.g. object-state "
+                        "(ResiP); the saved agent then needs those keys in its observations")
     p.add_argument("--bc-weight", type=float, default=0.0,
                    help="full: weight of the L1 to demonstration chunks added to the PPO loss (needs --bc-data)")
     p.add_argument("--bc-data", nargs="+", default=None, help="full: demonstration HDF5 files for --bc-weight")
@@ -201,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1000)
     p.add_argument("--video-dir", default=None)
     p.add_argument("--json", default=None, help="write the table as JSON (and CSV beside it)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="evaluate (agent, task) pairs in this many processes, one core each (the simulator is the bottleneck)")
     p.set_defaults(func=_compare)
 
     sub.add_parser("envs", help="list environment specs").set_defaults(func=_envs)

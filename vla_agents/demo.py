@@ -88,10 +88,18 @@ def retrain(data_dir: Path, console: Console) -> None:
     )
 
 
+def _dtp_agent(path: Path):
+    """A shipped agent wrapped in DTP (top level, so evaluation processes can unpickle it)."""
+    from vla_agents.agent import load_agent
+    from vla_agents.models.dtp import DTP
+
+    return DTP(load_agent(path))
+
+
 def run_demo(out_dir: Path, episodes: int = 8, retrain_first: bool = False, console: Console | None = None) -> None:
     from vla_agents.agent import load_agent
     from vla_agents.eval.compare import compare, render_table, table_console
-    from vla_agents.models.dtp import DTP, can_wrap
+    from vla_agents.models.dtp import can_wrap
 
     console = console or table_console()
     missing = [a.name for a in SHIPPED if not (CHECKPOINTS / a.name / "config.json").exists()]
@@ -108,12 +116,13 @@ def run_demo(out_dir: Path, episodes: int = 8, retrain_first: bool = False, cons
     )
     agents = []
     for a in SHIPPED:
-        load = partial(load_agent, CHECKPOINTS / a.name)
-        agents.append((a.name, load))
-        if can_wrap(load().model):  # DTP is training-free: the same weights, wrapped
-            agents.append((f"{a.name}+dtp", lambda load=load: DTP(load())))
+        path = CHECKPOINTS / a.name
+        agents.append((a.name, partial(load_agent, path)))
+        if can_wrap(load_agent(path).model):  # DTP is training-free: the same weights, wrapped
+            agents.append((f"{a.name}+dtp", partial(_dtp_agent, path)))
     tasks = {spec.split("/")[1]: spec for spec in DEMO_TASKS}
-    rows.rows += compare(agents, tasks, episodes=episodes, seed=1000, video_dir=out_dir / "videos").rows
+    rows.rows += compare(agents, tasks, episodes=episodes, seed=1000, video_dir=out_dir / "videos",
+                         workers=min(2, os.cpu_count() or 1)).rows
     console.print(render_table(rows, title=f"embedded suite, {episodes} seeded episodes per task"))
     rows.save(out_dir / "comparison")
     console.print(f"videos: {out_dir / 'videos'}   table: {out_dir / 'comparison.json'} (and .csv)")

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import csv
 import json
+import multiprocessing
+import pickle
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,9 +16,11 @@ from typing import Any
 
 import gymnasium as gym
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from vla_agents.eval.rollout import EvalReport, episode_metrics, evaluate, slugify
+from vla_agents.progress import LoggedProgress
 
 OVERALL = "overall"
 _CSV_FIELDS = ["policy", "num_parameters", "task", "successes", "n_episodes", "pc_success", "ci95_low", "ci95_high",
@@ -148,19 +153,67 @@ def render_table(result: ComparisonResult, title: str = "Agent comparison") -> T
 
 def compare(agents: Sequence[tuple[str, Callable[[], Any]]], envs: Sequence[str] | Mapping[str, Callable[[], gym.Env]],
             episodes: int, seed: int = 0, video_dir: str | Path | None = None, progress: bool = True,
-            max_steps: int | None = None) -> ComparisonResult:
+            max_steps: int | None = None, workers: int = 1) -> ComparisonResult:
     """Evaluate every agent on every environment with the same seeds.
 
-    `envs` is a list of `make_env` specs or a mapping name -> env factory. Each agent factory is
-    called once; the agent is reset between episodes. Videos go to `video_dir/<agent>/<task>/`."""
+    `envs` is a list of `make_env` specs or a mapping name -> env factory. With one worker each
+    agent factory is called once; the agent is reset between episodes. Videos go to `video_dir/<agent>/<task>/`.
+    `workers` > 1 runs the (agent, task) evaluations in that many processes, one torch thread
+    each: the simulator, not the model, is most of an episode's time, and it uses one core. The
+    factories must then be picklable (top-level functions or `functools.partial`), and each
+    evaluation calls its agent factory afresh."""
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
     sources: dict[str, str | Callable[[], gym.Env]] = dict(envs) if isinstance(envs, Mapping) else {spec: spec for spec in envs}
+    options = dict(episodes=episodes, seed=seed, max_steps=max_steps)
+    if workers == 1:
+        reports = {}
+        for name, factory in agents:
+            agent = factory()
+            for task, source in sources.items():
+                reports[name, task] = evaluate(agent, source, progress=progress, env_name=task,
+                                               video_dir=_videos(video_dir, name, task), **options)
+    else:
+        jobs = [(name, factory, task, source) for name, factory in agents for task, source in sources.items()]
+        reports = _evaluate_in_processes(jobs, workers, progress, video_dir, options)
     result = ComparisonResult()
-    for name, factory in agents:
-        agent = factory()
-        reports = [
-            evaluate(agent, source, episodes, seed=seed, progress=progress, max_steps=max_steps, env_name=task,
-                     video_dir=Path(video_dir) / slugify(name) / slugify(task) if video_dir else None)
-            for task, source in sources.items()
-        ]
-        result.add(name, reports)
+    for name, _ in agents:
+        result.add(name, [reports[name, task] for task in sources])
     return result
+
+
+def _videos(video_dir: str | Path | None, name: str, task: str) -> Path | None:
+    return Path(video_dir) / slugify(name) / slugify(task) if video_dir else None
+
+
+def _evaluate_in_processes(jobs: list[tuple], workers: int, progress: bool, video_dir: str | Path | None,
+                           options: dict[str, Any]) -> dict[tuple[str, str], EvalReport]:
+    for name, factory, task, source in jobs:
+        try:
+            pickle.dumps((factory, source))
+        except Exception as error:
+            raise ValueError(f"compare(workers > 1) sends each factory to another process, but the one for {name!r} "
+                             f"on {task!r} cannot be pickled ({error}); use a top-level function or "
+                             "functools.partial, or workers=1") from error
+    reports = {}
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_one_thread) as pool, \
+            LoggedProgress(*columns, disable=not progress, log_every=1 / len(jobs)) as bar:
+        bar_task = bar.add_task(f"{len(jobs)} evaluations in {workers} processes", total=len(jobs))
+        futures = {pool.submit(evaluate, factory, source, progress=False, env_name=task,
+                               video_dir=_videos(video_dir, name, task), **options): (name, task)
+                   for name, factory, task, source in jobs}
+        for future in as_completed(futures):
+            name, task = futures[future]
+            reports[name, task] = report = future.result()
+            wins = sum(ep.success for ep in report.episodes)
+            bar.console.print(f"{name} on {task}: {wins}/{len(report.episodes)} success ({report.eval_s:.0f} s)")
+            bar.advance(bar_task)
+    return reports
+
+
+def _one_thread() -> None:
+    """Worker initializer: parallel evaluations, not parallel matrix products, use the cores."""
+    import torch
+
+    torch.set_num_threads(1)

@@ -5,6 +5,10 @@ Observations carry the keys LIBERO's `OffScreenRenderEnv` returns (`agentview_im
 `robot0_eef_quat` as x,y,z,w, `robot0_gripper_qpos`, `robot0_joint_pos`) plus the task's
 `language_instruction`, so `LiberoAdapter` turns them into policy inputs exactly as it does for
 LIBERO itself. Actions are LIBERO's: 7-D OSC delta pose in [-1, 1], gripper -1 open / +1 close.
+
+`object-state` (robosuite's name) is privileged simulator state that no VLA reads: for the target
+cube, then the stack's base, its position, quaternion (x,y,z,w) and offset from the gripper, 10
+numbers per cube. Residual RL can observe it (`--state-keys`, ResiP's state-based residual).
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from vla_agents.resources import resource_dir
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 CAMERAS = ("agentview", "robot0_eye_in_hand")
+OBJECT_STATE_PER_CUBE = 10  # position (3), quaternion (4), offset from the gripper (3)
 # Scene parameters (TabletopCubes arguments): suite defaults, which a task may override or extend.
 SCENE_KEYS = ("cube_half_size", "placement_range", "min_cube_distance", "lookalikes", "lookalike_half_size",
               "clutter", "clutter_range", "clutter_distance")
@@ -128,20 +133,21 @@ class EmbeddedEnv(gym.Env):
             ignore_done=True,
             hard_reset=False,
         )
+        self.target = self.spec_.target
+        self.base = self.spec_.base
         image = gym.spaces.Box(0, 255, (self.image_size, self.image_size, 3), np.uint8)
         spaces = {
             "robot0_eef_pos": gym.spaces.Box(-np.inf, np.inf, (3,), np.float64),
             "robot0_eef_quat": gym.spaces.Box(-1.0, 1.0, (4,), np.float64),
             "robot0_gripper_qpos": gym.spaces.Box(-np.inf, np.inf, (2,), np.float64),
             "robot0_joint_pos": gym.spaces.Box(-np.inf, np.inf, (7,), np.float64),
+            "object-state": gym.spaces.Box(-np.inf, np.inf, (OBJECT_STATE_PER_CUBE * len(self.state_cubes),), np.float64),
             "language_instruction": gym.spaces.Text(INSTRUCTION_MAX_CHARS, charset=INSTRUCTION_CHARSET),
         }
         if use_cameras:
             spaces |= {f"{cam}_image": image for cam in CAMERAS}
         self.observation_space = gym.spaces.Dict(spaces)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (7,), np.float32)
-        self.target = self.spec_.target
-        self.base = self.spec_.base
         self.instruction = self.spec_.instruction
         self.elapsed_steps = 0
         self._last_raw: dict[str, Any] = {}
@@ -199,12 +205,22 @@ class EmbeddedEnv(gym.Env):
     # -- helpers ---------------------------------------------------------------------------------
     def _observation(self, raw: dict[str, Any]) -> dict[str, Any]:
         obs = {key: np.asarray(raw[key], dtype=np.float64) for key in self.observation_space.spaces if key.startswith("robot0_") and not key.endswith("_image")}
+        obs["object-state"] = np.concatenate([self._cube_state(color) for color in self.state_cubes])
         obs["language_instruction"] = self.instruction
         if self.use_cameras:
             for cam in CAMERAS:
                 obs[f"{cam}_image"] = np.ascontiguousarray(raw[f"{cam}_image"], dtype=np.uint8)
         self._last_raw = obs
         return obs
+
+    @property
+    def state_cubes(self) -> tuple[str, ...]:
+        """The cubes `object-state` describes: the target, then the stack's base."""
+        return (self.target,) if self.spec_.kind == "lift" else (self.target, self.base)
+
+    def _cube_state(self, color: str) -> np.ndarray:
+        pos = self.sim.cube_pos(color)
+        return np.concatenate([pos, self.sim.cube_quat(color), pos - self.sim.eef_pos()])
 
     def _info(self, success: bool) -> dict[str, Any]:
         return {"success": bool(success), "instruction": self.instruction, "task": self.task_name, "target": self.target}

@@ -160,6 +160,11 @@ class TabletopCubes(ManipulationEnv):
     def cube_pos(self, color: str) -> np.ndarray:
         return np.array(self.sim.data.body_xpos[self.cube_body_ids[color]])
 
+    def cube_quat(self, color: str) -> np.ndarray:
+        """x, y, z, w, the order robosuite's (and LIBERO's) observations use."""
+        w, x, y, z = self.sim.data.body_xquat[self.cube_body_ids[color]]
+        return np.array([x, y, z, w])
+
     @property
     def table_height(self) -> float:
         return float(self.table_offset[2])

@@ -7,7 +7,9 @@ unchanged and its replay/rollout buffers store exactly the action the actor prod
 
 SB3 sees a flat vector: normalized proprio (8) + the base action about to run (7) + pooled VLA
 features (last LLM hidden state, mean over tokens, fixed random projection to `feature_dim`; cached
-per chunk) + the chunk phase (1). `ResidualAgent` builds that vector the same way at deployment.
+per chunk) + the chunk phase (1) + optionally privileged simulator state read from the raw
+observation (`state_keys`, e.g. the embedded suite's `object-state`: ResiP's residual sees state).
+`ResidualAgent` builds that vector the same way at deployment, so such an agent needs those keys.
 
 Folder layout written by `ResidualAgent.save_pretrained(dir)`:
 `dir/base/` (the frozen VLAAgent folder), `dir/residual_policy.zip` (SB3), `dir/residual.json`.
@@ -18,7 +20,7 @@ import json
 import os
 from functools import partial
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -47,8 +49,10 @@ class ResidualAgent:
     observation vector (what `ResidualEnv` needs while the policy is being trained)."""
 
     def __init__(self, base: Any, policy: Any = None, scale: float = RESIDUAL_SCALE, feature_dim: int = 32,
-                 algo: str = DEFAULT_ALGO, action_low: float = -1.0, action_high: float = 1.0) -> None:
+                 algo: str = DEFAULT_ALGO, action_low: float = -1.0, action_high: float = 1.0,
+                 state_sizes: Mapping[str, int] | None = None) -> None:
         self.base, self.policy, self.scale, self.algo = base, policy, float(scale), algo
+        self.state_sizes = dict(state_sizes or {})  # raw-observation key -> flattened size
         self.feature_dim, self.action_low, self.action_high = int(feature_dim), float(action_low), float(action_high)
         self.action_dim = base.action_dim
         backbone = base.model.backbone
@@ -61,7 +65,7 @@ class ResidualAgent:
 
     @property
     def obs_dim(self) -> int:
-        return self.base.recipe["proprio_dim"] + self.action_dim + self.feature_dim + 1
+        return self.base.recipe["proprio_dim"] + self.action_dim + self.feature_dim + 1 + sum(self.state_sizes.values())
 
     @property
     def policy_name(self) -> str:
@@ -97,8 +101,21 @@ class ResidualAgent:
         n_open_loop = self.base.recipe.get("n_open_loop", self.base.chunk)
         remaining = len(getattr(self.base, "_queue", ()))
         phase = 0.0 if self.base.recipe.get("temporal_ensemble") else (n_open_loop - 1 - remaining) / n_open_loop
-        obs = np.concatenate([np.asarray(proprio, np.float32), base_action, self._features, [phase]]).astype(np.float32)
+        obs = np.concatenate([np.asarray(proprio, np.float32), base_action, self._features, [phase],
+                              *self._state(raw_obs)]).astype(np.float32)
         return base_action, obs
+
+    def _state(self, raw_obs: Mapping) -> list[np.ndarray]:
+        state = []
+        for key, size in self.state_sizes.items():
+            if key not in raw_obs:
+                raise KeyError(f"this residual observes privileged state {key!r}, which the observation lacks "
+                               f"(keys: {sorted(raw_obs)}); evaluate it in the simulator it was trained in")
+            value = np.asarray(raw_obs[key], np.float32).ravel()
+            if value.size != size:
+                raise ValueError(f"state {key!r} has {value.size} numbers; this residual was trained on {size}")
+            state.append(value)
+        return state
 
     def combine(self, base_action: np.ndarray, residual: np.ndarray) -> np.ndarray:
         residual = np.clip(np.asarray(residual, np.float32), -1.0, 1.0)
@@ -114,7 +131,7 @@ class ResidualAgent:
     def config(self) -> dict[str, Any]:
         return {"algo": self.algo, "scale": self.scale, "feature_dim": self.feature_dim, "obs_dim": self.obs_dim,
                 "action_dim": self.action_dim, "action_low": self.action_low, "action_high": self.action_high,
-                "base": BASE_DIR, "policy": POLICY_FILE}
+                "state_sizes": self.state_sizes, "base": BASE_DIR, "policy": POLICY_FILE}
 
     def save_pretrained(self, path: str | Path) -> Path:
         if self.policy is None:
@@ -138,11 +155,21 @@ def load_residual_agent(path: str | Path, device: str | torch.device | None = No
     base = load_agent(path / config.get("base", BASE_DIR), device=device)
     policy = _algo_class(config["algo"]).load(str(path / config.get("policy", POLICY_FILE)), device=device or "cpu")
     agent = ResidualAgent(base, policy, config["scale"], config["feature_dim"], config["algo"],
-                          config["action_low"], config["action_high"])
+                          config["action_low"], config["action_high"], config.get("state_sizes"))
     if policy.observation_space.shape != (agent.obs_dim,):
         raise ValueError(f"residual policy in {path} expects observations {policy.observation_space.shape}, "
                          f"the base agent gives ({agent.obs_dim},)")
     return agent
+
+
+def state_sizes(space: gym.spaces.Space, keys: Sequence[str]) -> dict[str, int]:
+    """Flattened size of each privileged-state key, read from the env's observation space."""
+    spaces = getattr(space, "spaces", {})
+    missing = [key for key in keys if not isinstance(spaces.get(key), gym.spaces.Box)]
+    if missing:
+        boxes = sorted(k for k, v in spaces.items() if isinstance(v, gym.spaces.Box) and not k.endswith("_image"))
+        raise ValueError(f"state keys {missing} are not vector entries of this env's observations; it has {boxes}")
+    return {key: int(np.prod(spaces[key].shape)) for key in keys}
 
 
 class ResidualEnv(gym.Wrapper):
@@ -151,18 +178,22 @@ class ResidualEnv(gym.Wrapper):
     reward="sparse" passes the env's 0/1 success reward; "shaped" is Policy Decorator's `r - 1`
     (a per-step cost until success, so faster success pays more). `progressive_explore=N` > 0 uses
     the residual at each step with probability min(steps_so_far / N, 1) and zeroes it otherwise
-    (Policy Decorator), counting this env's own steps; the buffer still stores the policy's action."""
+    (Policy Decorator), counting this env's own steps; the buffer still stores the policy's action.
+    `state_keys` names raw-observation entries (privileged state) the residual observes too."""
 
     def __init__(self, env: gym.Env, agent: Any, scale: float = RESIDUAL_SCALE, reward: str = "sparse",
-                 progressive_explore: int = 0, feature_dim: int = 32, algo: str = DEFAULT_ALGO) -> None:
+                 progressive_explore: int = 0, feature_dim: int = 32, algo: str = DEFAULT_ALGO,
+                 state_keys: Sequence[str] = ()) -> None:
         super().__init__(env)
         if reward not in REWARDS:
             raise ValueError(f"unknown reward {reward!r}; expected one of {REWARDS}")
         low, high = float(np.min(env.action_space.low)), float(np.max(env.action_space.high))
         self.residual = agent if isinstance(agent, ResidualAgent) else ResidualAgent(
-            agent, scale=scale, feature_dim=feature_dim, algo=algo, action_low=low, action_high=high)
+            agent, scale=scale, feature_dim=feature_dim, algo=algo, action_low=low, action_high=high,
+            state_sizes=state_sizes(env.observation_space, state_keys))
         self.reward_mode, self.progressive_explore = reward, int(progressive_explore)
         self.observation_space = self.residual.observation_space
+        self.residual_state_sizes = self.residual.state_sizes  # what the trainer's own ResidualAgent needs
         self.action_space = gym.spaces.Box(-1.0, 1.0, (self.residual.action_dim,), np.float32)
         self.total_steps = 0
         self._rng = np.random.default_rng()
@@ -200,7 +231,7 @@ def _make_residual_env(agent_dir: str, env_spec: str, env_kwargs: dict, **wrappe
 
 def setup_residual(agent_dir: str, env_spec: str, env_kwargs: dict, algo: str | None, steps: int, n_envs: int,
                    seed: int, reward: str, lr: float | None, device: str, scale: float, progressive_explore: int,
-                   feature_dim: int, log_std_init: float) -> RLRun:
+                   feature_dim: int, log_std_init: float, state_keys: Sequence[str] = ()) -> RLRun:
     """`train_rl`'s residual mode: SB3's MlpPolicy on `ResidualEnv`s, evaluated as a `ResidualAgent`.
 
     PPO starts as ResiP does: a near-zero mean (SB3's orthogonal init, gain 0.01 on the action layer)
@@ -208,8 +239,8 @@ def setup_residual(agent_dir: str, env_spec: str, env_kwargs: dict, algo: str | 
     policy is wide (std about 1) and its warm-up is uniform, which is what `progressive_explore` tempers.
 
     When `agent_dir` is itself a residual agent, training continues its residual policy (weights,
-    optimizer, log-std) on the same frozen base, with the saved algorithm, scale and feature size:
-    a long run can be split into parts, or taken further."""
+    optimizer, log-std) on the same frozen base, with the saved algorithm, scale, feature size and
+    state keys: a long run can be split into parts, or taken further."""
     from vla_agents.agent import load_agent
 
     continued = (Path(agent_dir) / CONFIG_FILE).exists()
@@ -219,12 +250,17 @@ def setup_residual(agent_dir: str, env_spec: str, env_kwargs: dict, algo: str | 
             raise ValueError(f"{agent_dir} holds a residual trained with {saved['algo']!r}; it cannot continue "
                              f"with {algo!r} (leave the algorithm unset, or start from its base/ folder)")
         algo, scale, feature_dim = saved["algo"], saved["scale"], saved["feature_dim"]
+        if state_keys and list(state_keys) != list(saved.get("state_sizes", {})):
+            raise ValueError(f"{agent_dir} holds a residual that observes state {list(saved.get('state_sizes', {}))}; "
+                             f"it cannot continue observing {list(state_keys)}")
+        state_keys = list(saved.get("state_sizes", {}))
         base_dir = str(Path(agent_dir) / saved.get("base", BASE_DIR))
     else:
         algo, base_dir = algo or DEFAULT_ALGO, agent_dir
     algo_class = _algo_class(algo)
     factory = partial(_make_residual_env, base_dir, env_spec, env_kwargs, scale=scale, reward=reward,
-                      progressive_explore=progressive_explore, feature_dim=feature_dim, algo=algo)
+                      progressive_explore=progressive_explore, feature_dim=feature_dim, algo=algo,
+                      state_keys=tuple(state_keys))
     venv = vec_env(factory, n_envs, seed)
     if continued:
         custom = {"learning_rate": lr} if lr is not None else None
@@ -241,8 +277,10 @@ def setup_residual(agent_dir: str, env_spec: str, env_kwargs: dict, algo: str | 
         if lr is not None:
             kwargs["learning_rate"] = lr
         model = algo_class("MlpPolicy", venv, seed=seed, device=device, verbose=0, **kwargs)
-    agent = ResidualAgent(load_agent(base_dir), model, scale, feature_dim, algo)
+    agent = ResidualAgent(load_agent(base_dir), model, scale, feature_dim, algo,
+                          state_sizes=venv.get_attr("residual_state_sizes")[0])
     config = {"algo": algo, "scale": scale, "progressive_explore": progressive_explore, "feature_dim": feature_dim,
+              "state_keys": list(state_keys),
               **({"log_std_init": log_std_init} if algo == "ppo" and not continued else {}),
               **({"continued_from": str(agent_dir)} if continued else {})}
     return RLRun(model, agent, steps, config)

@@ -163,12 +163,12 @@ def train_rl(agent_dir: str | Path, env_spec: str, algo: str | None = None, mode
              lr: float | None = None, progress: bool = True, device: str = "cpu",
              scale: float = RESIDUAL_SCALE, progressive_explore: int = 0, feature_dim: int = 32,
              bc_weight: float = 0.0, bc_data: list[str | Path] | None = None, log_std_init: float = -1.5,
-             save_every: int = 0) -> Any:
+             save_every: int = 0, state_keys: list[str] | None = None) -> Any:
     """RL fine-tuning of the agent in `agent_dir` on `env_spec` for `steps` env steps (over all envs).
 
-    mode="residual" (algo "ppo" by default, or "sac"): `scale`, `progressive_explore` and
-    `feature_dim` shape the residual, see `residual.py`; an `agent_dir` that already holds a residual
-    agent continues training that residual. mode="full" (algo "ppo"): `bc_weight` > 0
+    mode="residual" (algo "ppo" by default, or "sac"): `scale`, `progressive_explore`, `feature_dim`
+    and `state_keys` (privileged state it observes) shape the residual, see `residual.py`; an
+    `agent_dir` that already holds a residual agent continues training that residual. mode="full" (algo "ppo"): `bc_weight` > 0
     with `bc_data` demonstration files adds the BC regulariser, see `full_rl.py`. `log_std_init` sets
     the initial exploration noise of PPO's Gaussian (full mode, and residual PPO). `lr` defaults to
     SB3's (residual) or full mode's own.
@@ -189,12 +189,14 @@ def train_rl(agent_dir: str | Path, env_spec: str, algo: str | None = None, mode
         from vla_agents.train.residual import setup_residual
 
         run = setup_residual(algo=algo, scale=scale, progressive_explore=progressive_explore, feature_dim=feature_dim,
-                             log_std_init=log_std_init, **common)
+                             log_std_init=log_std_init, state_keys=state_keys or (), **common)
     else:
         from vla_agents.train.full_rl import setup_full
         from vla_agents.train.residual import CONFIG_FILE
 
         algo = algo or DEFAULT_ALGO
+        if state_keys:
+            raise ValueError(f"state keys {state_keys} are for the residual's observation; full mode's actor is the VLA")
         if (Path(agent_dir) / CONFIG_FILE).exists():
             raise ValueError(f"{agent_dir} is a residual agent; full mode fine-tunes a VLA agent folder "
                              "(its base/ folder, for instance)")
