@@ -12,6 +12,7 @@ numbers per cube. Residual RL can observe it (`--state-keys`, ResiP's state-base
 """
 from __future__ import annotations
 
+import logging
 import os
 import string
 from dataclasses import dataclass, field
@@ -25,6 +26,9 @@ import yaml
 from vla_agents.resources import resource_dir
 
 os.environ.setdefault("MUJOCO_GL", "egl")
+# robosuite logs to the console at INFO in every process that imports it (advice on private macro
+# files, each controller file it loads); keep its errors only, so progress bars and tables stay readable.
+logging.getLogger("robosuite_logs").addFilter(lambda record: record.levelno >= logging.ERROR)
 
 CAMERAS = ("agentview", "robot0_eye_in_hand")
 OBJECT_STATE_PER_CUBE = 10  # position (3), quaternion (4), offset from the gripper (3)
