@@ -45,13 +45,14 @@ from typing import Any
 
 import h5py
 import numpy as np
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from scipy.stats import mannwhitneyu
 
 from vla_agents.agent import VLAAgent, load_agent
 from vla_agents.eval.rollout import EvalReport, evaluate, slugify
 from vla_agents.models.dtp import DTP, DTPStep, can_wrap
 from vla_agents.policies import load_recipe, load_wrapper_recipe
+from vla_agents.progress import LoggedProgress
 from vla_agents.sim import make_env
 from vla_agents.sim.collect import collect_demos
 from vla_agents.train.bc import train_bc
@@ -251,9 +252,11 @@ class ResultsFile:
         os.replace(tmp, self.path)
 
 
-def progress_bar() -> Progress:
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn())
+def progress_bar() -> LoggedProgress:
+    """A study runs for hours, usually under nohup: it also logs a line every 2% of each run."""
+    return LoggedProgress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                          TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                          log_every=0.02)
 
 
 # ----------------------------------------------------------------------------------------------

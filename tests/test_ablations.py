@@ -54,13 +54,15 @@ def test_every_declared_variant_builds_what_it_declares(study: str) -> None:
         ablations.variant_overrides(variants[0], {next(iter(variants[0].overrides)): None})
 
 
-def test_focusvla_study_micro_run_writes_results_and_resumes(tmp_path: Path) -> None:
+def test_focusvla_study_micro_run_writes_results_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     budget = ablations.Budget(**MICRO, overrides=TINY)
     chosen = ["vla_adapter", "focusvla-mixed", "vat-last-layer"]  # runs and rows follow the declared order
     result = ablations.run_training_study(ablations.STUDIES["focusvla"], budget, [0], tmp_path / "out", variants=chosen,
                                           tasks=["embedded/pick_color"], data_dir=tmp_path / "data")
     saved = json.loads((tmp_path / "out" / "focusvla.json").read_text())
     assert saved["runs"] == result["runs"] and saved["budget"]["steps"] == 2
+    logged = capsys.readouterr().out  # not a terminal: each finished run left its progress line (a live bar alone would not)
+    assert all(f"{name} embedded/pick_color seed 0" in logged for name in chosen)
     assert [(r["variant"], r["task"], r["seed"]) for r in saved["runs"]] == [(n, "embedded/pick_color", 0) for n in chosen]
     declared = {v.name: v for v in ablations.STUDIES["focusvla"].variants}
     for run in saved["runs"]:
