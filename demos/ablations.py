@@ -350,11 +350,12 @@ def training_markdown(result: dict[str, Any], seeds: Sequence[int]) -> str:
         cells = [name, variant["policy"], ", ".join(f"{k}={v}" for k, v in variant["overrides"].items()) or "-"]
         for task in tasks:
             per_seed = {r["seed"]: r for r in mine if r["task"] == task}
-            ordered = [per_seed[s] for s in seeds if s in per_seed]
-            cells += [format_cell([r["success"] for r in ordered]), format_cell([r["steps_to_80pc"] for r in ordered], 0)]
+            success = [per_seed[s]["success"] if s in per_seed else None for s in seeds]
+            steps = [per_seed[s]["steps_to_80pc"] if s in per_seed else None for s in seeds]
+            cells += [format_cell(success), format_cell(steps, 0)]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Cells: mean ± sample std over seeds (per-seed values in seed order). Steps to 80%: first periodic "
-              "evaluation reaching 80% of the final success ('-': final success 0)."]
+    lines += ["", "Cells: mean ± sample std over the seeds run (per-seed values in seed order; '-': seed not run). "
+              "Steps to 80%: first periodic evaluation reaching 80% of the final success ('-': final success 0)."]
     return "\n".join(lines) + "\n"
 
 

@@ -147,3 +147,16 @@ def test_steps_to_80pc_of_final_success() -> None:
     assert ablations.steps_to_fraction([[500, 10.0], [1000, 40.0], [1500, 30.0], [2000, 45.0]]) == 1000
     assert ablations.steps_to_fraction([[500, 0.0], [1000, 0.0]]) is None
     assert ablations.format_cell([40.0, None, 60.0]) == "50.0 ± 14.1 (40.0, -, 60.0)"
+
+
+def test_training_table_keeps_each_seed_in_its_place_when_one_is_not_run() -> None:
+    def run(variant: str, seed: int, success: float, steps: int | None) -> dict:
+        return {"variant": variant, "task": "embedded/pick_color", "seed": seed, "success": success, "steps_to_80pc": steps}
+
+    result = {"title": "t", "budget": {"steps": 4000}, "command": "c",
+              "variants": [{"name": "a", "policy": "vat", "overrides": {"action_layers": "all"}},
+                           {"name": "b", "policy": "vat", "overrides": {}}],
+              "runs": [run("a", 0, 10.0, 4000), run("a", 2, 30.0, 2000), run("b", 1, 0.0, None)]}
+    rows = [line for line in ablations.training_markdown(result, [0, 1, 2]).splitlines() if line.startswith("| a") or line.startswith("| b")]
+    assert rows == ["| a | vat | action_layers=all | 20.0 ± 14.1 (10.0, -, 30.0) | 3000 ± 1414 (4000, -, 2000) |",
+                    "| b | vat | - | 0.0 ± 0.0 (-, 0.0, -) | - |"]
