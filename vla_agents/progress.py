@@ -3,7 +3,8 @@
 Rich draws a live bar on a terminal, but when output goes to a file (`nohup`, CI, a job
 scheduler) it prints nothing until the work is done, so a two-hour training looks hung. This
 Progress prints the task's columns as one plain line each time another `log_every` fraction of
-the work completes, and only when the console is not a terminal.
+the work completes, and only when the console is not a terminal. The 100% line is left to rich,
+which prints a non-transient bar's final state to a file when it stops.
 """
 from __future__ import annotations
 
@@ -35,6 +36,8 @@ class LoggedProgress(Progress):
         if not task.total:
             return
         reached = int(task.completed / task.total / self.log_every + 1e-9)
+        if task.finished and not self.live.transient:
+            return
         if reached > self._logged.get(task_id, 0):
             self._logged[task_id] = reached
             self.console.print(self.make_tasks_table([task]))
