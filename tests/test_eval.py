@@ -16,6 +16,7 @@ from rich.console import Console
 
 from vla_agents.eval import (ComparisonResult, compare, compose_frame, diff_interval, evaluate, mcnemar_exact,
                              overlay_heatmap, paired_diff_interval, render_table, run_episode, table_console, wilson_interval)
+from vla_agents.cli import main
 from vla_agents.types import AttentionMaps
 
 SIZE = 64
@@ -256,6 +257,50 @@ def test_compare_table_json_and_csv(tmp_path):
     precomputed.add("again", [evaluate(TinyAgent(), envs["reach/a"], episodes=2, progress=False, env_name="reach/a")])
     assert precomputed.rows[0].num_parameters == 1_234_567
     assert math.isclose(precomputed.rows[0].metrics()["overall"]["pc_success"], 100.0)
+
+
+def missing_checkpoint() -> TinyAgent:
+    raise FileNotFoundError("no config.json in runs/missing")
+
+
+def broken_env() -> gym.Env:
+    raise RuntimeError("no GL context")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_evaluations_that_cannot_start_are_recorded_and_the_others_still_run(tmp_path, workers):
+    envs = {"reach/a": partial(ReachEnv, offset=0), "reach/broken": broken_env}
+    agents = [("broken", missing_checkpoint), ("fast", partial(TinyAgent, speed=1.0))]
+    result = compare(agents, envs, episodes=2, progress=False, workers=workers)
+
+    assert [(agent, task) for agent, task, _ in result.failures] == [
+        ("broken", "reach/a"), ("broken", "reach/broken"), ("fast", "reach/broken")]
+    errors = [error for _, _, error in result.failures]
+    assert errors[0].startswith("FileNotFoundError: no config.json in runs/missing (at test_eval.py:")
+    assert errors[2].startswith("RuntimeError: no GL context (at test_eval.py:")
+    fast = result.rows[1]
+    assert [ep.success for ep in fast.reports["reach/a"].episodes] == [True, True]  # the others still ran
+    assert fast.reports["reach/broken"].episodes == [] and fast.metrics()["reach/broken"]["n_episodes"] == 0
+
+    console = Console(record=True, width=200, file=io.StringIO())
+    console.print(render_table(result))
+    rows = {line.split("│")[1].strip(): [cell.strip() for cell in line.split("│")[3:6]]
+            for line in console.export_text().splitlines() if line.count("│") > 2}
+    assert rows["broken"] == ["failed", "failed", "-"]  # an overall over fewer tasks would not compare
+    assert rows["fast"] == ["100.0% [34-100] n=2", "failed", "-"]
+
+    json_path, csv_path = result.save(tmp_path / "comparison")
+    assert json.loads(json_path.read_text())["rows"][1]["errors"] == {"reach/broken": errors[2]}
+    assert [(r["policy"], r["task"], r["error"][:12]) for r in csv.DictReader(csv_path.open())] == [
+        ("broken", "reach/a", "FileNotFound"), ("broken", "reach/broken", "FileNotFound"), ("broken", "overall", ""),
+        ("fast", "reach/a", ""), ("fast", "reach/broken", "RuntimeError"), ("fast", "overall", "")]
+
+
+def test_cli_compare_saves_what_ran_and_exits_with_an_error_naming_what_did_not(tmp_path, capsys):
+    missing = tmp_path / "no-such-agent"
+    assert main(["compare", str(missing), "--env", "embedded/lift", "--episodes", "1", "--json", str(tmp_path / "t.json")]) == 2
+    assert "vla-agents compare: error: no-such-agent on embedded/lift could not be evaluated: " in capsys.readouterr().err
+    assert json.loads((tmp_path / "t.json").read_text())["rows"][0]["errors"]["embedded/lift"]
 
 
 def test_compare_in_worker_processes_gives_the_same_episodes_as_one_process():

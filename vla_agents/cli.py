@@ -10,8 +10,12 @@ import os
 import sys
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vla_agents.train.rl import RESIDUAL_SCALE
+
+if TYPE_CHECKING:
+    from vla_agents.eval.compare import ComparisonResult
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
@@ -88,6 +92,13 @@ def _compare(args: argparse.Namespace) -> None:
     if args.json:
         result.save(Path(args.json).with_suffix(""))
         print(f"wrote {Path(args.json).with_suffix('.json')} and {Path(args.json).with_suffix('.csv')}")
+    _raise_if_failed(result)
+
+
+def _raise_if_failed(result: ComparisonResult) -> None:
+    """The table and files keep what ran; the exit status says that something did not."""
+    if result.failures:
+        raise RuntimeError("; ".join(f"{agent} on {task} could not be evaluated: {error}" for agent, task, error in result.failures))
 
 
 def _write_json(path: Path, payload: dict) -> None:
@@ -101,7 +112,7 @@ def _write_json(path: Path, payload: dict) -> None:
 def _demo(args: argparse.Namespace) -> None:
     from vla_agents.demo import run_demo
 
-    run_demo(out_dir=Path(args.out), episodes=args.episodes, retrain_first=args.retrain)
+    _raise_if_failed(run_demo(out_dir=Path(args.out), episodes=args.episodes, retrain_first=args.retrain))
 
 
 def _envs(args: argparse.Namespace) -> None:

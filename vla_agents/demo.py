@@ -14,12 +14,16 @@ import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
 from vla_agents.resources import resource_dir
 from vla_agents.sim import make_env
 from vla_agents.sim.experts import ScriptedExpert
+
+if TYPE_CHECKING:
+    from vla_agents.eval.compare import ComparisonResult
 
 CHECKPOINTS = resource_dir("policies") / "checkpoints"
 DEMO_TASKS = ("embedded/lift", "embedded/pick_color")
@@ -96,7 +100,7 @@ def _dtp_agent(path: Path):
     return DTP(load_agent(path))
 
 
-def run_demo(out_dir: Path, episodes: int = 8, retrain_first: bool = False, console: Console | None = None) -> None:
+def run_demo(out_dir: Path, episodes: int = 8, retrain_first: bool = False, console: Console | None = None) -> ComparisonResult:
     from vla_agents.agent import load_agent
     from vla_agents.eval.compare import compare, render_table, table_console
     from vla_agents.models.dtp import can_wrap
@@ -126,3 +130,4 @@ def run_demo(out_dir: Path, episodes: int = 8, retrain_first: bool = False, cons
     console.print(render_table(rows, title=f"embedded suite, {episodes} seeded episodes per task"))
     rows.save(out_dir / "comparison")
     console.print(f"videos: {out_dir / 'videos'}   table: {out_dir / 'comparison.json'} (and .csv)")
+    return rows

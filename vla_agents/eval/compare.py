@@ -1,13 +1,16 @@
 """Side-by-side evaluation of several agents on the same tasks and seeds, reported as a rich
 table (success % with 95% Wilson intervals, size, latency) and as JSON/CSV for later analysis.
 
-Data lives in `ComparisonResult`; the `Table` is only built when printing (rich #1331)."""
+Data lives in `ComparisonResult`; the `Table` is only built when printing (rich #1331). An
+evaluation that cannot start (a broken checkpoint, an env that fails to build) is recorded as
+failed and the comparison goes on: one bad agent must not cost the evaluations of the others."""
 from __future__ import annotations
 
 import csv
 import json
 import multiprocessing
 import pickle
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -19,12 +22,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from vla_agents.eval.rollout import EvalReport, episode_metrics, evaluate, slugify
+from vla_agents.eval.rollout import EvalReport, episode_metrics, error_summary, evaluate, slugify
 from vla_agents.progress import LoggedProgress
 
 OVERALL = "overall"
 _CSV_FIELDS = ["policy", "num_parameters", "task", "successes", "n_episodes", "pc_success", "ci95_low", "ci95_high",
-               "mean_length", "n_errors", "step_ms_p50", "step_ms_p95", "chunk_ms_p50", "chunk_ms_p95"]
+               "mean_length", "n_errors", "step_ms_p50", "step_ms_p95", "chunk_ms_p50", "chunk_ms_p95", "error"]
 
 
 def format_parameters(count: int | None) -> str:
@@ -51,6 +54,11 @@ class ComparisonRow:
         per_task[OVERALL] = episode_metrics([ep for report in self.reports.values() for ep in report.episodes])
         return per_task
 
+    @property
+    def errors(self) -> dict[str, str]:
+        """Task -> why its evaluation could not start, for the tasks that failed."""
+        return {task: report.error for task, report in self.reports.items() if report.error is not None}
+
 
 @dataclass
 class ComparisonResult:
@@ -70,6 +78,11 @@ class ComparisonResult:
         return row
 
     @property
+    def failures(self) -> list[tuple[str, str, str]]:
+        """(agent, task, error) for every evaluation that could not start."""
+        return [(row.name, task, error) for row in self.rows for task, error in row.errors.items()]
+
+    @property
     def tasks(self) -> list[str]:
         """Every task any row was evaluated on, in first-seen order."""
         return list(dict.fromkeys(task for row in self.rows for task in row.reports))
@@ -77,7 +90,8 @@ class ComparisonResult:
     def to_dict(self) -> dict[str, Any]:
         return {
             "tasks": self.tasks,
-            "rows": [{"policy": row.name, "num_parameters": row.num_parameters, "metrics": row.metrics()} for row in self.rows],
+            "rows": [{"policy": row.name, "num_parameters": row.num_parameters, "metrics": row.metrics(), "errors": row.errors}
+                     for row in self.rows],
         }
 
     def to_json(self, path: str | Path) -> Path:
@@ -94,10 +108,11 @@ class ComparisonResult:
             writer = csv.DictWriter(f, fieldnames=_CSV_FIELDS)
             writer.writeheader()
             for row in self.rows:
+                errors = row.errors
                 for task, m in row.metrics().items():
                     low, high = m["pc_success_ci95"]
                     writer.writerow({"policy": row.name, "num_parameters": row.num_parameters, "task": task,
-                                     "ci95_low": low, "ci95_high": high,
+                                     "ci95_low": low, "ci95_high": high, "error": errors.get(task, ""),
                                      **{k: m[k] for k in _CSV_FIELDS if k in m}})
         return path
 
@@ -126,10 +141,13 @@ def table_console(file_width: int = 160) -> Console:
 
 
 def render_table(result: ComparisonResult, title: str = "Agent comparison") -> Table:
-    """One row per agent; the best success rate in each task column is bold."""
+    """One row per agent; the best success rate in each task column is bold. A failed evaluation reads
+    'failed', and its agent's overall '-': an overall over fewer tasks would not compare."""
     tasks = [*result.tasks, OVERALL]
     metrics = [row.metrics() for row in result.rows]
-    best = {task: max((m[task]["pc_success"] for m in metrics if task in m), default=None) for task in tasks}
+    ran = [{task: m for task, m in row_metrics.items() if not (task in row.errors or task == OVERALL and row.errors)}
+           for row, row_metrics in zip(result.rows, metrics)]  # the cells that compare
+    best = {task: max((m[task]["pc_success"] for m in ran if task in m), default=None) for task in tasks}
     table = Table(title=title, caption="success % [95% Wilson interval]; latency = time inside act(), p50")
     table.add_column("policy", style="cyan", overflow="fold")  # wrap, never truncate: names may differ only at the end (+dtp)
     table.add_column("params", justify="right")
@@ -137,10 +155,12 @@ def render_table(result: ComparisonResult, title: str = "Agent comparison") -> T
         table.add_column(task, justify="right")
     for name in ("mean len", "step ms", "chunk ms"):
         table.add_column(name, justify="right")
-    for row, m in zip(result.rows, metrics):
+    for row, m, ok in zip(result.rows, metrics, ran):
         cells = []
         for task in tasks:
-            if task not in m:
+            if task in row.errors:
+                cells.append("[red]failed[/red]")
+            elif task not in ok:
                 cells.append("-")
             else:
                 text = _cell(m[task])
@@ -161,18 +181,28 @@ def compare(agents: Sequence[tuple[str, Callable[[], Any]]], envs: Sequence[str]
     `workers` > 1 runs the (agent, task) evaluations in that many processes, one torch thread
     each: the simulator, not the model, is most of an episode's time, and it uses one core. The
     factories must then be picklable (top-level functions or `functools.partial`), and each
-    evaluation calls its agent factory afresh."""
+    evaluation calls its agent factory afresh.
+
+    A factory that raises does not stop the comparison: its evaluations are recorded as failed
+    (`ComparisonResult.failures`) and the others go on. Failed episodes are recorded by `evaluate`."""
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
+    if episodes < 1:  # checked here: inside an evaluation it would be recorded as a failure of every agent
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
     sources: dict[str, str | Callable[[], gym.Env]] = dict(envs) if isinstance(envs, Mapping) else {spec: spec for spec in envs}
     options = dict(episodes=episodes, seed=seed, max_steps=max_steps)
     if workers == 1:
         reports = {}
         for name, factory in agents:
-            agent = factory()
+            start = time.perf_counter()
+            try:
+                agent = factory()
+            except Exception as error:  # noqa: BLE001 - recorded in the report, and in the table
+                reports.update({(name, task): _failed(name, task, error, start) for task in sources})
+                continue
             for task, source in sources.items():
-                reports[name, task] = evaluate(agent, source, progress=progress, env_name=task,
-                                               video_dir=_videos(video_dir, name, task), **options)
+                reports[name, task] = evaluate_or_record(name, agent, task, source, progress=progress,
+                                                         video_dir=_videos(video_dir, name, task), **options)
     else:
         jobs = [(name, factory, task, source) for name, factory in agents for task, source in sources.items()]
         reports = _evaluate_in_processes(jobs, workers, progress, video_dir, options)
@@ -184,6 +214,20 @@ def compare(agents: Sequence[tuple[str, Callable[[], Any]]], envs: Sequence[str]
 
 def _videos(video_dir: str | Path | None, name: str, task: str) -> Path | None:
     return Path(video_dir) / slugify(name) / slugify(task) if video_dir else None
+
+
+def evaluate_or_record(name: str, agent: Any, task: str, source: str | Callable[[], gym.Env], **options: Any) -> EvalReport:
+    """`evaluate`, or a report of no episodes naming why, when the agent (a factory) or env cannot be built."""
+    start = time.perf_counter()
+    try:
+        return evaluate(agent, source, env_name=task, **options)
+    except Exception as error:  # noqa: BLE001 - recorded in the report, and in the table
+        return _failed(name, task, error, start)
+
+
+def _failed(name: str, task: str, error: Exception, start: float) -> EvalReport:
+    return EvalReport(env_name=task, policy_name=name, episodes=[], eval_s=time.perf_counter() - start,
+                      error=error_summary(error))
 
 
 def _evaluate_in_processes(jobs: list[tuple], workers: int, progress: bool, video_dir: str | Path | None,
@@ -200,14 +244,15 @@ def _evaluate_in_processes(jobs: list[tuple], workers: int, progress: bool, vide
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_one_thread) as pool, \
             LoggedProgress(*columns, disable=not progress, log_every=1 / len(jobs)) as bar:
         bar_task = bar.add_task(f"{len(jobs)} evaluations in {workers} processes", total=len(jobs))
-        futures = {pool.submit(evaluate, factory, source, progress=False, env_name=task,
+        futures = {pool.submit(evaluate_or_record, name, factory, task, source, progress=False,
                                video_dir=_videos(video_dir, name, task), **options): (name, task)
                    for name, factory, task, source in jobs}
         for future in as_completed(futures):
             name, task = futures[future]
             reports[name, task] = report = future.result()
             wins = sum(ep.success for ep in report.episodes)
-            bar.console.print(f"{name} on {task}: {wins}/{len(report.episodes)} success ({report.eval_s:.0f} s)")
+            outcome = f"failed: {report.error}" if report.error else f"{wins}/{len(report.episodes)} success"
+            bar.console.print(f"{name} on {task}: {outcome} ({report.eval_s:.0f} s)", markup=False)
             bar.advance(bar_task)
     return reports
 

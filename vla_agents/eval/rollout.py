@@ -58,7 +58,7 @@ def _step_limit(env: gym.Env) -> int | None:
     return limit
 
 
-def _error_summary(exc: BaseException) -> str:
+def error_summary(exc: BaseException) -> str:
     """`Type: message (at file:line in function)`, pointing at the innermost frame."""
     frames = traceback.extract_tb(exc.__traceback__)
     where = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno} in {frames[-1].name})" if frames else ""
@@ -125,7 +125,7 @@ def run_episode(env: gym.Env, agent: Any, seed: int, max_steps: int | None = Non
             stage = "video"
             writer.append(compose_frame(_policy_views(obs, views, min_view_px), None, _caption_lines(result, result.length)))
     except Exception as exc:  # noqa: BLE001 - one bad episode must not end an evaluation
-        result.error, result.error_source = _error_summary(exc), stage
+        result.error, result.error_source = error_summary(exc), stage
         logger.warning("episode with seed %d failed in the %s: %s", seed, stage, result.error, exc_info=True)
     except BaseException:
         if writer is not None:
@@ -176,6 +176,7 @@ class EvalReport:
     episodes: list[EpisodeResult]
     eval_s: float
     num_parameters: int | None = None
+    error: str | None = None  # the evaluation could not start (building its agent or env raised); no episodes
 
     def metrics(self) -> dict[str, Any]:
         n = len(self.episodes)
