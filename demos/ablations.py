@@ -343,7 +343,7 @@ def training_markdown(result: dict[str, Any], seeds: Sequence[int]) -> str:
     tasks = list(dict.fromkeys(r["task"] for r in runs))
     declared = {v["name"]: v for v in result["variants"] if any(r["variant"] == v["name"] for r in runs)}
     header = ["variant", "policy", "overrides"] + [f"{t.split('/')[-1]} {m}" for t in tasks for m in ("success %", "steps to 80%")]
-    lines = [f"### {result['title']}", "", budget_line(result["budget"], seeds), "",
+    lines = [f"### {result['title']}", "", budget_line(result["budget"], seeds, result.get("data")), "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, variant in declared.items():
         mine = [r for r in runs if r["variant"] == name and r["seed"] in seeds]
@@ -359,9 +359,12 @@ def training_markdown(result: dict[str, Any], seeds: Sequence[int]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def budget_line(budget: dict[str, Any], seeds: Sequence[int]) -> str:
-    settings = ", ".join(f"{k}={v}" for k, v in budget.items() if v not in (None, {}))
-    return f"Seeds {list(seeds)}; {settings}. Command: `{shlex.join(['python', *sys.argv])}`"
+def budget_line(budget: dict[str, Any], seeds: Sequence[int], data: dict[str, str] | None = None) -> str:
+    """The settings every run shared. With the demonstration files named, `demos` (the episodes
+    collected when no file is given) is left out: it says nothing about files given with --data."""
+    settings = ", ".join(f"{k}={v}" for k, v in budget.items() if v not in (None, {}) and not (data and k == "demos"))
+    files = "; data " + ", ".join(f"{task.split('/')[-1]}: {path}" for task, path in data.items()) if data else ""
+    return f"Seeds {list(seeds)}; {settings}{files}. Command: `{shlex.join(['python', *sys.argv])}`"
 
 
 # ----------------------------------------------------------------------------------------------
