@@ -61,7 +61,8 @@ def test_demo_writes_videos_and_a_comparison_table(tmp_path):
     rows = [row["policy"] for row in table["rows"]]
     assert rows == ["scripted-expert", "oft-tiny-embedded", "oft-tiny-embedded+dtp", "vla_adapter-tiny-embedded",
                     "vla_adapter-tiny-embedded+dtp", "focusvla-tiny-embedded", "focusvla-tiny-embedded+dtp",
-                    "vat-tiny-embedded"]  # DTP cannot wrap VAT (no prompt tokens): no vat+dtp row
+                    "vat-tiny-embedded",  # DTP cannot wrap VAT (no prompt tokens): no vat+dtp row
+                    "deepvision-tiny-embedded", "deepvision-tiny-embedded+dtp"]
     assert table["tasks"] == ["lift", "pick_color"]
     videos = sorted((tmp_path / "videos").rglob("*.mp4"))
     assert len(videos) == 2 * len(rows)

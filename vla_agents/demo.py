@@ -60,6 +60,7 @@ SHIPPED = (
     ShippedAgent("vla_adapter-tiny-embedded", "vla_adapter", steps=4000, continued_to=8000),
     ShippedAgent("focusvla-tiny-embedded", "focusvla", steps=4000, continued_to=8000),  # on the VLA-Adapter base: its data
     ShippedAgent("vat-tiny-embedded", "vat", steps=4000, data_noise=0.4, continued_to=8000),  # an OFT head: oft's data
+    ShippedAgent("deepvision-tiny-embedded", "deepvision", steps=4000, data_noise=0.4),  # QwenVLA-OFT base: oft's data
 )
 
 
