@@ -183,7 +183,7 @@ def compare(agents: Sequence[tuple[str, Callable[[], Any]]], envs: Sequence[str]
     factories must then be picklable (top-level functions or `functools.partial`), and each
     evaluation calls its agent factory afresh.
 
-    A factory that raises does not stop the comparison: its evaluations are recorded as failed
+    An agent or env that cannot be built does not stop the comparison: its evaluations are recorded as failed
     (`ComparisonResult.failures`) and the others go on. Failed episodes are recorded by `evaluate`."""
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
