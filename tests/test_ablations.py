@@ -153,12 +153,17 @@ def test_training_table_keeps_each_seed_in_its_place_when_one_is_not_run() -> No
     def run(variant: str, seed: int, success: float, steps: int | None) -> dict:
         return {"variant": variant, "task": "embedded/pick_color", "seed": seed, "success": success, "steps_to_80pc": steps}
 
-    result = {"title": "t", "budget": {"steps": 4000, "demos": 50}, "command": "c", "data": {"embedded/pick_color": "given.hdf5"},
+    result = {"title": "t", "budget": {"steps": 4000}, "command": "c",
               "variants": [{"name": "a", "policy": "vat", "overrides": {"action_layers": "all"}},
                            {"name": "b", "policy": "vat", "overrides": {}}],
               "runs": [run("a", 0, 10.0, 4000), run("a", 2, 30.0, 2000), run("b", 1, 0.0, None)]}
     rows = [line for line in ablations.training_markdown(result, [0, 1, 2]).splitlines() if line.startswith("| a") or line.startswith("| b")]
     assert rows == ["| a | vat | action_layers=all | 20.0 ± 14.1 (10.0, -, 30.0) | 3000 ± 1414 (4000, -, 2000) |",
                     "| b | vat | - | 0.0 ± 0.0 (-, 0.0, -) | - |"]
-    budget = ablations.training_markdown(result, [0, 1, 2]).splitlines()[2]
-    assert budget.startswith("Seeds [0, 1, 2]; steps=4000; data pick_color: given.hdf5. Command:")  # no demos=50: a file was given
+
+
+def test_budget_line_names_the_given_demonstration_files_instead_of_the_collect_count() -> None:
+    budget = {"steps": 4000, "demos": 50}
+    given = ablations.budget_line(budget, [0, 1, 2], {"embedded/pick_color": "given.hdf5"})
+    assert given.startswith("Seeds [0, 1, 2]; steps=4000; data pick_color: given.hdf5. Command:")  # no demos=50
+    assert ablations.budget_line(budget, [0]).startswith("Seeds [0]; steps=4000, demos=50. Command:")  # collected here

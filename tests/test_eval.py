@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from rich.console import Console
 
+from vla_agents.cli import main
 from vla_agents.eval import (ComparisonResult, compare, compose_frame, diff_interval, evaluate, mcnemar_exact,
                              overlay_heatmap, paired_diff_interval, render_table, run_episode, table_console, wilson_interval)
-from vla_agents.cli import main
 from vla_agents.types import AttentionMaps
 
 SIZE = 64

@@ -35,9 +35,9 @@ class LoggedProgress(Progress):
         task = self._tasks[task_id]
         if not task.total:
             return
-        reached = int(task.completed / task.total / self.log_every + 1e-9)
         if task.finished and not self.live.transient:
             return
+        reached = int(task.completed / task.total / self.log_every + 1e-9)
         if reached > self._logged.get(task_id, 0):
             self._logged[task_id] = reached
             self.console.print(self.make_tasks_table([task]))

@@ -145,8 +145,9 @@ def render_table(result: ComparisonResult, title: str = "Agent comparison") -> T
     'failed', and its agent's overall '-': an overall over fewer tasks would not compare."""
     tasks = [*result.tasks, OVERALL]
     metrics = [row.metrics() for row in result.rows]
-    ran = [{task: m for task, m in row_metrics.items() if not (task in row.errors or task == OVERALL and row.errors)}
-           for row, row_metrics in zip(result.rows, metrics)]  # the cells that compare
+    errors = [row.errors for row in result.rows]
+    ran = [{task: m for task, m in row_metrics.items() if not (task in failed or task == OVERALL and failed)}
+           for row_metrics, failed in zip(metrics, errors)]  # the cells that compare
     best = {task: max((m[task]["pc_success"] for m in ran if task in m), default=None) for task in tasks}
     table = Table(title=title, caption="success % [95% Wilson interval]; latency = time inside act(), p50")
     table.add_column("policy", style="cyan", overflow="fold")  # wrap, never truncate: names may differ only at the end (+dtp)
@@ -155,10 +156,10 @@ def render_table(result: ComparisonResult, title: str = "Agent comparison") -> T
         table.add_column(task, justify="right")
     for name in ("mean len", "step ms", "chunk ms"):
         table.add_column(name, justify="right")
-    for row, m, ok in zip(result.rows, metrics, ran):
+    for row, m, ok, failed in zip(result.rows, metrics, ran, errors):
         cells = []
         for task in tasks:
-            if task in row.errors:
+            if task in failed:
                 cells.append("[red]failed[/red]")
             elif task not in ok:
                 cells.append("-")
