@@ -9,8 +9,11 @@ Studies (issues 4 and 5):
   training steps needed to reach 80% of the final success (periodic evaluation during training);
   (b) FocusVLA components: mixed vs cascaded attention, top-K of the 128 patches, gate granularity;
   (c) VAT with an action module in every ViT layer vs in the last layer only.
-- deepvision, on embedded/pick_color_clutter: DeepVision vs its QwenVLA-OFT base (no vision expert),
-  and with AGVP (action-guided pruning of the expert's tokens) on and off.
+- deepvision, on embedded/lift_lookalikes: DeepVision vs its QwenVLA-OFT base (no vision expert),
+  and with AGVP (action-guided pruning of the expert's tokens) on and off. The red cube among
+  near-red look-alikes and clutter tests the paper's claim (finer visual grounding) with a fixed
+  instruction; on pick_color_clutter every tiny policy sits near its pick_color floor (10-20%),
+  where three seeds cannot tell variants apart.
 - dtp, on trained agents: success across a tau sweep vs the unwrapped policy and vs DTP's random-mask
   ablations, and the DTP paper's analysis: the share of action-to-vision attention outside DTP's
   important region, in failed vs successful episodes of the unwrapped policy (Mann-Whitney U).
@@ -116,7 +119,7 @@ STUDIES = {
     "deepvision": TrainingStudy(
         name="deepvision",
         title="DeepVision-VLA vs its base, AGVP on/off, on the cluttered task (issue 5a)",
-        tasks=("embedded/pick_color_clutter",),
+        tasks=("embedded/lift_lookalikes",),
         variants=(
             Variant("deepvision", "deepvision", DEEPVISION),
             Variant("deepvision-base", "deepvision", DEEPVISION | {"coupled_layers": 0}),  # QwenVLA-OFT, no expert

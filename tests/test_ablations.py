@@ -94,13 +94,13 @@ def test_deepvision_study_micro_run(tmp_path: Path) -> None:
     budget = ablations.Budget(**MICRO | {"eval_every": 0}, overrides=TINY_DEEPVISION)  # the final evaluation only
     result = ablations.run_training_study(ablations.STUDIES["deepvision"], budget, [0], tmp_path / "out", data_dir=tmp_path / "data")
     assert [r["variant"] for r in result["runs"]] == ["deepvision", "deepvision-base", "deepvision-no-agvp"]
-    assert {r["task"] for r in result["runs"]} == {"embedded/pick_color_clutter"}
+    assert {r["task"] for r in result["runs"]} == {"embedded/lift_lookalikes"}
     declared = {v.name: v for v in ablations.STUDIES["deepvision"].variants}
     for run in result["runs"]:
         check_declared(load_agent(run["agent_dir"]), declared[run["variant"]])
     params = {r["variant"]: r["num_parameters"] for r in result["runs"]}
     assert params["deepvision-base"] < params["deepvision"] == params["deepvision-no-agvp"]
-    assert "pick_color_clutter success %" in ablations.training_markdown(result, [0])
+    assert "lift_lookalikes success %" in ablations.training_markdown(result, [0])
 
 
 def test_dtp_study_micro_run(tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
 """embedded/pick_color_clutter (pick_color's three cubes among look-alike cubes and visual clutter) and
-embedded/lift_clutter (lift plus clutter).
+embedded/lift_clutter (lift plus clutter) and embedded/lift_lookalikes (lift's red cube among red look-alikes).
 check_env and the scripted expert run in test_embedded_env.py with the other tasks."""
 import numpy as np
 import pytest
@@ -107,4 +107,22 @@ def test_lift_clutter_is_lift_plus_clutter_only():
     env = vla_agents.make_env("embedded/lift_clutter", image_size=32)
     env.reset(seed=0)
     assert set(env.sim.cubes) == {"red"} and env.sim.lookalike_colors == [] and len(env.sim.clutter) == 6
+    env.close()
+
+
+def test_lift_lookalikes_has_a_fixed_target_among_its_lookalikes():
+    """DeepVision's testbed: lift's red cube and instruction, with graspable near-red cubes that do not count."""
+    lift, spec = load_suite()["lift"], load_suite()["lift_lookalikes"]
+    assert (spec.cubes, spec.max_episode_steps, spec.randomize_target) == (lift.cubes, lift.max_episode_steps, False)
+    env = vla_agents.make_env("embedded/lift_lookalikes", image_size=32)
+    for seed in range(3):
+        _, info = env.reset(seed=seed)
+        assert (info["target"], info["instruction"]) == ("red", "pick up the red cube")
+    assert env.sim.lookalike_colors == ["maroon", "orange"] and len(env.sim.clutter) == 6
+    assert all(env.sim.half_sizes[c] < env.sim.half_sizes["red"] for c in env.sim.lookalike_colors)
+    for color in env.sim.lookalike_colors:
+        _lift(env, color)
+    assert not env.success()
+    _lift(env, "red")
+    assert env.success()
     env.close()

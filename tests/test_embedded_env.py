@@ -9,7 +9,7 @@ import vla_agents
 from vla_agents.sim.embedded import load_suite
 from vla_agents.sim.experts import ScriptedExpert
 
-TASKS = ["lift", "pick_color", "stack", "pick_color_clutter", "lift_clutter"]
+TASKS = ["lift", "pick_color", "stack", "pick_color_clutter", "lift_clutter", "lift_lookalikes"]
 
 
 def test_list_envs_names_every_task():
