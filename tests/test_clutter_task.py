@@ -120,9 +120,15 @@ def test_lift_lookalikes_has_a_fixed_target_among_its_lookalikes():
         assert (info["target"], info["instruction"]) == ("red", "pick up the red cube")
     assert env.sim.lookalike_colors == ["maroon", "orange"] and len(env.sim.clutter) == 6
     assert all(env.sim.half_sizes[c] < env.sim.half_sizes["red"] for c in env.sim.lookalike_colors)
+    _, _, _, _, info = env.step(np.zeros(7))
+    assert info["lifted"] == []
     for color in env.sim.lookalike_colors:
         _lift(env, color)
     assert not env.success()
+    _, _, terminated, _, info = env.step(np.zeros(7))
+    assert info["lifted"] == ["maroon", "orange"] and not terminated
     _lift(env, "red")
     assert env.success()
+    _, _, terminated, _, info = env.step(np.zeros(7))
+    assert sorted(info["lifted"]) == ["maroon", "orange", "red"] and terminated and info["success"]
     env.close()

@@ -5,6 +5,8 @@ Observations carry the keys LIBERO's `OffScreenRenderEnv` returns (`agentview_im
 `robot0_eef_quat` as x,y,z,w, `robot0_gripper_qpos`, `robot0_joint_pos`) plus the task's
 `language_instruction`, so `LiberoAdapter` turns them into policy inputs exactly as it does for
 LIBERO itself. Actions are LIBERO's: 7-D OSC delta pose in [-1, 1], gripper -1 open / +1 close.
+`info` has `success`, `instruction`, `task`, `target` and `lifted` (the cubes now above the lift
+height: on the cluttered tasks, lifting only a look-alike is the wrong-cube failure).
 
 `object-state` (robosuite's name) is privileged simulator state that no VLA reads: for the target
 cube, then the stack's base, its position, quaternion (x,y,z,w) and offset from the gripper, 10
@@ -227,4 +229,6 @@ class EmbeddedEnv(gym.Env):
         return np.concatenate([pos, self.sim.cube_quat(color), pos - self.sim.eef_pos()])
 
     def _info(self, success: bool) -> dict[str, Any]:
-        return {"success": bool(success), "instruction": self.instruction, "task": self.task_name, "target": self.target}
+        lifted = [color for color in self.sim.cubes if self.sim.is_lifted(color)]  # tells a wrong-cube failure from a missed grasp
+        return {"success": bool(success), "instruction": self.instruction, "task": self.task_name, "target": self.target,
+                "lifted": lifted}

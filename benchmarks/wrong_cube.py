@@ -1,0 +1,82 @@
+"""How trained agents fail on a task with look-alike cubes: the wrong cube lifted, or none at all.
+
+    .venv/bin/python benchmarks/wrong_cube.py AGENT_DIR [AGENT_DIR ...] [--env embedded/lift_lookalikes]
+        [--episodes 30] [--seed 20000] [--image-size 192]
+
+Success alone cannot say whether a policy found the target and fumbled the grasp, or went for a
+look-alike: the question DeepVision-VLA's finer vision is about. Every episode is classed by the
+cubes the environment reported lifted (`info["lifted"]`) at any step: success (lifting the target
+ends the episode), a look-alike lifted, or no cube lifted. The default seed is `demos/ablations.py`'s final
+evaluation seed, so the successes equal that study's records for the same agents.
+"""
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+from pathlib import Path
+
+import gymnasium as gym
+from rich.console import Console
+from rich.table import Table
+
+from vla_agents.agent import load_agent
+from vla_agents.eval.rollout import evaluate
+from vla_agents.sim import make_env
+
+
+class LiftedCubes(gym.Wrapper):
+    """Collects every cube `info["lifted"]` named, per episode seed."""
+
+    def __init__(self, env: gym.Env, lifted: dict[int, set[str]]) -> None:
+        super().__init__(env)
+        self.lifted, self.seed = lifted, None
+
+    def reset(self, *, seed: int | None = None, **kwargs):
+        obs, info = self.env.reset(seed=seed, **kwargs)
+        self.seed = seed
+        self.lifted[seed] = set(info["lifted"])
+        return obs, info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.lifted[self.seed].update(info["lifted"])
+        return obs, reward, terminated, truncated, info
+
+
+def failure_modes(agent_dir: Path, env: str, episodes: int, seed: int, image_size: int) -> Counter:
+    lifted: dict[int, set[str]] = {}
+    report = evaluate(load_agent(agent_dir), lambda: LiftedCubes(make_env(env, image_size=image_size), lifted),
+                      episodes, seed=seed, env_name=env)
+    modes = Counter()
+    for episode in report.episodes:
+        if episode.error:
+            modes["error"] += 1
+        elif episode.success:
+            modes["success"] += 1
+        elif lifted.get(episode.seed):
+            modes["look-alike lifted"] += 1
+        else:
+            modes["nothing lifted"] += 1
+    return modes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("agents", nargs="+", type=Path)
+    parser.add_argument("--env", default="embedded/lift_lookalikes")
+    parser.add_argument("--episodes", type=int, default=30)
+    parser.add_argument("--seed", type=int, default=20_000)
+    parser.add_argument("--image-size", type=int, default=192)
+    args = parser.parse_args()
+    columns = ("success", "look-alike lifted", "nothing lifted", "error")
+    table = Table(title=f"{args.env}, {args.episodes} episodes from seed {args.seed}")
+    for column in ("agent", *columns):
+        table.add_column(column, justify="right")
+    for agent_dir in args.agents:
+        modes = failure_modes(agent_dir, args.env, args.episodes, args.seed, args.image_size)
+        table.add_row("/".join(agent_dir.parts[-2:]), *(str(modes[c]) for c in columns))  # ablations: variant/seedN
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()
