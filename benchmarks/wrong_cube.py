@@ -70,7 +70,8 @@ def main() -> None:
     args = parser.parse_args()
     columns = ("success", "look-alike lifted", "nothing lifted", "error")
     table = Table(title=f"{args.env}, {args.episodes} episodes from seed {args.seed}")
-    for column in ("agent", *columns):
+    table.add_column("agent", no_wrap=True)
+    for column in columns:
         table.add_column(column, justify="right")
     for agent_dir in args.agents:
         modes = failure_modes(agent_dir, args.env, args.episodes, args.seed, args.image_size)
