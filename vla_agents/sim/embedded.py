@@ -229,6 +229,6 @@ class EmbeddedEnv(gym.Env):
         return np.concatenate([pos, self.sim.cube_quat(color), pos - self.sim.eef_pos()])
 
     def _info(self, success: bool) -> dict[str, Any]:
-        lifted = [color for color in self.sim.cubes if self.sim.is_lifted(color)]  # tells a wrong-cube failure from a missed grasp
+        lifted = [color for color in self.sim.cubes if self.sim.is_lifted(color)]  # a failure that lifted a look-alike instead
         return {"success": bool(success), "instruction": self.instruction, "task": self.task_name, "target": self.target,
                 "lifted": lifted}
