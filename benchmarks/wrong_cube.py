@@ -44,6 +44,10 @@ class LiftedCubes(gym.Wrapper):
 
 
 def failure_modes(agent_dir: Path, env: str, episodes: int, seed: int, image_size: int) -> Counter:
+    probe = make_env(env, image_size=image_size)
+    if "lifted" not in probe.reset(seed=seed)[1]:
+        raise SystemExit(f"{env} reports no info['lifted']; expected an embedded task whose info names the lifted cubes")
+    probe.close()
     lifted: dict[int, set[str]] = {}
     report = evaluate(load_agent(agent_dir), lambda: LiftedCubes(make_env(env, image_size=image_size), lifted),
                       episodes, seed=seed, env_name=env)
