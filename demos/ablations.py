@@ -161,11 +161,11 @@ class Budget:
 # Small helpers
 # ----------------------------------------------------------------------------------------------
 def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
-    """Mean and sample std of the values that exist (std 0 for one value)."""
+    """Mean and sample std of the values that exist; the std of a single value is undefined (None)."""
     present = [v for v in values if v is not None]
     if not present:
         return None, None
-    std = float(np.std(present, ddof=1)) if len(present) > 1 else 0.0
+    std = float(np.std(present, ddof=1)) if len(present) > 1 else None
     return float(np.mean(present)), std
 
 
@@ -174,10 +174,14 @@ def number(value: float | None, digits: int = 3) -> str:
 
 
 def format_cell(values: Sequence[float | None], digits: int = 1) -> str:
-    """`mean ± std (v1, v2, ...)`; a missing per-seed value shows as '-'."""
+    """`mean ± std (v1, v2, ...)`, or `mean (v1, ...)` when only one value exists; a missing
+    per-seed value shows as '-'."""
     mean, std = mean_std(values)
     seeds = ", ".join(number(v, digits) for v in values)
-    return "-" if mean is None else f"{mean:.{digits}f} ± {std:.{digits}f} ({seeds})"
+    if mean is None:
+        return "-"
+    spread = "" if std is None else f" ± {std:.{digits}f}"
+    return f"{mean:.{digits}f}{spread} ({seeds})"
 
 
 def steps_to_fraction(curve: Sequence[Sequence[float]], fraction: float = SUCCESS_FRACTION) -> int | None:
