@@ -361,7 +361,7 @@ def training_markdown(result: dict[str, Any], seeds: Sequence[int]) -> str:
             steps = [per_seed[s]["steps_to_80pc"] if s in per_seed else None for s in seeds]
             cells += [format_cell(success), format_cell(steps, 0)]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Cells: mean ± sample std over the seeds run (per-seed values in seed order; '-': seed not run). "
+    lines += ["", "Cells: mean ± sample std over the seeds run, no ± for a single seed (per-seed values in seed order; '-': seed not run). "
               "Steps to 80%: first periodic evaluation reaching 80% of the final success ('-': final success 0)."]
     return "\n".join(lines) + "\n"
 
