@@ -18,7 +18,8 @@ Studies (issues 4 and 5):
   ablations, and the DTP paper's analysis: the share of action-to-vision attention outside DTP's
   important region, in failed vs successful episodes of the unwrapped policy (Mann-Whitney U).
 
-Each study writes `<out>/<study>.json` (every run, every seed, evaluation curves) and
+Each study writes `<out>/<study>.json` (every run, every seed, evaluation curves, how the final
+episodes ended: `vla_agents.eval.outcomes`) and
 `<out>/<study>.md` (mean ± std over seeds, with the per-seed values), prints the markdown, and with
 `--append-readout benchmarks/README.md` appends it there. Runs already in the JSON are skipped, so
 an interrupted study resumes where it stopped. Demonstrations come from `--data` (HDF5 written by
@@ -52,6 +53,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsed
 from scipy.stats import mannwhitneyu
 
 from vla_agents.agent import VLAAgent, load_agent
+from vla_agents.eval.outcomes import evaluate_outcomes
 from vla_agents.eval.rollout import EvalReport, evaluate, slugify
 from vla_agents.models.dtp import DTP, DTPStep, can_wrap
 from vla_agents.policies import load_recipe, load_wrapper_recipe
@@ -294,12 +296,14 @@ def train_and_evaluate(variant: Variant, task: str, seed: int, data: Path, budge
                       overrides=overrides, eval_fn=eval_fn, eval_every=1, progress=False)
     train_s = time.perf_counter() - tic - eval_s
     tic = time.perf_counter()
-    final = success_report(result.agent, task, budget.episodes, FINAL_EVAL_SEED, budget, image_size).metrics()
+    report, outcomes = evaluate_outcomes(result.agent, partial(make_env, task, image_size=image_size), budget.episodes,
+                                         FINAL_EVAL_SEED, progress=False, max_steps=budget.max_episode_steps, env_name=task)
+    final = report.metrics()
     curve.append([budget.steps, final["pc_success"]])
     losses = [r["loss"] for r in result.history]
     return {
         "variant": variant.name, "policy": variant.policy, "overrides": overrides, "task": task, "seed": seed,
-        "success": final["pc_success"], "successes": final["successes"], "episodes": final["n_episodes"],
+        "success": final["pc_success"], "successes": final["successes"], "episodes": final["n_episodes"], "outcomes": outcomes,
         "steps_to_80pc": steps_to_fraction(curve), "curve": curve,
         "final_loss": float(np.mean(losses[-10:])), "train_s": train_s,
         "eval_s": eval_s + time.perf_counter() - tic, "agent_dir": str(run_dir),

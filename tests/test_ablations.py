@@ -67,6 +67,7 @@ def test_focusvla_study_micro_run_writes_results_and_resumes(tmp_path: Path, cap
     declared = {v.name: v for v in ablations.STUDIES["focusvla"].variants}
     for run in saved["runs"]:
         assert [step for step, _ in run["curve"]] == [1, 2] and run["episodes"] == 1
+        assert sum(run["outcomes"].values()) == 1 and run["outcomes"]["success"] == run["successes"]
         assert run["steps_to_80pc"] is None or run["steps_to_80pc"] in (1, 2)
         assert run["overrides"] == {k: v for k, v in TINY.items() if k in run["overrides"]} | declared[run["variant"]].overrides
         check_declared(load_agent(run["agent_dir"]), declared[run["variant"]])
