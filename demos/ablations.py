@@ -22,7 +22,9 @@ Each study writes `<out>/<study>.json` (every run, every seed, evaluation curves
 episodes ended: `vla_agents.eval.outcomes`) and
 `<out>/<study>.md` (mean ± std over seeds, with the per-seed values), prints the markdown, and with
 `--append-readout benchmarks/README.md` appends it there. Runs already in the JSON are skipped, so
-an interrupted study resumes where it stopped. Demonstrations come from `--data` (HDF5 written by
+an interrupted study resumes where it stopped; `--report` trains nothing and writes the tables of the
+runs recorded so far (each variant against the arm the paper compares it with: pooled successes,
+Fisher exact test). Demonstrations come from `--data` (HDF5 written by
 `vla-agents collect`); tasks without a file get one collected with the scripted expert.
 
 The default budget fits a 2-core CPU, one run at a time: a tiny policy trains at 1-2 steps/s
@@ -50,7 +52,7 @@ from typing import Any
 import h5py
 import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from scipy.stats import mannwhitneyu
+from scipy.stats import fisher_exact, mannwhitneyu
 
 from vla_agents.agent import VLAAgent, load_agent
 from vla_agents.eval.outcomes import evaluate_outcomes
@@ -75,11 +77,13 @@ DTP_BUDGET = ("episodes", "image_size", "max_episode_steps", "overrides")  # the
 # ----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Variant:
-    """One arm of a study: a policy recipe and the keys that make this arm what it is."""
+    """One arm of a study: a policy recipe, the keys that make this arm what it is, and the arm the
+    paper compares it against (its table reports the pooled successes of both and a Fisher exact test)."""
 
     name: str
     policy: str
     overrides: dict[str, Any] = field(default_factory=dict)
+    baseline: str | None = None
 
 
 @dataclass(frozen=True)
@@ -102,19 +106,19 @@ STUDIES = {
         tasks=("embedded/pick_color", "embedded/stack"),
         variants=(
             # (a) and the reference of (b)
-            Variant("focusvla", "focusvla", FOCUSVLA),
+            Variant("focusvla", "focusvla", FOCUSVLA, baseline="vla_adapter"),
             Variant("vla_adapter", "vla_adapter"),
             # (b) one switch at a time
-            Variant("focusvla-mixed", "focusvla", FOCUSVLA | {"attention_mode": "mixed"}),
-            Variant("focusvla-topk-all", "focusvla", FOCUSVLA | {"topk": None}),
-            Variant("focusvla-topk-32", "focusvla", FOCUSVLA | {"topk": 32}),
-            Variant("focusvla-topk-96", "focusvla", FOCUSVLA | {"topk": 96}),
-            Variant("focusvla-gate-none", "focusvla", FOCUSVLA | {"gate": "none"}),
-            Variant("focusvla-gate-scalar", "focusvla", FOCUSVLA | {"gate": "scalar"}),
-            Variant("focusvla-gate-head", "focusvla", FOCUSVLA | {"gate": "head"}),
+            Variant("focusvla-mixed", "focusvla", FOCUSVLA | {"attention_mode": "mixed"}, baseline="focusvla"),
+            Variant("focusvla-topk-all", "focusvla", FOCUSVLA | {"topk": None}, baseline="focusvla"),
+            Variant("focusvla-topk-32", "focusvla", FOCUSVLA | {"topk": 32}, baseline="focusvla"),
+            Variant("focusvla-topk-96", "focusvla", FOCUSVLA | {"topk": 96}, baseline="focusvla"),
+            Variant("focusvla-gate-none", "focusvla", FOCUSVLA | {"gate": "none"}, baseline="focusvla"),
+            Variant("focusvla-gate-scalar", "focusvla", FOCUSVLA | {"gate": "scalar"}, baseline="focusvla"),
+            Variant("focusvla-gate-head", "focusvla", FOCUSVLA | {"gate": "head"}, baseline="focusvla"),
             # (c)
             Variant("vat-all-layers", "vat", {"action_layers": "all"}),
-            Variant("vat-last-layer", "vat", {"action_layers": "last"}),
+            Variant("vat-last-layer", "vat", {"action_layers": "last"}, baseline="vat-all-layers"),
         ),
         image_size=128,
     ),
@@ -123,9 +127,9 @@ STUDIES = {
         title="DeepVision-VLA vs its base, AGVP on/off, on the cluttered task (issue 5a)",
         tasks=("embedded/lift_lookalikes",),
         variants=(
-            Variant("deepvision", "deepvision", DEEPVISION),
+            Variant("deepvision", "deepvision", DEEPVISION, baseline="deepvision-base"),
             Variant("deepvision-base", "deepvision", DEEPVISION | {"coupled_layers": 0}),  # QwenVLA-OFT, no expert
-            Variant("deepvision-no-agvp", "deepvision", DEEPVISION | {"pruning": False}),  # every expert token joins
+            Variant("deepvision-no-agvp", "deepvision", DEEPVISION | {"pruning": False}, baseline="deepvision"),  # every expert token joins
         ),
         image_size=192,  # the vision expert's resolution in deepvision-tiny.yaml
     ),
@@ -348,25 +352,63 @@ def run_training_study(study: TrainingStudy, budget: Budget, seeds: Sequence[int
     return {"study": study.name, "budget": results.budget, "runs": results.runs, **extra}
 
 
+def recorded_study(study: TrainingStudy, out: Path, variants: Sequence[str] | None = None,
+                   tasks: Sequence[str] | None = None) -> dict[str, Any]:
+    """The runs already in `<out>/<study>.json` (of the chosen variants and tasks), with the study's
+    variants as declared now, so tables of runs from several sessions come from one command."""
+    path = out / f"{study.name}.json"
+    if not path.exists():
+        raise SystemExit(f"--report needs the study's results, and {path} does not exist; pass the --out the runs used")
+    unknown = sorted(set(variants or ()) - {v.name for v in study.variants})
+    if unknown:
+        raise ValueError(f"unknown variants {unknown} for {study.name}; declared: {[v.name for v in study.variants]}")
+    saved = json.loads(path.read_text())
+    runs = [r for r in saved["runs"] if (variants is None or r["variant"] in variants) and (tasks is None or r["task"] in tasks)]
+    return saved | {"title": study.title, "variants": [asdict(v) for v in study.variants], "runs": runs}
+
+
+def pooled(runs: Sequence[dict[str, Any]]) -> tuple[int, int]:
+    """Final successes and final episodes summed over runs."""
+    return sum(r["successes"] for r in runs), sum(r["episodes"] for r in runs)
+
+
+def versus_baseline(mine: dict[int, dict[str, Any]], theirs: dict[int, dict[str, Any]]) -> str:
+    """`k/n vs k'/n', p = x`: both arms' final successes pooled over the seeds both ran, and the
+    two-sided Fisher exact test of the difference ('-' when no seed was run by both)."""
+    common = sorted(set(mine) & set(theirs))
+    if not common:
+        return "-"
+    (k, n), (k_base, n_base) = pooled([mine[s] for s in common]), pooled([theirs[s] for s in common])
+    p = fisher_exact([[k, n - k], [k_base, n_base - k_base]]).pvalue
+    return f"{k}/{n} vs {k_base}/{n_base}, p = {p:.2g}"
+
+
 def training_markdown(result: dict[str, Any], seeds: Sequence[int]) -> str:
-    """One row per variant: final success % and steps to 80% of it, per task, over `seeds`."""
-    runs = result["runs"]
+    """One row per variant: final success % (per seed), the successes pooled over the seeds, the
+    comparison with the variant's baseline arm, and steps to 80% of the final success, per task."""
+    runs = [r for r in result["runs"] if r["seed"] in seeds]
     tasks = list(dict.fromkeys(r["task"] for r in runs))
     declared = {v["name"]: v for v in result["variants"] if any(r["variant"] == v["name"] for r in runs)}
-    header = ["variant", "policy", "overrides"] + [f"{t.split('/')[-1]} {m}" for t in tasks for m in ("success %", "steps to 80%")]
+    by_seed = {(name, task): {r["seed"]: r for r in runs if r["variant"] == name and r["task"] == task}
+               for name in declared for task in tasks}
+    metrics = ("success %", "successes", "vs baseline", "steps to 80%")
+    header = ["variant", "policy", "overrides", "baseline"] + [f"{t.split('/')[-1]} {m}" for t in tasks for m in metrics]
     lines = [f"### {result['title']}", "", budget_line(result["budget"], seeds, result.get("data")), "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, variant in declared.items():
-        mine = [r for r in runs if r["variant"] == name and r["seed"] in seeds]
-        cells = [name, variant["policy"], ", ".join(f"{k}={v}" for k, v in variant["overrides"].items()) or "-"]
+        baseline = variant.get("baseline")
+        cells = [name, variant["policy"], ", ".join(f"{k}={v}" for k, v in variant["overrides"].items()) or "-", baseline or "-"]
         for task in tasks:
-            per_seed = {r["seed"]: r for r in mine if r["task"] == task}
-            success = [per_seed[s]["success"] if s in per_seed else None for s in seeds]
-            steps = [per_seed[s]["steps_to_80pc"] if s in per_seed else None for s in seeds]
-            cells += [format_cell(success), format_cell(steps, 0)]
+            per_seed = by_seed[name, task]
+            k, n = pooled(list(per_seed.values()))
+            cells += [format_cell([per_seed[s]["success"] if s in per_seed else None for s in seeds]),
+                      f"{k}/{n}" if per_seed else "-",
+                      versus_baseline(per_seed, by_seed.get((baseline, task), {})),
+                      format_cell([per_seed[s]["steps_to_80pc"] if s in per_seed else None for s in seeds], 0)]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Cells: mean ± sample std over the seeds run, no ± for a single seed (per-seed values in seed order; '-': seed not run). "
-              "Steps to 80%: first periodic evaluation reaching 80% of the final success ('-': final success 0)."]
+              "Successes: final successes / final episodes over the seeds run. Vs baseline: both arms pooled over the seeds both ran, "
+              "two-sided Fisher exact p. Steps to 80%: first periodic evaluation reaching 80% of the final success ('-': final success 0)."]
     return "\n".join(lines) + "\n"
 
 
@@ -538,6 +580,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--env", default="embedded/pick_color_clutter", help="dtp: evaluation environment")
     p.add_argument("--taus", type=float, nargs="+", default=[0.25, 0.5, 0.75, 1.0], help="dtp: tau sweep")
     p.add_argument("--random-taus", type=float, nargs="+", default=[0.5], help="dtp: taus of the random-mask ablations")
+    p.add_argument("--report", action="store_true", help="train nothing: write the tables from the runs already in "
+                   "<out>/<study>.json (all their seeds in --seeds)")
     p.add_argument("--append-readout", type=Path, default=None, help="append the markdown to this file (e.g. benchmarks/README.md)")
     return p.parse_args(argv)
 
@@ -549,10 +593,15 @@ def main(argv: Sequence[str] | None = None) -> None:
                     demos=args.demos, batch_size=args.batch_size, image_size=args.image_size,
                     max_episode_steps=args.max_episode_steps, overrides=json.loads(args.overrides))
     if args.study == "dtp":
+        if args.report:
+            raise SystemExit("--report is for the training studies (focusvla, deepvision); the dtp study prints its tables as it runs")
         if not args.agents:
             raise SystemExit("the dtp study needs --agents DIR [DIR ...] (trained agent folders)")
         result = run_dtp_study(args.agents, args.env, budget, args.seeds, out, args.taus, args.random_taus)
         markdown = dtp_markdown(result, args.seeds)
+    elif args.report:
+        result = recorded_study(STUDIES[args.study], out, args.variants, args.tasks)
+        markdown = training_markdown(result, args.seeds)
     else:
         result = run_training_study(STUDIES[args.study], budget, args.seeds, out, args.data, args.variants, args.tasks, args.data_dir)
         markdown = training_markdown(result, args.seeds)
