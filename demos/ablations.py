@@ -384,31 +384,37 @@ def versus_baseline(mine: dict[int, dict[str, Any]], theirs: dict[int, dict[str,
 
 
 def training_markdown(result: dict[str, Any], seeds: Sequence[int]) -> str:
-    """One row per variant: final success % (per seed), the successes pooled over the seeds, the
-    comparison with the variant's baseline arm, and steps to 80% of the final success, per task."""
+    """One row per variant: its size, and per task the final success % (per seed), the successes pooled
+    over the seeds, the comparison with the variant's baseline arm, steps to 80% of the final success
+    and the training time."""
     runs = [r for r in result["runs"] if r["seed"] in seeds]
     tasks = list(dict.fromkeys(r["task"] for r in runs))
     declared = {v["name"]: v for v in result["variants"] if any(r["variant"] == v["name"] for r in runs)}
     by_seed = {(name, task): {r["seed"]: r for r in runs if r["variant"] == name and r["task"] == task}
                for name in declared for task in tasks}
-    metrics = ("success %", "successes", "vs baseline", "steps to 80%")
-    header = ["variant", "policy", "overrides", "baseline"] + [f"{t.split('/')[-1]} {m}" for t in tasks for m in metrics]
+    metrics = ("success %", "successes", "vs baseline", "steps to 80%", "train min")
+    header = ["variant", "policy", "overrides", "parameters", "baseline"] + [f"{t.split('/')[-1]} {m}" for t in tasks for m in metrics]
     lines = [f"### {result['title']}", "", budget_line(result["budget"], seeds, result.get("data")), "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, variant in declared.items():
         baseline = variant.get("baseline")
-        cells = [name, variant["policy"], ", ".join(f"{k}={v}" for k, v in variant["overrides"].items()) or "-", baseline or "-"]
+        parameters = next(r["num_parameters"] for r in runs if r["variant"] == name)
+        cells = [name, variant["policy"], ", ".join(f"{k}={v}" for k, v in variant["overrides"].items()) or "-",
+                 f"{parameters / 1e6:.2f} M", baseline or "-"]
         for task in tasks:
             per_seed = by_seed[name, task]
             k, n = pooled(list(per_seed.values()))
+            minutes = sorted(round(r["train_s"] / 60) for r in per_seed.values())
             cells += [format_cell([per_seed[s]["success"] if s in per_seed else None for s in seeds]),
                       f"{k}/{n}" if per_seed else "-",
                       versus_baseline(per_seed, by_seed.get((baseline, task), {})),
-                      format_cell([per_seed[s]["steps_to_80pc"] if s in per_seed else None for s in seeds], 0)]
+                      format_cell([per_seed[s]["steps_to_80pc"] if s in per_seed else None for s in seeds], 0),
+                      "-" if not minutes else f"{minutes[0]}" if minutes[0] == minutes[-1] else f"{minutes[0]}-{minutes[-1]}"]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Cells: mean ± sample std over the seeds run, no ± for a single seed (per-seed values in seed order; '-': seed not run). "
               "Successes: final successes / final episodes over the seeds run. Vs baseline: both arms pooled over the seeds both ran, "
-              "two-sided Fisher exact p. Steps to 80%: first periodic evaluation reaching 80% of the final success ('-': final success 0)."]
+              "two-sided Fisher exact p. Steps to 80%: first periodic evaluation reaching 80% of the final success ('-': final success 0). "
+              "Train min: training time per run without the evaluations, fastest-slowest (it depends on what else ran on the machine)."]
     return "\n".join(lines) + "\n"
 
 

@@ -86,8 +86,8 @@ def test_focusvla_study_micro_run_writes_results_and_resumes(tmp_path: Path, cap
     markdown = (tmp_path / "out" / "focusvla.md").read_text()
     assert readout.read_text() == "# Benchmarks\n\n" + markdown
     table = [line for line in markdown.splitlines() if line.startswith("| ")]
-    assert table[0] == ("| variant | policy | overrides | baseline | pick_color success % | pick_color successes "
-                        "| pick_color vs baseline | pick_color steps to 80% |")
+    assert table[0] == ("| variant | policy | overrides | parameters | baseline | pick_color success % | pick_color successes "
+                        "| pick_color vs baseline | pick_color steps to 80% | pick_color train min |")
     assert [row.split(" | ")[0].strip("| ") for row in table[1:]] == chosen
     assert all(" ± " not in row for row in table[1:])  # one seed: no spread to show
 
@@ -95,9 +95,10 @@ def test_focusvla_study_micro_run_writes_results_and_resumes(tmp_path: Path, cap
     assert json.loads((tmp_path / "out" / "focusvla.json").read_text())["runs"] == saved["runs"]  # nothing trained
     mixed = next(r for r in saved["runs"] if r["variant"] == "focusvla-mixed")
     report = [line for line in (tmp_path / "out" / "focusvla.md").read_text().splitlines() if line.startswith("| ")]
-    assert report[1:] == [f"| focusvla-mixed | focusvla | attention_mode=mixed, topk=64, gate=element | focusvla "
+    assert report[1:] == [f"| focusvla-mixed | focusvla | attention_mode=mixed, topk=64, gate=element "
+                          f"| {mixed['num_parameters'] / 1e6:.2f} M | focusvla "
                           f"| {mixed['success']:.1f} ({mixed['success']:.1f}) | {mixed['successes']}/1 | - | "
-                          f"{ablations.format_cell([mixed['steps_to_80pc']], 0)} |"]  # its baseline was not run: no test
+                          f"{ablations.format_cell([mixed['steps_to_80pc']], 0)} | 0 |"]  # its baseline was not run: no test
     with pytest.raises(SystemExit, match="does not exist"):
         ablations.main(["focusvla", "--report", "--out", str(tmp_path / "elsewhere")])
 
@@ -164,7 +165,8 @@ def test_steps_to_80pc_of_final_success() -> None:
 def test_training_table_keeps_each_seed_in_its_place_and_tests_each_arm_against_its_baseline() -> None:
     def run(variant: str, seed: int, successes: int, steps: int | None) -> dict:
         return {"variant": variant, "task": "embedded/pick_color", "seed": seed, "success": 10.0 * successes,
-                "successes": successes, "episodes": 10, "steps_to_80pc": steps}
+                "successes": successes, "episodes": 10, "steps_to_80pc": steps, "num_parameters": 2_370_000 + ord(variant),
+                "train_s": 60.0 * (seed + 10)}
 
     result = {"title": "t", "budget": {"steps": 4000}, "command": "c",
               "variants": [{"name": "a", "policy": "vat", "overrides": {"action_layers": "all"}, "baseline": "b"},
@@ -173,10 +175,11 @@ def test_training_table_keeps_each_seed_in_its_place_and_tests_each_arm_against_
     rows = [line for line in ablations.training_markdown(result, [0, 1, 2]).splitlines() if line.startswith(("| a", "| b"))]
     # a against b on seed 0, the only seed both ran: 3/10 vs 0/10. Hypergeometric (3 successes in 20, 10 per
     # arm): P(3 in a) = P(0 in a) = C(10,3)/C(20,3) = 120/1140, P(1) = P(2) = 450/1140; two-sided p = 240/1140.
-    assert rows == ["| a | vat | action_layers=all | b | 20.0 ± 14.1 (30.0, -, 10.0) | 4/20 | 3/10 vs 0/10, p = 0.21 | 3000 ± 1414 (4000, -, 2000) |",
-                    "| b | vat | - | - | 10.0 ± 14.1 (0.0, 20.0, -) | 2/20 | - | 3000 (-, 3000, -) |"]
+    assert rows == ["| a | vat | action_layers=all | 2.37 M | b | 20.0 ± 14.1 (30.0, -, 10.0) | 4/20 | 3/10 vs 0/10, p = 0.21 "
+                    "| 3000 ± 1414 (4000, -, 2000) | 10-12 |",
+                    "| b | vat | - | 2.37 M | - | 10.0 ± 14.1 (0.0, 20.0, -) | 2/20 | - | 3000 (-, 3000, -) | 10-11 |"]
     only_seed_1 = ablations.training_markdown(result, [1])
-    assert "| a |" not in only_seed_1 and "| b | vat | - | - | 20.0 (20.0) | 2/10 | - | 3000 (3000) |" in only_seed_1
+    assert "| a |" not in only_seed_1 and "| b | vat | - | 2.37 M | - | 20.0 (20.0) | 2/10 | - | 3000 (3000) | 11 |" in only_seed_1
 
 
 def test_budget_line_names_the_given_demonstration_files_instead_of_the_collect_count() -> None:
