@@ -3,6 +3,7 @@ a tiny training run, and the saved RL agent reloading to act identically. Full m
 from __future__ import annotations
 
 import json
+import tempfile
 
 import numpy as np
 import pytest
@@ -101,7 +102,10 @@ def test_cli_train_rl_ppo_with_subprocess_envs(agent_dir, tmp_path) -> None:
     assert not (tmp_path / "bad").exists()  # refused before anything was built or written
 
 
-def test_training_continues_a_saved_residual_with_its_own_weights_algo_and_scale(agent_dir, tmp_path) -> None:
+def test_training_continues_a_saved_residual_with_its_own_weights_algo_and_scale(agent_dir, tmp_path, monkeypatch) -> None:
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))  # where SB3's default logger would make SB3-<time>
     first = train_rl(agent_dir, ENV, algo="ppo", steps=32, out_dir=tmp_path / "first", n_envs=1, eval_episodes=0,
                      env_kwargs=ENV_KWARGS, progress=False, scale=0.3)
     with torch.no_grad():
@@ -115,6 +119,7 @@ def test_training_continues_a_saved_residual_with_its_own_weights_algo_and_scale
     config = json.loads((tmp_path / "second" / "rl_log.json").read_text())["config"]
     assert config["continued_from"] == str(tmp_path / "first") and config["algo"] == "ppo"
     assert isinstance(load_agent(tmp_path / "second"), ResidualAgent)
+    assert list(temp.iterdir()) == []  # PPO's statistics stay in memory (rl_log.json); no log folder is left
     with pytest.raises(ValueError, match="trained with 'ppo'; it cannot continue with 'sac'"):
         train_rl(tmp_path / "first", ENV, algo="sac", steps=8, out_dir=tmp_path / "bad", n_envs=1,
                  env_kwargs=ENV_KWARGS, progress=False)
