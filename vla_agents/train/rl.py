@@ -228,7 +228,7 @@ def train_rl(agent_dir: str | Path, env_spec: str, algo: str | None = None, mode
         write_checkpoint(out_dir, write)
 
     recorder = _recorder(log, steps, eval_every, record_eval, save_every, save_checkpoint, progress)
-    # SB3's default logger makes an empty /tmp/SB3-<time> folder even at verbose=0; the recorder reads
+    # SB3's default logger makes an empty SB3-<time> folder in the temp dir even at verbose=0; the recorder reads
     # PPO's statistics from the logger in memory, and rl_log.json is this run's log.
     from stable_baselines3.common.logger import Logger
 
