@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import math
 import shutil
 import uuid
 from collections import deque
@@ -19,13 +18,14 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from vla_agents.data.images import crop_resize, uv_in_crop
 from vla_agents.data.normalization import NormStats
-from vla_agents.models.backbones import build_byte_tokenizer
+from vla_agents.models.backbone_folder import resolve_backbone_path
+from vla_agents.models.backbones import build_byte_tokenizer, left_padded
 from vla_agents.models.dtp import DTP, DTPPolicy
 from vla_agents.policies import (
     WRAPPERS, build_model, check_policy, list_policies, load_recipe, load_wrapper_recipe, split_name, split_wrapper,
@@ -46,8 +46,12 @@ def make_adapter(name: str) -> Any:
 
 
 def make_tokenizer(recipe: dict[str, Any]) -> PreTrainedTokenizerBase:
-    path = recipe.get("tokenizer_path") or recipe.get("llm_path")
-    return AutoTokenizer.from_pretrained(path) if path else build_byte_tokenizer()
+    """The recipe's tokenizer: its own path, the pretrained backbone's, the LLM's, or the byte-level one."""
+    path = recipe.get("tokenizer_path")
+    if not path and recipe.get("backbone_path"):
+        path = resolve_backbone_path(recipe["backbone_path"]) / "tokenizer"
+    path = path or recipe.get("llm_path")
+    return AutoTokenizer.from_pretrained(str(path)) if path else build_byte_tokenizer()
 
 
 def lora_targets(module: nn.Module) -> list[str]:
@@ -56,23 +60,10 @@ def lora_targets(module: nn.Module) -> list[str]:
 
 
 def preprocess_image(img: np.ndarray, recipe: dict[str, Any], train: bool) -> torch.Tensor:
-    """uint8 (H, W, 3) -> float (3, S, S) in [0, 1]: crop of the recipe's `crop_area` (random when
-    training, centred otherwise), then resize to its `image_size`. A function of the recipe alone,
-    so env wrappers can prepare policy inputs without loading the model."""
-    x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255.0)
-    area = recipe.get("crop_area", 1.0)
-    if area < 1.0:
-        h, w = x.shape[1:]
-        ch, cw = round(h * math.sqrt(area)), round(w * math.sqrt(area))
-        if train:
-            top, left = (int(torch.randint(0, n - c + 1, ())) for n, c in ((h, ch), (w, cw)))
-        else:
-            top, left = (h - ch) // 2, (w - cw) // 2
-        x = x[:, top : top + ch, left : left + cw]
-    size = recipe["image_size"]
-    if x.shape[1:] != (size, size):
-        x = F.interpolate(x[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
-    return x
+    """uint8 (H, W, 3) -> float (3, S, S) in [0, 1]: the recipe's `crop_area` crop (random when training,
+    centred otherwise) resized to its `image_size`. A function of the recipe alone, so env wrappers can
+    prepare policy inputs without loading the model."""
+    return crop_resize([img], recipe["image_size"], recipe.get("crop_area", 1.0), train)[0][0]
 
 
 class VLAAgent:
@@ -174,23 +165,13 @@ class VLAAgent:
         return ids
 
     def _tokenize(self, instructions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Start token first, the rest left-padded, so policy slots line up across the batch."""
-        prompts = [self.prompt_ids(s) for s in instructions]
-        width = max(len(p) for p in prompts)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for i, p in enumerate(prompts):
-            ids[i, 0], mask[i, 0] = p[0], 1
-            ids[i, width - len(p) + 1 :], mask[i, width - len(p) + 1 :] = torch.tensor(p[1:], dtype=torch.long), 1
-        return ids, mask
-
-    def _image(self, img: np.ndarray, train: bool) -> torch.Tensor:
-        return preprocess_image(img, self.recipe, train)
+        return left_padded([self.prompt_ids(s) for s in instructions], self.tokenizer.pad_token_id)
 
     def collate(self, items: list[dict[str, Any]], train: bool) -> dict[str, torch.Tensor]:
         """Dataset items (or one observation) -> the model batch, on the agent's device."""
-        images = torch.stack([torch.stack([self._image(it["images"][v], train) for v in self.views]) for it in items])
+        frames = [it["images"][v] for it in items for v in self.views]
+        pixels, boxes = crop_resize(frames, self.recipe["image_size"], self.recipe.get("crop_area", 1.0), train)
+        images = pixels.reshape(len(items), len(self.views), *pixels.shape[1:])
         input_ids, attention_mask = self._tokenize([it["instruction"] for it in items])
         batch = {
             "images": images,
@@ -200,6 +181,10 @@ class VLAAgent:
         }
         if items[0].get("task_index") is not None:  # VAT's task-id conditioning
             batch["task_index"] = torch.as_tensor([it["task_index"] for it in items], dtype=torch.long)
+        if "target_uv" in items[0]:  # privileged grounding targets, mapped into the crop the policy sees
+            uv = torch.as_tensor(np.stack([[it["target_uv"][v] for v in self.views] for it in items]), dtype=torch.float32)
+            batch["target_uv"] = uv_in_crop(uv, boxes.view(len(items), len(self.views), 4))
+            batch["target_offset"] = torch.as_tensor(np.stack([it["target_offset"] for it in items]), dtype=torch.float32)
         if "actions" in items[0]:
             batch["actions"] = torch.as_tensor(np.stack([it["actions"] for it in items]), dtype=torch.float32)
             batch["action_is_pad"] = torch.as_tensor(np.stack([it["action_is_pad"] for it in items]), dtype=torch.bool)
@@ -284,10 +269,15 @@ def make_agent(
     recipe = load_recipe(policy, scale, overrides)
     if stats is not None and stats.action.dim != recipe["action_dim"]:
         raise ValueError(f"action-dimension mismatch: recipe action_dim={recipe['action_dim']}, stats have {stats.action.dim}")
+    model = build_model(recipe)  # first: a missing or mismatched pretrained backbone is named before anything else
     tokenizer = make_tokenizer(recipe)
-    if recipe.get("vocab_size") and len(tokenizer) > recipe["vocab_size"]:
-        raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the recipe's vocab_size is {recipe['vocab_size']}")
-    return VLAAgent(build_model(recipe), tokenizer, recipe, stats, adapter, overrides)
+    llm = getattr(getattr(model, "backbone", None), "llm", None)
+    vocab, where = (llm.config.vocab_size, "its language model's") if llm is not None else (recipe.get("vocab_size"), "the recipe's")
+    if vocab and len(tokenizer) > vocab:
+        source = recipe.get("tokenizer_path") or recipe.get("backbone_path") or recipe.get("llm_path") or "the byte-level tokenizer"
+        raise ValueError(f"tokenizer ({source}) has {len(tokenizer)} tokens but {where} vocabulary has {vocab}: "
+                         "another tokenizer than the one the model was trained with")
+    return VLAAgent(model, tokenizer, recipe, stats, adapter, overrides)
 
 
 def _read_json(path: Path) -> Any:

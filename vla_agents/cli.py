@@ -1,4 +1,4 @@
-"""`vla-agents` command line: demo, collect, train bc, train rl, eval, compare, envs, policies.
+"""`vla-agents` command line: demo, collect, corpus, pretrain, train bc, train rl, eval, compare, envs, policies.
 
 Each subcommand parses its flags and calls one library function; the work lives in the library.
 """
@@ -26,6 +26,25 @@ def _collect(args: argparse.Namespace) -> None:
     report = collect_demos(args.env, args.episodes, args.out, seed=args.seed, image_size=args.image_size, noise=args.noise)
     print(f"wrote {report.episodes} successful episodes ({report.attempts} attempts, "
           f"mean length {report.mean_length:.1f}) to {report.path}")
+
+
+def _corpus(args: argparse.Namespace) -> None:
+    from vla_agents.sim.corpus import generate_corpus
+
+    path = generate_corpus(args.out, args.scenes, seed=args.seed, image_size=args.image_size,
+                           questions_per_scene=args.questions_per_scene)
+    print(f"wrote {args.scenes} scenes, {args.scenes * args.questions_per_scene} questions to {path}")
+
+
+def _pretrain(args: argparse.Namespace) -> None:
+    from vla_agents.train.pretrain import pretrain_backbone
+
+    overrides = dict(json.loads(args.overrides)) if args.overrides else None
+    result = pretrain_backbone(args.corpus, args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                               seed=args.seed, base=args.base, tokenizer=args.tokenizer, overrides=overrides,
+                               save_every=args.save_every, eval_every=args.eval_every, resume=args.resume)
+    shown = ", ".join(f"{k} {v:.3f}" for k, v in result.metrics.items())
+    print(f"backbone saved to {result.folder} (held-out: {shown}); name it in a recipe as backbone_path")
 
 
 def _train_bc(args: argparse.Namespace) -> None:
@@ -146,6 +165,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise", type=float, default=0.0,
                    help="std of Gaussian noise on the executed translation; the expert's clean action is stored (DART)")
     p.set_defaults(func=_collect)
+
+    p = sub.add_parser("corpus", help="grounding corpus: rendered embedded scenes with questions the simulator answers")
+    p.add_argument("--out", required=True, help="output .hdf5 file")
+    p.add_argument("--scenes", type=int, default=24000)
+    p.add_argument("--questions-per-scene", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-size", type=int, default=128)
+    p.set_defaults(func=_corpus)
+
+    p = sub.add_parser("pretrain", help="pretrain a tiny recipe's ViT and LLM on a grounding corpus -> a backbone folder")
+    p.add_argument("--corpus", required=True, help="grounding corpus file (`vla-agents corpus`)")
+    p.add_argument("--out", required=True, help="output folder; the backbone is written to OUT/backbone")
+    p.add_argument("--base", default="oft-tiny", help="the tiny recipe whose backbone architecture is pretrained")
+    p.add_argument("--tokenizer", choices=["word", "byte"], default="word")
+    p.add_argument("--steps", type=int, default=12000)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save-every", type=int, default=500, help="checkpoint period in steps")
+    p.add_argument("--eval-every", type=int, default=0, help="held-out evaluation period in steps (0: at the end only)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint exactly")
+    p.add_argument("--overrides", default=None, help="JSON overrides of the base recipe's backbone keys")
+    p.set_defaults(func=_pretrain)
 
     train = sub.add_parser("train", help="fine-tune an agent").add_subparsers(dest="mode", required=True)
     p = train.add_parser("bc", help="behaviour cloning from demonstration files")

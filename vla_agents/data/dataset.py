@@ -3,7 +3,9 @@
 Each sample is one timestep t of one episode: the observation at t (images rotated to policy
 orientation like `LiberoAdapter`, normalized 8-D proprio) and the next `chunk_size` normalized
 actions. Chunks that run past the episode end repeat the last action and are flagged in
-`action_is_pad`, so a loss can ignore them.
+`action_is_pad`, so a loss can ignore them. Files that record the named cube's privileged position
+(the embedded suite's) also give its offset from the gripper (m) and its uv in each view, the targets
+of behaviour cloning's auxiliary grounding loss.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch.utils.data
 
-from vla_agents.data.hdf5 import Episode, read_demos
+from vla_agents.data.hdf5 import PRIVILEGED_OBS, Episode, read_demos
 from vla_agents.data.normalization import NormStats, compute_norm_stats
 
 VIEWS = {"agentview": "agentview_rgb", "eye_in_hand": "eye_in_hand_rgb"}
@@ -44,6 +46,7 @@ class DemoDataset(torch.utils.data.Dataset):
         self.instructions = sorted({ep.instruction for ep in self.episodes})
         self._task_index = [self.instructions.index(ep.instruction) for ep in self.episodes]
         self._index = np.array([(e, t) for e, ep in enumerate(self.episodes) for t in range(len(ep))], dtype=np.int64)
+        self.has_target = all(all(k in ep.obs for k in PRIVILEGED_OBS) for ep in self.episodes)
 
     def __len__(self) -> int:
         return len(self._index)
@@ -52,7 +55,7 @@ class DemoDataset(torch.utils.data.Dataset):
         e, t = (int(v) for v in self._index[i])
         episode, actions = self.episodes[e], self.actions[e]
         steps = np.arange(t, t + self.chunk_size)
-        return {
+        item = {
             "images": {view: np.ascontiguousarray(episode.obs[key][t, ::-1, ::-1]) for view, key in VIEWS.items()},
             "proprio": self.proprio[e][t].copy(),
             "actions": actions[np.minimum(steps, len(actions) - 1)],
@@ -60,3 +63,7 @@ class DemoDataset(torch.utils.data.Dataset):
             "instruction": episode.instruction,
             "task_index": self._task_index[e],
         }
+        if self.has_target:  # privileged: where the named cube is, for the auxiliary grounding loss
+            item["target_offset"] = (episode.obs["target_pos"][t] - episode.obs["ee_pos"][t]).astype(np.float32)
+            item["target_uv"] = {view: episode.obs["target_uv"][t, i] for i, view in enumerate(VIEWS)}
+        return item

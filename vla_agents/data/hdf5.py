@@ -22,6 +22,10 @@ import numpy as np
 IMAGE_OBS = ("agentview_rgb", "eye_in_hand_rgb")
 VECTOR_OBS = {"ee_pos": 3, "ee_ori": 3, "gripper_states": 2, "joint_states": 7}
 OBS_KEYS = (*IMAGE_OBS, *VECTOR_OBS)
+# Privileged simulator state the embedded suite also records (LIBERO's files do not have it): the named
+# cube's world position (T, 3) and its uv fractions in each camera view in policy orientation (T, 2, 2),
+# the targets of behaviour cloning's auxiliary grounding loss.
+PRIVILEGED_OBS = ("target_pos", "target_uv")
 ACTION_DIM = 7
 
 
@@ -151,7 +155,7 @@ def read_demos(path: str | Path) -> list[Episode]:
             if missing:
                 raise ValueError(f"{path}: {name}/obs is missing key(s) {missing}; expected {list(OBS_KEYS)}")
             actions = np.asarray(demo["actions"][()], dtype=np.float32)
-            obs = {k: demo["obs"][k][()] for k in OBS_KEYS}
+            obs = {k: demo["obs"][k][()] for k in (*OBS_KEYS, *PRIVILEGED_OBS) if k in demo["obs"]}
             if actions.ndim != 2 or actions.shape[1] != ACTION_DIM:
                 raise ValueError(f"{path}: {name}/actions must have shape (T, {ACTION_DIM}), got {actions.shape}")
             _check_obs(obs, len(actions), where=f"{path}: {name}/obs")

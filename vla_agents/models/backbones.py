@@ -14,6 +14,7 @@ left-padded, so the policy slots sit at the same positions for every sample in a
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedTokenizerFast, Qwen2Config, Qwen2Model
 from transformers import SiglipVisionConfig, SiglipVisionModel
 
+from vla_agents.models.backbone_folder import check_architecture, load_vision_weights, read_backbone_info, resolve_backbone_path
 from vla_agents.models.blocks import TransformerBlock
 
 SIGLIP_MEAN, SIGLIP_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
@@ -271,6 +273,35 @@ def build_byte_tokenizer() -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", pad_token="<pad>")
 
 
+WORD_PATTERN = re.compile(r"\w+|[^\w\s]+")  # how the word-level tokenizer splits text (tokenizers' Whitespace)
+
+
+def build_word_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
+    """Word-level tokenizer over `words` (lower-cased; punctuation splits off as its own token), plus
+    <pad>, <bos>, <unk>. A colour word is then one token whose embedding can name a cube, where the
+    byte tokenizer spells it in three bytes a four-layer LLM must first compose."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+
+    specials = ["<pad>", "<bos>", "<unk>"]
+    vocab = {tok: i for i, tok in enumerate([*specials, *sorted(set(words) - set(specials))])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", pad_token="<pad>", unk_token="<unk>")
+
+
+def left_padded(prompts: list[list[int]], pad_id: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists -> (ids, mask) in the backbone's prompt convention: each prompt's start token in
+    column 0, the rest left-padded, so the slots after the prompt line up across the batch."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id if pad_id is not None else 0, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, 0], mask[i, 0] = p[0], 1
+        ids[i, width - len(p) + 1 :], mask[i, width - len(p) + 1 :] = torch.tensor(p[1:], dtype=torch.long), 1
+    return ids, mask
+
+
 # ----------------------------------------------------------------------------------------------
 # The multimodal sequence
 # ----------------------------------------------------------------------------------------------
@@ -380,6 +411,10 @@ def build_backbone(recipe: dict[str, Any], hf_configs: dict[str, Any] | None = N
     """Recipe -> backbone. With `hf_configs` (from a saved agent) the architecture is rebuilt
     without touching the original pretrained paths; the weights then come from the checkpoint."""
     attn = recipe.get("attn_implementation", "eager")
+    folder = None
+    if recipe.get("backbone_path") and hf_configs is None:  # a pretrained tiny backbone, loaded as paper recipes load theirs
+        folder = resolve_backbone_path(recipe["backbone_path"])
+        check_architecture(folder, read_backbone_info(folder), recipe)
     if recipe["vision"] == "tiny_vit":
         vision: nn.Module = TinyViT(
             recipe["image_size"], recipe["patch_size"], recipe["vit_dim"], recipe["vit_depth"], recipe["vit_heads"],
@@ -396,6 +431,8 @@ def build_backbone(recipe: dict[str, Any], hf_configs: dict[str, Any] | None = N
         )
     if hf_configs is not None:
         llm = LanguageModel.from_config(hf_configs["llm"], attn)
+    elif folder is not None:
+        llm = LanguageModel.from_pretrained(str(folder / "llm"), attn)
     elif recipe.get("llm_path"):
         llm = LanguageModel.from_pretrained(recipe["llm_path"], attn)
     else:
@@ -408,4 +445,7 @@ def build_backbone(recipe: dict[str, Any], hf_configs: dict[str, Any] | None = N
             ),
             attn,
         )
-    return VisionLanguageBackbone(vision, llm, recipe["views"], film=recipe.get("film", False))
+    backbone = VisionLanguageBackbone(vision, llm, recipe["views"], film=recipe.get("film", False))
+    if folder is not None:
+        load_vision_weights(folder, backbone.vision, backbone.projector)
+    return backbone

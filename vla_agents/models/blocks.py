@@ -123,10 +123,12 @@ def rotary(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0) -> t
 # ----------------------------------------------------------------------------------------------
 @dataclass
 class PolicyOutput:
-    """actions: (B, T, A) normalized; attention: view -> (B, h, w) heatmap over its patch grid."""
+    """actions: (B, T, A) normalized; attention: view -> (B, h, w) heatmap over its patch grid;
+    features: (B, d) the policy's pooled action features, what auxiliary heads (grounding, RL) read."""
 
     actions: torch.Tensor
     attention: dict[str, torch.Tensor] = field(default_factory=dict)
+    features: torch.Tensor | None = field(default=None, kw_only=True)
 
 
 ACTION_LOSSES = ("l1", "mse")

@@ -441,9 +441,10 @@ class DeepVisionPolicy(nn.Module):
             batch["images"], batch["input_ids"], batch["attention_mask"], slots,
             extra=self.proprio_projector(proprio), output_attentions=with_attention,
         )
-        actions = self.action_head(out.hidden_states[-1][:, out.slots].float())
+        slots = out.hidden_states[-1][:, out.slots].float()
+        actions = self.action_head(slots)
         masks = {"kept_expert": out.kept_expert} if out.kept_expert else {}
-        return DeepVisionOutput(actions, out.guidance if with_attention else {}, masks)
+        return DeepVisionOutput(actions, out.guidance if with_attention else {}, masks, features=slots.mean(dim=1))
 
     @torch.no_grad()
     def predict(self, batch: dict[str, torch.Tensor]) -> DeepVisionOutput:

@@ -235,7 +235,7 @@ class FocusVLAPolicy(nn.Module):
             local = {view: slice(s.start - visual.start, s.stop - visual.start) for view, s in out.visual.items()}
             attention = heatmaps(w, local, out.grid)
             masks = {"kept": {view: kept[:, pos].reshape(-1, *out.grid) for view, pos in local.items()}}
-        return FocusOutput(actions, attention, masks)
+        return FocusOutput(actions, attention, masks, features=x.mean(dim=1))
 
     @torch.no_grad()
     def predict(self, batch: dict[str, torch.Tensor]) -> FocusOutput:

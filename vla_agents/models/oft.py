@@ -46,7 +46,7 @@ class OFTPolicy(nn.Module):
         if with_attention:
             # last-layer attention from the action slots to each view's patches
             attention = heatmaps(out.attentions[-1][:, :, out.slots], out.visual, out.grid)
-        return PolicyOutput(actions, attention)
+        return PolicyOutput(actions, attention, features=h.float().mean(dim=1))
 
     @torch.no_grad()
     def predict(self, batch: dict[str, torch.Tensor]) -> PolicyOutput:

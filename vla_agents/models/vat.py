@@ -301,12 +301,13 @@ class VATPolicy(nn.Module):
         if images.shape[1] != len(self.views):
             raise ValueError(f"VAT expects {len(self.views)} views {self.views}, got {images.shape[1]}")
         tokens, _, weights = self.transformer(images, self.action_stream(batch), self.task(batch))
-        actions = self.action_head(tokens[:, self.num_extra :].reshape(images.shape[0], self.chunk, -1))
+        action_tokens = tokens[:, self.num_extra :]
+        actions = self.action_head(action_tokens.reshape(images.shape[0], self.chunk, -1))
         attention: dict[str, torch.Tensor] = {}
         if with_attention:
             self.layer_attention = [self.heatmaps(w) for w in weights]
             attention = {view: torch.stack([m[view] for m in self.layer_attention]).mean(0) for view in self.views}
-        return PolicyOutput(actions, attention)
+        return PolicyOutput(actions, attention, features=action_tokens.float().mean(dim=1))
 
     @torch.no_grad()
     def predict(self, batch: dict[str, torch.Tensor]) -> PolicyOutput:

@@ -128,7 +128,7 @@ class VLAAdapterPolicy(nn.Module):
             w = raw_attention[-1] if self.attention_from == "last" else torch.stack(raw_attention).mean(0)
             local = {view: slice(s.start - visual.start, s.stop - visual.start) for view, s in out.visual.items()}
             attention = heatmaps(w, local, out.grid)
-        return PolicyOutput(actions, attention)
+        return PolicyOutput(actions, attention, features=x.mean(dim=1))
 
     @torch.no_grad()
     def predict(self, batch: dict[str, torch.Tensor]) -> PolicyOutput:

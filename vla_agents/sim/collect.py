@@ -17,10 +17,12 @@ import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from vla_agents.adapters.libero import quat2axisangle
-from vla_agents.data.hdf5 import DemoWriter
+from vla_agents.data.hdf5 import PRIVILEGED_OBS, DemoWriter
 from vla_agents.progress import LoggedProgress
 from vla_agents.sim import make_env
+from vla_agents.sim.embedded import CAMERAS
 from vla_agents.sim.experts import ScriptedExpert
+from vla_agents.sim.projection import project
 
 
 @dataclass
@@ -31,15 +33,19 @@ class CollectionReport:
     mean_length: float
 
 
-def record_episode(env, expert: ScriptedExpert, seed: int, noise: float = 0.0) -> tuple[bool, np.ndarray, dict[str, np.ndarray]]:
-    """Roll the expert out once; return (success, the expert's actions (T, 7), LIBERO obs arrays (T, ...)).
+def record_episode(env, expert: ScriptedExpert, seed: int, noise: float = 0.0, image_size: int = 128
+                   ) -> tuple[bool, np.ndarray, dict[str, np.ndarray]]:
+    """Roll the expert out once; return (success, the expert's actions (T, 7), LIBERO obs arrays (T, ...)
+    plus the target cube's privileged position: world xyz and where it is in each camera view).
     `noise`: std of the Gaussian added to the executed translation (dx, dy, dz), seeded by `seed`."""
     if noise < 0:
         raise ValueError(f"noise must be a non-negative std (action units), got {noise}")
     rng = np.random.default_rng(seed)
     obs, info = env.reset(seed=seed)
     expert.reset()
-    frames: dict[str, list] = {k: [] for k in ("agentview_rgb", "eye_in_hand_rgb", "ee_pos", "ee_ori", "gripper_states", "joint_states")}
+    frames: dict[str, list] = {k: [] for k in ("agentview_rgb", "eye_in_hand_rgb", "ee_pos", "ee_ori", "gripper_states", "joint_states",
+                                               *PRIVILEGED_OBS)}
+    scene = env.unwrapped.sim
     actions = []
     terminated = truncated = False
     while not (terminated or truncated):
@@ -49,6 +55,9 @@ def record_episode(env, expert: ScriptedExpert, seed: int, noise: float = 0.0) -
         frames["ee_ori"].append(quat2axisangle(obs["robot0_eef_quat"]))
         frames["gripper_states"].append(obs["robot0_gripper_qpos"])
         frames["joint_states"].append(obs["robot0_joint_pos"])
+        target = scene.cube_pos(env.unwrapped.target)
+        frames["target_pos"].append(target)
+        frames["target_uv"].append(np.stack([project(scene.sim, camera, target, image_size)[0][0] for camera in CAMERAS]))
         action = expert.act(obs)
         actions.append(action)
         executed = action.copy()
@@ -77,7 +86,7 @@ def collect_demos(spec: str, episodes: int, out: str | Path, seed: int = 0, imag
         while len(lengths) < episodes:
             if attempts >= max_attempts:
                 raise RuntimeError(f"only {len(lengths)}/{episodes} successful episodes after {attempts} attempts on {spec}")
-            success, actions, obs = record_episode(env, expert, seed + attempts, noise)
+            success, actions, obs = record_episode(env, expert, seed + attempts, noise, image_size)
             attempts += 1
             if success:
                 writer.add_episode(actions, obs, instruction=env.unwrapped.instruction)

@@ -100,6 +100,31 @@ def make_render_context_current(mj_sim) -> None:
         context.gl_ctx.make_current()
 
 
+def build_tabletop(cubes: list[str], scene: dict[str, Any], image_size: int, use_cameras: bool, offscreen: bool):
+    """The suite's robosuite scene (Panda, OSC pose control at 20 Hz, both cameras at `image_size`)."""
+    from robosuite.controllers import load_composite_controller_config
+
+    from vla_agents.sim.tabletop import TabletopCubes
+
+    return TabletopCubes(
+        colors=cubes,
+        **scene,
+        robots="Panda",
+        controller_configs=load_composite_controller_config(robot="Panda"),
+        initialization_noise={"magnitude": 0.02, "type": "gaussian"},
+        use_camera_obs=use_cameras,
+        has_renderer=False,
+        has_offscreen_renderer=offscreen,
+        camera_names=list(CAMERAS),
+        camera_heights=image_size,
+        camera_widths=image_size,
+        control_freq=20,
+        horizon=10**6,  # the wrapper owns the step limit
+        ignore_done=True,
+        hard_reset=False,
+    )
+
+
 class EmbeddedEnv(gym.Env):
     """A task of the embedded suite. Success terminates the episode and is reported in
     `info["success"]`; the step limit (from the suite spec) truncates it."""
@@ -112,33 +137,14 @@ class EmbeddedEnv(gym.Env):
             raise ValueError(f"unknown embedded task {task!r}; expected one of {sorted(suite)}")
         if image_size < 32:
             raise ValueError(f"image_size must be at least 32 px, got {image_size}")
-        from robosuite.controllers import load_composite_controller_config
-
-        from vla_agents.sim.tabletop import TabletopCubes
-
         self.spec_ = suite[task]
         self.task_name = task
         self.image_size = int(image_size)
         self.use_cameras = use_cameras
         self.render_mode = render_mode
         self.max_episode_steps = self.spec_.max_episode_steps
-        self.sim = TabletopCubes(
-            colors=list(self.spec_.cubes),
-            **self.spec_.scene,
-            robots="Panda",
-            controller_configs=load_composite_controller_config(robot="Panda"),
-            initialization_noise={"magnitude": 0.02, "type": "gaussian"},
-            use_camera_obs=use_cameras,
-            has_renderer=False,
-            has_offscreen_renderer=use_cameras or render_mode == "rgb_array",
-            camera_names=list(CAMERAS),
-            camera_heights=self.image_size,
-            camera_widths=self.image_size,
-            control_freq=20,
-            horizon=10**6,  # the wrapper owns the step limit
-            ignore_done=True,
-            hard_reset=False,
-        )
+        self.sim = build_tabletop(list(self.spec_.cubes), self.spec_.scene, self.image_size, use_cameras,
+                                  offscreen=use_cameras or render_mode == "rgb_array")
         self.target = self.spec_.target
         self.base = self.spec_.base
         image = gym.spaces.Box(0, 255, (self.image_size, self.image_size, 3), np.uint8)

@@ -1,7 +1,8 @@
 """Behaviour cloning: L1 on normalized action chunks, through `accelerate`.
 
-The same loop runs on a 2-core CPU (tiny scale) and on 1..N GPUs with bf16 autocast (`accelerate
-launch`). Paper scale fine-tunes the language model with LoRA (r=64, alpha=128 from the recipe).
+The same loop runs on a 2-core CPU (tiny scale) and on 1..N GPUs (`accelerate launch`), with bf16
+autocast wherever the hardware multiplies bf16 natively (GPUs, CPUs with AVX512-BF16 or AMX). Tiny
+recipes add the auxiliary grounding loss (`train.auxiliary`) when the demonstrations record the target. Paper scale fine-tunes the language model with LoRA (r=64, alpha=128 from the recipe).
 Resuming is exact: the data order is a function of (seed, step) only, and the checkpoint holds
 the optimizer, scheduler and RNG states.
 """
@@ -18,16 +19,20 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+from safetensors.torch import load_file, save_file
 from transformers import get_cosine_schedule_with_warmup
 
 from vla_agents.agent import VLAAgent, load_agent, make_agent
 from vla_agents.data.dataset import DemoDataset
+from vla_agents.data.hdf5 import PRIVILEGED_OBS
 from vla_agents.models.blocks import action_loss
 from vla_agents.policies import load_recipe, split_name
 from vla_agents.progress import LoggedProgress
+from vla_agents.train.auxiliary import TargetProbe, target_loss
 from vla_agents.train.checkpoint import CHECKPOINT, write_checkpoint
 
 TRAINER_STATE = "trainer_state.pt"
+AUX_PROBE = "aux_probe.safetensors"  # the auxiliary grounding probe's weights, kept for an exact --resume
 
 
 @dataclass
@@ -47,6 +52,12 @@ def batch_indices(step: int, n: int, batch_size: int, seed: int, rank: int = 0, 
     return [int(i) % n for i in perm[start : start + batch_size].tolist()] or [int(perm[0])]
 
 
+def cpu_autocast_dtype() -> torch.dtype | None:
+    """bfloat16 where this CPU multiplies it natively (AVX512-BF16 / AMX: about 2.5x fp32's matmul speed
+    on the tiny models), else None (emulated bfloat16 is slower than fp32)."""
+    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+
+
 def _rng_state() -> dict[str, Any]:
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -62,12 +73,14 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(agent: VLAAgent, out_dir: Path, trainer_state: dict[str, Any]) -> Path:
-    """`out_dir/checkpoint/`: the agent plus trainer_state.pt, swapped into place atomically."""
+def save_checkpoint(agent: VLAAgent, out_dir: Path, trainer_state: dict[str, Any], probe: TargetProbe | None = None) -> Path:
+    """`out_dir/checkpoint/`: the agent plus trainer_state.pt (and the auxiliary probe), swapped into place atomically."""
 
     def write(folder: Path) -> None:
         agent.save_pretrained(folder)
         torch.save(trainer_state, folder / TRAINER_STATE)
+        if probe is not None:
+            save_file({k: v.detach().contiguous() for k, v in probe.state_dict().items()}, str(folder / AUX_PROBE))
 
     return write_checkpoint(out_dir, write)
 
@@ -88,11 +101,18 @@ def train_bc(
     eval_fn: Callable[[VLAAgent, int], dict[str, float]] | None = None,
     eval_every: int = 0,
     progress: bool = True,
+    mixed_precision: str | None = None,
 ) -> BCResult:
-    """Train `policy` on demonstration files; the final agent is written to `out_dir`."""
+    """Train `policy` on demonstration files; the final agent is written to `out_dir`.
+    `mixed_precision`: "bf16" or "no"; None picks bf16 on a GPU or a CPU that multiplies bf16 natively."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
+    if mixed_precision not in (None, "bf16", "no"):
+        raise ValueError(f"mixed_precision must be 'bf16', 'no' or None (automatic), got {mixed_precision!r}")
+    cuda = torch.cuda.is_available()
+    accelerator = Accelerator(mixed_precision="no" if mixed_precision == "no" or not cuda else "bf16")
+    # on a CPU, autocast directly: accelerate's process-wide state would pin one precision per process
+    cpu_bf16 = not cuda and mixed_precision != "no" and cpu_autocast_dtype() is not None
     checkpoint = out_dir / CHECKPOINT
     resuming = resume and (checkpoint / TRAINER_STATE).is_file()
 
@@ -110,7 +130,17 @@ def train_bc(
     lr = lr if lr is not None else recipe["lr"]
     warmup_steps = warmup_steps if warmup_steps is not None else recipe["warmup_steps"]
 
-    params = [p for p in agent.model.parameters() if p.requires_grad]
+    probe = None
+    if recipe.get("aux_target_weight", 0.0) > 0:
+        if not dataset.has_target:
+            lacking = [str(p) for p in data if not DemoDataset([p], chunk_size=1).has_target]
+            raise ValueError(f"recipe key aux_target_weight={recipe['aux_target_weight']} needs demonstrations that record the "
+                             f"named cube (obs {'/'.join(PRIVILEGED_OBS)}, written by `vla-agents collect` on the embedded suite); "
+                             f"{', '.join(lacking)} do not. Collect them again, or set aux_target_weight to 0")
+        probe = TargetProbe(agent.model.backbone.dim, len(agent.views))
+        if resuming and (checkpoint / AUX_PROBE).is_file():
+            probe.load_state_dict(load_file(str(checkpoint / AUX_PROBE)))
+    params = [p for p in agent.model.parameters() if p.requires_grad] + (list(probe.parameters()) if probe else [])
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=recipe.get("weight_decay", 0.0))
     scheduler = get_cosine_schedule_with_warmup(optimizer, warmup_steps, steps)
     start = 0
@@ -135,14 +165,20 @@ def train_bc(
             model.train()
             idx = batch_indices(step, len(dataset), batch_size, seed, accelerator.process_index, accelerator.num_processes)
             batch = agent.collate([dataset[i] for i in idx], train=True)
-            with accelerator.autocast():
-                loss = action_loss(model(batch).actions.float(), batch["actions"], batch["action_is_pad"], agent.model.loss_kind)
+            with accelerator.autocast(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=cpu_bf16):
+                out = model(batch)
+            loss = action_loss(out.actions.float(), batch["actions"], batch["action_is_pad"], agent.model.loss_kind)
+            terms = {}
+            if probe is not None:
+                aux, terms = target_loss(probe, out.features, batch)
+                terms["action_loss"] = loss.item()
+                loss = loss + recipe["aux_target_weight"] * aux
             accelerator.backward(loss)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
 
-            record = {"step": step + 1, "loss": loss.item(), "lr": scheduler.get_last_lr()[0]}
+            record = {"step": step + 1, "loss": loss.item(), **terms, "lr": scheduler.get_last_lr()[0]}
             sps = len(idx) * accelerator.num_processes / (time.perf_counter() - tic)
             if eval_fn is not None and eval_every and (step + 1) % eval_every == 0:
                 record.update(eval_fn(agent, step + 1))
@@ -152,7 +188,7 @@ def train_bc(
                 save_checkpoint(agent, out_dir, {
                     "step": step + 1, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "rng": _rng_state(), "seed": seed, "batch_size": batch_size,
-                })
+                }, probe)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         agent.save_pretrained(out_dir)

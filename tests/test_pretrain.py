@@ -1,0 +1,158 @@
+"""The tiny VLM pretraining stage: a backbone folder that recipes load by path, and grounded BC from it."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from vla_agents.agent import load_agent, make_agent
+from vla_agents.data.hdf5 import DemoWriter
+from vla_agents.models.backbones import build_byte_tokenizer, build_word_tokenizer
+from vla_agents.policies import list_policies, load_recipe
+from vla_agents.sim.corpus import generate_corpus
+from vla_agents.train.bc import train_bc
+from vla_agents.train.pretrain import pretrain_backbone
+
+SMALL = dict(image_size=64, vit_depth=1, llm_layers=2)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("corpus") / "c.hdf5"
+    generate_corpus(path, scenes=8, seed=0, image_size=64, questions_per_scene=4, progress=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def backbone(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("pretrained")
+    return pretrain_backbone(corpus, out, steps=4, batch_size=4, overrides=SMALL, save_every=0, progress=False).folder
+
+
+@pytest.fixture(scope="module")
+def demos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two 64 px episodes that record the named cube (target_pos, target_uv), as embedded collections do."""
+    path = tmp_path_factory.mktemp("demos") / "pick.hdf5"
+    rng = np.random.default_rng(0)
+    with DemoWriter(path, instruction="pick up the blue cube") as writer:
+        for _ in range(2):
+            T = 12
+            obs = {"agentview_rgb": rng.integers(0, 255, (T, 64, 64, 3), dtype=np.uint8),
+                   "eye_in_hand_rgb": rng.integers(0, 255, (T, 64, 64, 3), dtype=np.uint8),
+                   "ee_pos": rng.normal(size=(T, 3)), "ee_ori": np.zeros((T, 3)), "gripper_states": np.zeros((T, 2)),
+                   "joint_states": np.zeros((T, 7)), "target_pos": rng.normal(size=(T, 3)),
+                   "target_uv": rng.uniform(size=(T, 2, 2))}
+            writer.add_episode(rng.uniform(-1, 1, (T, 7)), obs)
+    return path
+
+
+def test_word_tokenizer_makes_each_colour_word_one_token(backbone: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(backbone / "tokenizer"))
+    for colour in ("red", "green", "blue", "maroon", "teal"):
+        ids = tok(f"pick up the {colour} cube", add_special_tokens=False)["input_ids"]
+        assert len(ids) == 5 and tok.convert_ids_to_tokens(ids[3]) == colour
+    assert tok("Pick up the RED cube.", add_special_tokens=False)["input_ids"][:5] == \
+        tok("pick up the red cube", add_special_tokens=False)["input_ids"]
+    assert tok.unk_token_id not in tok("what action should the robot take to pick up the cube?", add_special_tokens=False)["input_ids"]
+
+
+def test_backbone_round_trip_gives_identical_outputs(backbone: Path) -> None:
+    agent = make_agent("oft", "tiny", backbone_path=str(backbone), **SMALL)
+    saved = load_file(str(backbone / "vision.safetensors"))
+    for name, value in agent.model.backbone.vision.state_dict().items():
+        assert torch.equal(value, saved[f"vision.{name}"]), name
+    llm = load_file(str(backbone / "llm" / "model.safetensors"))
+    ours = agent.model.backbone.llm.model.state_dict()
+    assert set(llm) == set(ours) and all(torch.equal(ours[k], v) for k, v in llm.items())
+    # a second load gives the same backbone function
+    twin = make_agent("oft", "tiny", backbone_path=str(backbone), **SMALL)
+    ids = torch.tensor([agent.prompt_ids("pick up the red cube")])
+    images = torch.rand(1, 2, 3, 64, 64)
+    slots = torch.zeros(1, 3, agent.model.backbone.dim)
+    a = agent.model.backbone(images, ids, torch.ones_like(ids), slots).hidden_states[-1]
+    b = twin.model.backbone(images, ids, torch.ones_like(ids), slots).hidden_states[-1]
+    assert torch.equal(a, b)
+
+
+def test_bc_from_a_pretrained_backbone_starts_from_its_weights(backbone: Path, demos: Path, tmp_path: Path) -> None:
+    result = train_bc("oft", [demos], steps=1, out_dir=tmp_path, lr=0.0, warmup_steps=0, batch_size=2,
+                      overrides={**SMALL, "backbone_path": str(backbone)}, progress=False)
+    assert {"aux_offset", "aux_cell", "action_loss"} <= set(result.history[0])
+    agent = load_agent(tmp_path)  # the saved agent carries the backbone's weights and tokenizer
+    llm = load_file(str(backbone / "llm" / "model.safetensors"))
+    ours = agent.model.backbone.llm.model.state_dict()
+    assert all(torch.equal(ours[k], v) for k, v in llm.items())
+    assert agent.prompt_ids("pick up the red cube") == make_agent(
+        "oft", "tiny", backbone_path=str(backbone), **SMALL).prompt_ids("pick up the red cube")
+
+
+def test_pretraining_resumes_exactly(corpus: Path, tmp_path: Path) -> None:
+    straight = pretrain_backbone(corpus, tmp_path / "a", steps=4, batch_size=4, overrides=SMALL, save_every=0, progress=False)
+    # a run whose last checkpoint is at step 2 (as if killed after it) resumes there and ends where the straight run does
+    pretrain_backbone(corpus, tmp_path / "b", steps=4, batch_size=4, overrides=SMALL, save_every=2, progress=False)
+    resumed = pretrain_backbone(corpus, tmp_path / "b", steps=4, batch_size=4, overrides=SMALL, save_every=2,
+                                resume=True, progress=False)
+    a, b = (load_file(str(r.folder / "llm" / "model.safetensors")) for r in (straight, resumed))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["step"] for r in resumed.history] == [1, 2, 3, 4]
+    with pytest.raises(ValueError, match="seed=0.*this run asks for seed=1"):
+        pretrain_backbone(corpus, tmp_path / "b", steps=4, batch_size=4, overrides=SMALL, seed=1, resume=True, progress=False)
+
+
+def test_missing_backbone_fails_before_training(demos: Path, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no backbone folder at .*nowhere.*vla-agents pretrain"):
+        train_bc("oft", [demos], steps=1, out_dir=tmp_path, overrides={**SMALL, "backbone_path": str(tmp_path / "nowhere")},
+                 progress=False)
+    assert not (tmp_path / "model.safetensors").exists()
+
+
+def test_backbone_of_another_architecture_is_named(backbone: Path) -> None:
+    with pytest.raises(ValueError, match="vit_dim: recipe 64, backbone 128"):
+        make_agent("oft", "tiny", backbone_path=str(backbone), **{**SMALL, "vit_dim": 64})
+    with pytest.raises(ValueError, match="llm_layers: recipe 4, llm/config.json num_hidden_layers 2"):
+        make_agent("oft", "tiny", backbone_path=str(backbone), **{**SMALL, "llm_layers": 4})
+
+
+def test_truncated_or_foreign_backbone_files_are_named(backbone: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(backbone, broken)
+    weights = broken / "vision.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="broken/vision.safetensors"):
+        make_agent("oft", "tiny", backbone_path=str(broken), **SMALL)
+    foreign = tmp_path / "foreign"
+    shutil.copytree(backbone, foreign)
+    shutil.rmtree(foreign / "tokenizer")
+    build_byte_tokenizer().save_pretrained(str(foreign / "tokenizer"))  # 258 tokens for an LLM trained on fewer
+    with pytest.raises(ValueError, match="another tokenizer than the one the model was trained with"):
+        make_agent("oft", "tiny", backbone_path=str(foreign), **SMALL)
+    (foreign / "backbone.json").write_text('{"format": "something-else"}')
+    with pytest.raises(ValueError, match="expected 'vla-agents-backbone'"):
+        make_agent("oft", "tiny", backbone_path=str(foreign), **SMALL)
+
+
+def test_auxiliary_loss_is_off_at_paper_scale_and_needs_recorded_targets(tmp_path: Path) -> None:
+    assert all(load_recipe(p, "paper")["aux_target_weight"] == 0.0 for p in list_policies())
+    assert all(load_recipe(p, "tiny")["aux_target_weight"] > 0 for p in list_policies())
+    plain = tmp_path / "plain.hdf5"
+    rng = np.random.default_rng(0)
+    with DemoWriter(plain, instruction="pick up the cube") as writer:
+        obs = {"agentview_rgb": rng.integers(0, 255, (4, 64, 64, 3), dtype=np.uint8),
+               "eye_in_hand_rgb": rng.integers(0, 255, (4, 64, 64, 3), dtype=np.uint8),
+               "ee_pos": np.zeros((4, 3)), "ee_ori": np.zeros((4, 3)), "gripper_states": np.zeros((4, 2)),
+               "joint_states": np.zeros((4, 7))}
+        writer.add_episode(np.zeros((4, 7)), obs)
+    with pytest.raises(ValueError, match="plain.hdf5 do not"):
+        train_bc("oft", [plain], steps=1, out_dir=tmp_path / "out", overrides=SMALL, progress=False)
+
+
+def test_word_tokenizer_unknown_words() -> None:
+    tok = build_word_tokenizer(["pick", "up", "the", "cube"])
+    assert tok.convert_ids_to_tokens(tok("pick up the purple cube", add_special_tokens=False)["input_ids"]) == \
+        ["pick", "up", "the", "<unk>", "cube"]

@@ -1,0 +1,47 @@
+"""Behaviour cloning's auxiliary grounding loss: say where the named cube is from the policy's own features.
+
+A few hundred demonstrations say "pick up the blue cube" too rarely for the action loss alone to teach a
+tiny policy which cube the colour word names (benchmarks/README.md). The simulator knows: the embedded
+demonstrations record the named cube's position, so a small probe on the policy's pooled action features
+(`PolicyOutput.features`) predicts its offset from the gripper and its patch in each view, and that
+gradient makes the features the action head reads carry the target. Training only: the probe is not part
+of the saved agent. Recipe key `aux_target_weight` (tiny recipes on, paper recipes 0: their pretrained VLM
+already grounds, and real datasets do not record object positions).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vla_agents.models.grounding import OFFSET_UNIT
+
+GRID = 8  # the probe's cell grid per view, whatever the policy's patch grid
+
+
+class TargetProbe(nn.Module):
+    def __init__(self, dim: int, num_views: int) -> None:
+        super().__init__()
+        self.num_views = num_views
+        self.offset = nn.Linear(dim, 3)
+        self.cells = nn.Linear(dim, num_views * (GRID * GRID + 1))
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, d) -> offset from the gripper (B, 3) in OFFSET_UNIT, cell logits (B, V, GRID^2 + 1: last = not in view)."""
+        return self.offset(features), self.cells(features).view(len(features), self.num_views, -1)
+
+
+def target_cells(uv: torch.Tensor) -> torch.Tensor:
+    """uv fractions of the crop (B, V, 2) -> row-major cell of the GRID x GRID map, GRID^2 where outside."""
+    inside = (uv >= 0).all(-1) & (uv < 1).all(-1)
+    col, row = (uv.clamp(0, 1 - 1e-6) * GRID).long().unbind(-1)
+    return torch.where(inside, row * GRID + col, GRID * GRID)
+
+
+def target_loss(probe: TargetProbe, features: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    """Squared offset error (in tenths of a metre) plus each view's cell cross-entropy."""
+    offset, logits = probe(features.float())
+    offset_err = (offset - batch["target_offset"] / OFFSET_UNIT).square().sum(-1).mean()
+    cells = target_cells(batch["target_uv"])
+    cell_ce = F.cross_entropy(logits.flatten(0, 1), cells.flatten())
+    return offset_err + cell_ce, {"aux_offset": offset_err.item(), "aux_cell": cell_ce.item()}
