@@ -65,6 +65,8 @@ def test_questions_are_answered_from_the_scene_state() -> None:
         seen.add(QUESTION_KINDS[kind])
         if QUESTION_KINDS[kind] == "locate":
             assert present[obj] and (objects[obj] in text or text in ("pick up the cube", "where is the cube"))
+            if text.startswith("put the "):  # "put A on B" is answered by A, the cube to pick up
+                assert text.split()[2] == objects[obj]
         elif QUESTION_KINDS[kind] == "nearest":
             assert obj == answer == 2
         else:

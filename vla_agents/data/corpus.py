@@ -40,7 +40,7 @@ QUESTION_KINDS = ("locate", "nearest", "exists")
 # selects a cube in pretraining is the one that selects it in behaviour cloning.
 LOCATE_TEMPLATES = (
     "where is the {c} cube", "find the {c} cube", "point to the {c} cube", "pick up the {c} cube",
-    "put the {c} cube on the {o} cube", "put the {o} cube on the {c} cube",
+    "put the {c} cube on the {o} cube", "put the {o} cube on the {c} cube",  # both answered by the cube to move
 )
 LOCATE_ONLY_CUBE = ("pick up the cube", "where is the cube")  # scenes with exactly one cube
 NEAREST_TEMPLATES = ("what colour is the cube nearest the gripper", "which cube is closest to the gripper")
@@ -187,9 +187,11 @@ def make_questions(rng: np.random.Generator, objects: list[str], kinds: dict[str
                 continue
             i = int(rng.choice(here))
             templates = LOCATE_TEMPLATES if len(here) > 1 else LOCATE_TEMPLATES[:4]
-            other = objects[int(rng.choice([j for j in here if j != i]))] if len(here) > 1 else ""
-            text = str(rng.choice(templates)).format(c=objects[i], o=other)
-            questions.append((text, 0, i, -1))
+            j = int(rng.choice([k for k in here if k != i])) if len(here) > 1 else -1
+            template = str(rng.choice(templates))
+            text = template.format(c=objects[i], o=objects[j] if j >= 0 else "")
+            # "put A on B" asks for A, the cube to pick, whichever of the two was drawn first
+            questions.append((text, 0, j if template.startswith("put the {o}") else i, -1))
         elif kind == 1:
             nearest = here[int(np.argmin(np.linalg.norm(pos[here] - eef_pos, axis=1)))]
             questions.append((str(rng.choice(NEAREST_TEMPLATES)), 1, nearest, nearest))
