@@ -24,7 +24,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from vla_agents.data.images import crop_resize, uv_in_crop
 from vla_agents.data.normalization import NormStats
-from vla_agents.models.backbone_folder import resolve_backbone_path
+from vla_agents.models.backbone_folder import resolve_shipped_path
 from vla_agents.models.backbones import build_byte_tokenizer, left_padded
 from vla_agents.models.dtp import DTP, DTPPolicy
 from vla_agents.policies import (
@@ -47,10 +47,12 @@ def make_adapter(name: str) -> Any:
 
 def make_tokenizer(recipe: dict[str, Any]) -> PreTrainedTokenizerBase:
     """The recipe's tokenizer: its own path, the pretrained backbone's, the LLM's, or the byte-level one."""
-    path = recipe.get("tokenizer_path")
-    if not path and recipe.get("backbone_path"):
-        path = resolve_backbone_path(recipe["backbone_path"]) / "tokenizer"
-    path = path or recipe.get("llm_path")
+    if recipe.get("tokenizer_path"):
+        path = resolve_shipped_path(recipe["tokenizer_path"])
+    elif recipe.get("backbone_path"):
+        path = resolve_shipped_path(recipe["backbone_path"]) / "tokenizer"
+    else:
+        path = recipe.get("llm_path")
     return AutoTokenizer.from_pretrained(str(path)) if path else build_byte_tokenizer()
 
 

@@ -29,9 +29,9 @@ LLM_KEYS = {"llm_dim": "hidden_size", "llm_layers": "num_hidden_layers", "llm_he
             "llm_kv_heads": "num_key_value_heads", "llm_intermediate": "intermediate_size"}
 
 
-def resolve_backbone_path(value: str | Path) -> Path:
+def resolve_shipped_path(value: str | Path) -> Path:
     """An absolute path, a path from the working directory, or a name under the package's `policies/`
-    folder (where the shipped `backbones/` live), in that order."""
+    folder (where the shipped `backbones/` live), in that order: recipes name shipped folders portably."""
     path = Path(value)
     if path.is_absolute() or path.exists():
         return path
