@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pretrain", help="pretrain a tiny recipe's ViT and LLM on a grounding corpus -> a backbone folder")
     p.add_argument("--corpus", required=True, help="grounding corpus file (`vla-agents corpus`)")
-    p.add_argument("--out", required=True, help="output folder; the backbone is written to OUT/backbone")
+    p.add_argument("--out", required=True, help="the backbone folder to write (a recipe's backbone_path)")
     p.add_argument("--base", default="oft-tiny", help="the tiny recipe whose backbone architecture is pretrained")
     p.add_argument("--tokenizer", choices=["word", "byte"], default="word")
     p.add_argument("--steps", type=int, default=12000)

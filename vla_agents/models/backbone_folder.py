@@ -91,7 +91,8 @@ def load_vision_weights(folder: Path, vision: nn.Module, projector: nn.Module) -
 
 def save_backbone(folder: str | Path, vision: nn.Module, projector: nn.Module, llm: nn.Module, tokenizer: Any,
                   architecture: dict[str, Any], provenance: dict[str, Any]) -> Path:
-    """Write a backbone folder atomically (a temp folder beside it, renamed into place)."""
+    """Write a backbone folder atomically (a temp folder beside it, swapped into place); other entries of an
+    existing folder (a pretraining checkpoint/, its log) are kept."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
@@ -105,8 +106,15 @@ def save_backbone(folder: str | Path, vision: nn.Module, projector: nn.Module, l
         info = {"format": FORMAT, "version": VERSION, "architecture": architecture, **provenance}
         (tmp / "backbone.json").write_text(json.dumps(info, indent=2))
         if folder.exists():
-            shutil.rmtree(folder)
-        tmp.rename(folder)
+            for entry in folder.iterdir():
+                if not (tmp / entry.name).exists():
+                    entry.rename(tmp / entry.name)
+            old = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:8]}"
+            folder.rename(old)
+            tmp.rename(folder)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

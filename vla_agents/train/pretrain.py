@@ -127,7 +127,8 @@ def pretrain_backbone(
     overrides: dict[str, Any] | None = None, save_every: int = 500, eval_every: int = 0, resume: bool = False,
     progress: bool = True,
 ) -> PretrainResult:
-    """Pretrain `base`'s tiny backbone on a grounding corpus; write the backbone folder to `out_dir`."""
+    """Pretrain `base`'s tiny backbone on a grounding corpus; `out_dir` becomes the backbone folder (with the
+    resumable `checkpoint/` and `pretrain_log.jsonl` beside the backbone's files)."""
     for name, value in (("steps", steps), ("batch_size", batch_size)):
         if value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
@@ -188,9 +189,8 @@ def pretrain_backbone(
         "held_out_metrics": metrics,
     }
     bb = model.backbone
-    save_backbone(out_dir / "backbone", bb.vision, bb.projector, bb.llm.model, tok,
-                  {k: recipe[k] for k in VISION_KEYS}, provenance)
-    return PretrainResult(out_dir / "backbone", metrics, history)
+    save_backbone(out_dir, bb.vision, bb.projector, bb.llm.model, tok, {k: recipe[k] for k in VISION_KEYS}, provenance)
+    return PretrainResult(out_dir, metrics, history)
 
 
 def _save_checkpoint(out_dir: Path, model: GroundingModel, optimizer, scheduler, step: int, seed: int, tokenizer: str,
