@@ -30,6 +30,7 @@ def _vla_adapter(recipe: dict[str, Any], hf_configs: dict[str, Any] | None) -> n
         build_backbone(recipe, hf_configs), recipe["chunk"], recipe["action_dim"], recipe["proprio_dim"],
         num_action_queries=recipe["num_action_queries"], policy_heads=recipe["policy_heads"],
         gate_mode=recipe["gate_mode"], latent_noise_std=recipe["latent_noise_std"], attention_from=recipe["attention_from"],
+        variant=recipe.get("variant", "original"),  # recipes saved before the key existed were the original block
     )
 
 
