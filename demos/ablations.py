@@ -5,10 +5,12 @@
     python demos/ablations.py dtp --agents DIR [DIR ...] [--taus 0.25 0.5 ...] [--episodes E]
 
 Studies (issues 4 and 5):
-- focusvla, on embedded/pick_color and embedded/stack: (a) FocusVLA vs VLA-Adapter, success and the
-  training steps needed to reach 80% of the final success (periodic evaluation during training);
-  (b) FocusVLA components: mixed vs cascaded attention, top-K of the 128 patches, gate granularity;
-  (c) VAT with an action module in every ViT layer vs in the last layer only.
+- focusvla, on embedded/pick_color and embedded/stack: (a) FocusVLA vs VLA-Adapter-Pro (the baseline
+  of FocusVLA's tables), success and the training steps needed to reach 80% of the final success
+  (periodic evaluation during training); (b) FocusVLA's Tab. 2: VLA-Adapter's mixed attention vs the
+  cascade with no focus (its first two rows), then on the full model top-K of the 128 patches and
+  the gate's granularity (the "scalar" arm is VLA-Adapter's tanh(g), g = 0); (c) VAT with an action
+  module in every ViT layer vs in the last layer only.
 - deepvision, on embedded/lift_lookalikes: DeepVision vs its QwenVLA-OFT base (no vision expert),
   and with AGVP (action-guided pruning of the expert's tokens) on and off. The red cube among
   near-red look-alikes and clutter tests the paper's claim (finer visual grounding) with a fixed
@@ -95,8 +97,11 @@ class TrainingStudy:
     image_size: int  # camera px of the demonstrations and evaluation episodes
 
 
-# The reference arms pin the switches their ablations flip, so they do not drift with the recipes.
-FOCUSVLA = {"attention_mode": "cascaded", "topk": 64, "gate": "element"}  # top-64 of 2 views x 8x8 patches
+# The reference arms pin the switches their ablations flip, so they do not drift with the recipes, and
+# the switches issue 37 added, so runs recorded before it (other mechanisms) never pass for these arms.
+FOCUSVLA = {"layout": "pro", "focus_scores": "action_query", "attention_mode": "cascaded", "topk": 64, "gate": "element",
+            "visual_source": "raw"}  # top-64 of 2 views x 8x8 patches
+CASCADE_ONLY = FOCUSVLA | {"topk": None, "gate": "none", "visual_source": "vlm"}  # Tab. 2, second row: no focus
 DEEPVISION = {"coupled_layers": 2, "pruning": True}
 
 STUDIES = {
@@ -107,9 +112,11 @@ STUDIES = {
         variants=(
             # (a) and the reference of (b)
             Variant("focusvla", "focusvla", FOCUSVLA, baseline="vla_adapter"),
-            Variant("vla_adapter", "vla_adapter"),
-            # (b) one switch at a time
-            Variant("focusvla-mixed", "focusvla", FOCUSVLA | {"attention_mode": "mixed"}, baseline="focusvla"),
+            Variant("vla_adapter", "vla_adapter", {"variant": "pro"}),
+            # (b) Tab. 2's first two rows: VLA-Adapter-Pro's own (mixed) attention vs the bare cascade
+            Variant("focusvla-mixed", "focusvla", CASCADE_ONLY | {"attention_mode": "mixed"}, baseline="focusvla-cascade-only"),
+            Variant("focusvla-cascade-only", "focusvla", CASCADE_ONLY, baseline="focusvla"),
+            # then one switch at a time on the full model
             Variant("focusvla-topk-all", "focusvla", FOCUSVLA | {"topk": None}, baseline="focusvla"),
             Variant("focusvla-topk-32", "focusvla", FOCUSVLA | {"topk": 32}, baseline="focusvla"),
             Variant("focusvla-topk-96", "focusvla", FOCUSVLA | {"topk": 96}, baseline="focusvla"),

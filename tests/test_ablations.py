@@ -12,6 +12,7 @@ import pytest
 from scipy.stats import mannwhitneyu
 
 from vla_agents.agent import load_agent, make_agent
+from vla_agents.models.focusvla import FocusVLAPolicy
 from vla_agents.models.vla_adapter import VLAAdapterPolicy
 
 SCRIPT = Path(__file__).resolve().parents[1] / "demos" / "ablations.py"
@@ -27,11 +28,16 @@ TINY_DEEPVISION = {"image_size": 64, "vla_image_size": 32, "vit_depth": 1, "llm_
 def check_declared(agent, variant) -> None:
     """The built model has the switches the variant declares."""
     model, declared = agent.model, variant.overrides
-    if variant.policy == "focusvla":
-        for block in model.blocks:
-            assert (block.attention_mode, block.topk, block.gate_kind) == (declared["attention_mode"], declared["topk"], declared["gate"])
-    elif variant.policy == "vla_adapter":
+    if variant.policy == "focusvla" and declared["attention_mode"] == "mixed":  # Tab. 2's first row: VLA-Adapter-Pro itself
         assert isinstance(model, VLAAdapterPolicy)
+        assert {(b.variant, b.gate_mode) for b in model.blocks} == {("pro", "none" if declared["gate"] == "none" else "logit_scale")}
+    elif variant.policy == "focusvla":
+        assert isinstance(model, FocusVLAPolicy) and model.visual_source == declared["visual_source"]
+        for block in model.blocks:
+            assert (block.layout, block.focus_scores, block.topk, block.gate_kind) == (
+                declared["layout"], declared["focus_scores"], declared["topk"], declared["gate"])
+    elif variant.policy == "vla_adapter":
+        assert isinstance(model, VLAAdapterPolicy) and {b.variant for b in model.blocks} == {declared["variant"]}
     elif variant.policy == "vat":
         depth = model.backbone.depth
         assert sorted(map(int, model.action_blocks)) == (list(range(depth)) if declared["action_layers"] == "all" else [depth - 1])
@@ -95,8 +101,9 @@ def test_focusvla_study_micro_run_writes_results_and_resumes(tmp_path: Path, cap
     assert json.loads((tmp_path / "out" / "focusvla.json").read_text())["runs"] == saved["runs"]  # nothing trained
     mixed = next(r for r in saved["runs"] if r["variant"] == "focusvla-mixed")
     report = [line for line in (tmp_path / "out" / "focusvla.md").read_text().splitlines() if line.startswith("| ")]
-    assert report[1:] == [f"| focusvla-mixed | focusvla | attention_mode=mixed, topk=64, gate=element "
-                          f"| {mixed['num_parameters'] / 1e6:.2f} M | focusvla "
+    overrides = ", ".join(f"{k}={v}" for k, v in declared["focusvla-mixed"].overrides.items())
+    assert report[1:] == [f"| focusvla-mixed | focusvla | {overrides} "
+                          f"| {mixed['num_parameters'] / 1e6:.2f} M | focusvla-cascade-only "
                           f"| {mixed['success']:.1f} ({mixed['success']:.1f}) | {mixed['successes']}/1 | - | "
                           f"{ablations.format_cell([mixed['steps_to_80pc']], 0)} | 0 |"]  # its baseline was not run: no test
     with pytest.raises(SystemExit, match="does not exist"):
