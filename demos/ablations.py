@@ -9,8 +9,8 @@ Studies (issues 4 and 5):
   of FocusVLA's tables), success and the training steps needed to reach 80% of the final success
   (periodic evaluation during training); (b) FocusVLA's Tab. 2: VLA-Adapter's mixed attention vs the
   cascade with no focus (its first two rows), then on the full model top-K of the 128 patches and
-  the gate's granularity (the "scalar" arm is VLA-Adapter's tanh(g), g = 0); (c) VAT with an action
-  module in every ViT layer vs in the last layer only.
+  the gate's granularity (the "scalar" arm is VLA-Adapter's tanh(g), g = 0); (c) VAT with every
+  action module reading its own ViT layer vs every one reading the last layer (same depth).
 - deepvision, on embedded/lift_lookalikes: DeepVision vs its QwenVLA-OFT base (no vision expert),
   and with AGVP (action-guided pruning of the expert's tokens) on and off. The red cube among
   near-red look-alikes and clutter tests the paper's claim (finer visual grounding) with a fixed
@@ -102,6 +102,7 @@ class TrainingStudy:
 FOCUSVLA = {"layout": "pro", "focus_scores": "action_query", "attention_mode": "cascaded", "topk": 64, "gate": "element",
             "visual_source": "raw"}  # top-64 of 2 views x 8x8 patches
 CASCADE_ONLY = FOCUSVLA | {"topk": None, "gate": "none", "visual_source": "vlm"}  # Tab. 2, second row: no focus
+VAT = {"kv_norm": "vision"}
 DEEPVISION = {"coupled_layers": 2, "pruning": True}
 
 STUDIES = {
@@ -124,8 +125,8 @@ STUDIES = {
             Variant("focusvla-gate-scalar", "focusvla", FOCUSVLA | {"gate": "scalar"}, baseline="focusvla"),
             Variant("focusvla-gate-head", "focusvla", FOCUSVLA | {"gate": "head"}, baseline="focusvla"),
             # (c)
-            Variant("vat-all-layers", "vat", {"action_layers": "all"}),
-            Variant("vat-last-layer", "vat", {"action_layers": "last"}, baseline="vat-all-layers"),
+            Variant("vat-all-layers", "vat", VAT | {"action_layers": "all"}),
+            Variant("vat-last-layer", "vat", VAT | {"action_layers": "last"}, baseline="vat-all-layers"),
         ),
         image_size=128,
     ),

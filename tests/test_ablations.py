@@ -39,8 +39,8 @@ def check_declared(agent, variant) -> None:
     elif variant.policy == "vla_adapter":
         assert isinstance(model, VLAAdapterPolicy) and {b.variant for b in model.blocks} == {declared["variant"]}
     elif variant.policy == "vat":
-        depth = model.backbone.depth
-        assert sorted(map(int, model.action_blocks)) == (list(range(depth)) if declared["action_layers"] == "all" else [depth - 1])
+        assert len(model.action_blocks) == model.backbone.depth  # the last-layer arm keeps the depth
+        assert (model.action_layers, model.kv_norm) == (declared["action_layers"], declared["kv_norm"])
     elif variant.policy == "deepvision":
         backbone = model.backbone
         assert (backbone.expert is None) == (declared["coupled_layers"] == 0)
