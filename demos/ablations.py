@@ -12,10 +12,11 @@ Studies (issues 4 and 5):
   the gate's granularity (the "scalar" arm is VLA-Adapter's tanh(g), g = 0); (c) VAT with every
   action module reading its own ViT layer vs every one reading the last layer (same depth).
 - deepvision, on embedded/lift_lookalikes: DeepVision vs its QwenVLA-OFT base (no vision expert),
-  and with AGVP (action-guided pruning of the expert's tokens) on and off. The red cube among
-  near-red look-alikes and clutter tests the paper's claim (finer visual grounding) with a fixed
-  instruction; on pick_color_clutter every tiny policy sits near its pick_color floor (10-20%),
-  where three seeds cannot tell variants apart.
+  with AGVP (action-guided pruning of the expert's tokens) on and off, and AGVP guided by the
+  expert's CLS attention instead of the action tokens (the paper's guidance ablation). The red cube
+  among near-red look-alikes and clutter tests the paper's claim (finer visual grounding) with a
+  fixed instruction; on pick_color_clutter every tiny policy sits near its pick_color floor
+  (10-20%), where three seeds cannot tell variants apart.
 - dtp, on trained agents: success across a tau sweep vs the unwrapped policy and vs DTP's random-mask
   ablations, and the DTP paper's analysis: the share of action-to-vision attention outside DTP's
   important region, in failed vs successful episodes of the unwrapped policy (Mann-Whitney U).
@@ -103,7 +104,7 @@ FOCUSVLA = {"layout": "pro", "focus_scores": "action_query", "attention_mode": "
             "visual_source": "raw"}  # top-64 of 2 views x 8x8 patches
 CASCADE_ONLY = FOCUSVLA | {"topk": None, "gate": "none", "visual_source": "vlm"}  # Tab. 2, second row: no focus
 VAT = {"kv_norm": "vision"}
-DEEPVISION = {"coupled_layers": 2, "pruning": True}
+DEEPVISION = {"coupled_layers": 2, "pruning": True, "guidance": "action", "shared_attention": "joint", "expert_cls_token": True}
 
 STUDIES = {
     "focusvla": TrainingStudy(
@@ -132,12 +133,13 @@ STUDIES = {
     ),
     "deepvision": TrainingStudy(
         name="deepvision",
-        title="DeepVision-VLA vs its base, AGVP on/off, on the cluttered task (issue 5a)",
+        title="DeepVision-VLA vs its base, AGVP on/off and its guidance, on the cluttered task (issue 5a)",
         tasks=("embedded/lift_lookalikes",),
         variants=(
             Variant("deepvision", "deepvision", DEEPVISION, baseline="deepvision-base"),
             Variant("deepvision-base", "deepvision", DEEPVISION | {"coupled_layers": 0}),  # QwenVLA-OFT, no expert
             Variant("deepvision-no-agvp", "deepvision", DEEPVISION | {"pruning": False}, baseline="deepvision"),  # every expert token joins
+            Variant("deepvision-cls-guidance", "deepvision", DEEPVISION | {"guidance": "cls"}, baseline="deepvision"),
         ),
         image_size=192,  # the vision expert's resolution in deepvision-tiny.yaml
     ),

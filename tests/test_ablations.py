@@ -44,7 +44,8 @@ def check_declared(agent, variant) -> None:
     elif variant.policy == "deepvision":
         backbone = model.backbone
         assert (backbone.expert is None) == (declared["coupled_layers"] == 0)
-        assert backbone.pruning == declared["pruning"]
+        assert (backbone.pruning, backbone.guidance, backbone.shared_attention) == (
+            declared["pruning"], declared["guidance"], declared["shared_attention"])
     else:
         raise AssertionError(f"no check for {variant.policy}")
 
@@ -113,13 +114,13 @@ def test_focusvla_study_micro_run_writes_results_and_resumes(tmp_path: Path, cap
 def test_deepvision_study_micro_run(tmp_path: Path) -> None:
     budget = ablations.Budget(**MICRO | {"eval_every": 0}, overrides=TINY_DEEPVISION)  # the final evaluation only
     result = ablations.run_training_study(ablations.STUDIES["deepvision"], budget, [0], tmp_path / "out", data_dir=tmp_path / "data")
-    assert [r["variant"] for r in result["runs"]] == ["deepvision", "deepvision-base", "deepvision-no-agvp"]
+    assert [r["variant"] for r in result["runs"]] == ["deepvision", "deepvision-base", "deepvision-no-agvp", "deepvision-cls-guidance"]
     assert {r["task"] for r in result["runs"]} == {"embedded/lift_lookalikes"}
     declared = {v.name: v for v in ablations.STUDIES["deepvision"].variants}
     for run in result["runs"]:
         check_declared(load_agent(run["agent_dir"]), declared[run["variant"]])
     params = {r["variant"]: r["num_parameters"] for r in result["runs"]}
-    assert params["deepvision-base"] < params["deepvision"] == params["deepvision-no-agvp"]
+    assert params["deepvision-base"] < params["deepvision"] == params["deepvision-no-agvp"] == params["deepvision-cls-guidance"]
     assert "lift_lookalikes success %" in ablations.training_markdown(result, [0])
 
 
