@@ -27,8 +27,9 @@ episodes ended: `vla_agents.eval.outcomes`) and
 `--append-readout benchmarks/README.md` appends it there. Runs already in the JSON are skipped, so
 an interrupted study resumes where it stopped; `--report` trains nothing and writes the tables of the
 runs recorded so far (each variant against the arm the paper compares it with: pooled successes,
-Fisher exact test). Demonstrations come from `--data` (HDF5 written by
-`vla-agents collect`); tasks without a file get one collected with the scripted expert.
+Fisher exact test). Runs recorded under an earlier definition of their arm (other declared keys)
+count for neither. Demonstrations come from `--data` (HDF5 written by `vla-agents collect`); tasks
+without a file get one collected with the scripted expert.
 
 The default budget fits a 2-core CPU, one run at a time: a tiny policy trains at 1-2 steps/s
 (DeepVision 0.3-1) and a failed 120-step evaluation episode takes about 10 s, so one run of the
@@ -239,6 +240,11 @@ def variant_overrides(variant: Variant, shared: dict[str, Any]) -> dict[str, Any
     return {k: v for k, v in shared.items() if k in recipe} | variant.overrides
 
 
+def as_declared(run: dict[str, Any], variant: Variant | None) -> bool:
+    """Whether a recorded run trained the arm as declared now (every declared key, recorded alike)."""
+    return variant is not None and all(k in run["overrides"] and run["overrides"][k] == v for k, v in variant.overrides.items())
+
+
 def success_report(agent: Any, task: str, episodes: int, seed: int, budget: Budget, image_size: int) -> EvalReport:
     return evaluate(agent, partial(make_env, task, image_size=image_size), episodes, seed=seed, progress=False,
                     max_steps=budget.max_episode_steps, env_name=task)
@@ -343,7 +349,8 @@ def run_training_study(study: TrainingStudy, budget: Budget, seeds: Sequence[int
     files = prepare_data(tasks, data, budget.demos, image_size, data_dir)
     results = ResultsFile(out / f"{study.name}.json", study.name, asdict(budget))
     extra = {"title": study.title, "variants": [asdict(v) for v in study.variants], "data": {t: str(p) for t, p in files.items()}}
-    todo = [(v, t, s) for v in chosen for t in tasks for s in seeds if not results.find(variant=v.name, task=t, seed=s)]
+    todo = [(v, t, s) for v in chosen for t in tasks for s in seeds
+            if not any(as_declared(r, v) for r in results.runs if (r["variant"], r["task"], r["seed"]) == (v.name, t, s))]
     with progress_bar() as bar:
         overall = bar.add_task(study.name, total=len(todo) * budget.steps, status=f"{len(todo)} runs")
         for variant, task, seed in todo:
@@ -364,8 +371,9 @@ def run_training_study(study: TrainingStudy, budget: Budget, seeds: Sequence[int
 
 def recorded_study(study: TrainingStudy, out: Path, variants: Sequence[str] | None = None,
                    tasks: Sequence[str] | None = None) -> dict[str, Any]:
-    """The runs already in `<out>/<study>.json` (of the chosen variants and tasks), with the study's
-    variants as declared now, so tables of runs from several sessions come from one command."""
+    """The runs already in `<out>/<study>.json` (of the chosen variants and tasks) that trained their arm
+    as declared now, with the study's variants as declared now, so tables of runs from several sessions
+    come from one command; `left_out` counts, per variant, the runs of an earlier definition."""
     path = out / f"{study.name}.json"
     if not path.exists():
         raise SystemExit(f"--report needs the study's results, and {path} does not exist; pass the --out the runs used")
@@ -373,8 +381,14 @@ def recorded_study(study: TrainingStudy, out: Path, variants: Sequence[str] | No
     if unknown:
         raise ValueError(f"unknown variants {unknown} for {study.name}; declared: {[v.name for v in study.variants]}")
     saved = json.loads(path.read_text())
-    runs = [r for r in saved["runs"] if (variants is None or r["variant"] in variants) and (tasks is None or r["task"] in tasks)]
-    return saved | {"title": study.title, "variants": [asdict(v) for v in study.variants], "runs": runs}
+    chosen = [r for r in saved["runs"] if (variants is None or r["variant"] in variants) and (tasks is None or r["task"] in tasks)]
+    declared = {v.name: v for v in study.variants}
+    runs = [r for r in chosen if as_declared(r, declared.get(r["variant"]))]
+    left_out: dict[str, int] = {}
+    for r in chosen:
+        if r not in runs:
+            left_out[r["variant"]] = left_out.get(r["variant"], 0) + 1
+    return saved | {"title": study.title, "variants": [asdict(v) for v in study.variants], "runs": runs, "left_out": left_out}
 
 
 def pooled(runs: Sequence[dict[str, Any]]) -> tuple[int, int]:
@@ -425,6 +439,9 @@ def training_markdown(result: dict[str, Any], seeds: Sequence[int]) -> str:
               "Successes: final successes / final episodes over the seeds run. Vs baseline: both arms pooled over the seeds both ran, "
               "two-sided Fisher exact p. Steps to 80%: first periodic evaluation reaching 80% of the final success ('-': final success 0). "
               "Train min: training time per run without the evaluations, fastest-slowest (it depends on what else ran on the machine)."]
+    if result.get("left_out"):
+        lines += ["", "Left out, recorded under an earlier definition of their arm: "
+                  + ", ".join(f"{name} ({n} run{'s' * (n > 1)})" for name, n in result["left_out"].items()) + "."]
     return "\n".join(lines) + "\n"
 
 

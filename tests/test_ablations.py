@@ -110,6 +110,19 @@ def test_focusvla_study_micro_run_writes_results_and_resumes(tmp_path: Path, cap
     with pytest.raises(SystemExit, match="does not exist"):
         ablations.main(["focusvla", "--report", "--out", str(tmp_path / "elsewhere")])
 
+    # a run of an earlier definition of its arm (here: VLA-Adapter's original block) is left out and not reused
+    results = tmp_path / "out" / "focusvla.json"
+    stored = json.loads(results.read_text())
+    for run in stored["runs"]:
+        if run["variant"] == "vla_adapter":
+            run["overrides"] = {k: v for k, v in run["overrides"].items() if k != "variant"}
+    results.write_text(json.dumps(stored))
+    ablations.main(["focusvla", "--report", "--out", str(tmp_path / "out"), "--seeds", "0", "--variants", "vla_adapter"])
+    report = (tmp_path / "out" / "focusvla.md").read_text()
+    assert "| vla_adapter |" not in report and "earlier definition of their arm: vla_adapter (1 run)" in report
+    assert ablations.as_declared(stored["runs"][1], declared["focusvla-mixed"])
+    assert not ablations.as_declared(stored["runs"][0], declared["vla_adapter"])
+
 
 def test_deepvision_study_micro_run(tmp_path: Path) -> None:
     budget = ablations.Budget(**MICRO | {"eval_every": 0}, overrides=TINY_DEEPVISION)  # the final evaluation only
