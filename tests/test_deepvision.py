@@ -149,7 +149,8 @@ def test_agvp_drops_exactly_the_pruned_expert_tokens_from_later_layers(monkeypat
     torch.testing.assert_close(coupled[0][1], expected, rtol=0, atol=0)
     assert coupled[1][1].shape == (4, 5, 32)  # still CLS + K at the next coupled layer
     llm_tokens = out.hidden_states[0].shape[1]
-    assert [call[0].shape[2] for call in shared] == [llm_tokens] * 2 + [2 * 5 + llm_tokens] * 2  # 2 views x (CLS + K), then the LLM's
+    # two shallow layers on the LLM tokens, then 2 views x (CLS + K) expert tokens before them
+    assert [call[0].shape[2] for call in shared] == [llm_tokens] * 2 + [2 * 5 + llm_tokens] * 2
 
 
 def expert_states(model, batch, monkeypatch: pytest.MonkeyPatch) -> tuple[list[tuple], list[tuple]]:
@@ -225,7 +226,8 @@ def test_cls_guidance_keeps_the_top_k_of_the_experts_own_cls_attention(monkeypat
 
 
 def test_recipes_without_the_new_keys_load_the_one_way_expert_without_cls() -> None:
-    recipe = {k: v for k, v in make_agent("deepvision", **SMALL).recipe.items() if k not in ("shared_attention", "expert_cls_token")}
+    new_keys = ("shared_attention", "expert_cls_token")
+    recipe = {k: v for k, v in make_agent("deepvision", **SMALL).recipe.items() if k not in new_keys}
     from vla_agents.policies import build_model
 
     backbone = build_model(recipe).backbone

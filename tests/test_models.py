@@ -47,7 +47,8 @@ def reference_layer_outputs(model: nn.Module, b: dict[str, torch.Tensor]) -> lis
     outputs: list[torch.Tensor] = []
     handles = [layer.register_forward_hook(lambda m, args, out: outputs.append(out[0] if isinstance(out, tuple) else out))
                for layer in layers]
-    model.backbone(b["images"], b["input_ids"], b["attention_mask"], slots=model.action_queries.weight.expand(len(b["images"]), -1, -1))
+    slots = model.action_queries.weight.expand(len(b["images"]), -1, -1)
+    model.backbone(b["images"], b["input_ids"], b["attention_mask"], slots=slots)
     for handle in handles:
         handle.remove()
     return [*outputs[:-1], model.backbone.llm.model.norm(outputs[-1])]

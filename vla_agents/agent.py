@@ -338,7 +338,8 @@ def load_agent(path: str | Path, device: str | torch.device | None = None) -> VL
     tokenizer = AutoTokenizer.from_pretrained(str(path / "tokenizer"))
     agent = VLAAgent(model, tokenizer, recipe, stats, config.get("adapter", "libero"), config.get("overrides"))
     if config.get("lora"):
-        agent.enable_lora(config["lora"]["rank"], config["lora"]["alpha"], config["lora"].get("scope", "llm"))  # no scope: saved before issue 37
+        lora = config["lora"]
+        agent.enable_lora(lora["rank"], lora["alpha"], lora.get("scope", "llm"))  # no scope: saved before issue 37
     state = load_file(str(path / "model.safetensors"))
     expected = model.state_dict()
     bad = [f"{k}: weights {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
