@@ -5,15 +5,18 @@
     python demos/ablations.py dtp --agents DIR [DIR ...] [--taus 0.25 0.5 ...] [--episodes E]
 
 Studies (issues 4 and 5):
-- focusvla, on embedded/pick_color and embedded/stack: (a) FocusVLA vs VLA-Adapter, success and the
-  training steps needed to reach 80% of the final success (periodic evaluation during training);
-  (b) FocusVLA components: mixed vs cascaded attention, top-K of the 128 patches, gate granularity;
-  (c) VAT with an action module in every ViT layer vs in the last layer only.
+- focusvla, on embedded/pick_color and embedded/stack: (a) FocusVLA vs VLA-Adapter-Pro (the baseline
+  of FocusVLA's tables), success and the training steps needed to reach 80% of the final success
+  (periodic evaluation during training); (b) FocusVLA's Tab. 2: VLA-Adapter's mixed attention vs the
+  cascade with no focus (its first two rows), then on the full model top-K of the 128 patches and
+  the gate's granularity (the "scalar" arm is VLA-Adapter's tanh(g), g = 0); (c) VAT with every
+  action module reading its own ViT layer vs every one reading the last layer (same depth).
 - deepvision, on embedded/lift_lookalikes: DeepVision vs its QwenVLA-OFT base (no vision expert),
-  and with AGVP (action-guided pruning of the expert's tokens) on and off. The red cube among
-  near-red look-alikes and clutter tests the paper's claim (finer visual grounding) with a fixed
-  instruction; on pick_color_clutter every tiny policy sits near its pick_color floor (10-20%),
-  where three seeds cannot tell variants apart.
+  with AGVP (action-guided pruning of the expert's tokens) on and off, and AGVP guided by the
+  expert's CLS attention instead of the action tokens (the paper's guidance ablation). The red cube
+  among near-red look-alikes and clutter tests the paper's claim (finer visual grounding) with a
+  fixed instruction; on pick_color_clutter every tiny policy sits near its pick_color floor
+  (10-20%), where three seeds cannot tell variants apart.
 - dtp, on trained agents: success across a tau sweep vs the unwrapped policy and vs DTP's random-mask
   ablations, and the DTP paper's analysis: the share of action-to-vision attention outside DTP's
   important region, in failed vs successful episodes of the unwrapped policy (Mann-Whitney U).
@@ -24,8 +27,9 @@ episodes ended: `vla_agents.eval.outcomes`) and
 `--append-readout benchmarks/README.md` appends it there. Runs already in the JSON are skipped, so
 an interrupted study resumes where it stopped; `--report` trains nothing and writes the tables of the
 runs recorded so far (each variant against the arm the paper compares it with: pooled successes,
-Fisher exact test). Demonstrations come from `--data` (HDF5 written by
-`vla-agents collect`); tasks without a file get one collected with the scripted expert.
+Fisher exact test). Runs recorded under an earlier definition of their arm (other declared keys)
+count for neither. Demonstrations come from `--data` (HDF5 written by `vla-agents collect`); tasks
+without a file get one collected with the scripted expert.
 
 The default budget fits a 2-core CPU, one run at a time: a tiny policy trains at 1-2 steps/s
 (DeepVision 0.3-1) and a failed 120-step evaluation episode takes about 10 s, so one run of the
@@ -95,9 +99,13 @@ class TrainingStudy:
     image_size: int  # camera px of the demonstrations and evaluation episodes
 
 
-# The reference arms pin the switches their ablations flip, so they do not drift with the recipes.
-FOCUSVLA = {"attention_mode": "cascaded", "topk": 64, "gate": "element"}  # top-64 of 2 views x 8x8 patches
-DEEPVISION = {"coupled_layers": 2, "pruning": True}
+# The reference arms pin the switches their ablations flip, so they do not drift with the recipes, and
+# the switches issue 37 added, so runs recorded before it (other mechanisms) never pass for these arms.
+FOCUSVLA = {"layout": "pro", "focus_scores": "action_query", "attention_mode": "cascaded", "topk": 64, "gate": "element",
+            "visual_source": "raw"}  # top-64 of 2 views x 8x8 patches
+CASCADE_ONLY = FOCUSVLA | {"topk": None, "gate": "none", "visual_source": "vlm"}  # Tab. 2, second row: no focus
+VAT = {"kv_norm": "vision"}
+DEEPVISION = {"coupled_layers": 2, "pruning": True, "guidance": "action", "shared_attention": "joint", "expert_cls_token": True}
 
 STUDIES = {
     "focusvla": TrainingStudy(
@@ -107,9 +115,11 @@ STUDIES = {
         variants=(
             # (a) and the reference of (b)
             Variant("focusvla", "focusvla", FOCUSVLA, baseline="vla_adapter"),
-            Variant("vla_adapter", "vla_adapter"),
-            # (b) one switch at a time
-            Variant("focusvla-mixed", "focusvla", FOCUSVLA | {"attention_mode": "mixed"}, baseline="focusvla"),
+            Variant("vla_adapter", "vla_adapter", {"variant": "pro"}),
+            # (b) Tab. 2's first two rows: VLA-Adapter-Pro's own (mixed) attention vs the bare cascade
+            Variant("focusvla-mixed", "focusvla", CASCADE_ONLY | {"attention_mode": "mixed"}, baseline="focusvla-cascade-only"),
+            Variant("focusvla-cascade-only", "focusvla", CASCADE_ONLY, baseline="focusvla"),
+            # then one switch at a time on the full model
             Variant("focusvla-topk-all", "focusvla", FOCUSVLA | {"topk": None}, baseline="focusvla"),
             Variant("focusvla-topk-32", "focusvla", FOCUSVLA | {"topk": 32}, baseline="focusvla"),
             Variant("focusvla-topk-96", "focusvla", FOCUSVLA | {"topk": 96}, baseline="focusvla"),
@@ -117,19 +127,20 @@ STUDIES = {
             Variant("focusvla-gate-scalar", "focusvla", FOCUSVLA | {"gate": "scalar"}, baseline="focusvla"),
             Variant("focusvla-gate-head", "focusvla", FOCUSVLA | {"gate": "head"}, baseline="focusvla"),
             # (c)
-            Variant("vat-all-layers", "vat", {"action_layers": "all"}),
-            Variant("vat-last-layer", "vat", {"action_layers": "last"}, baseline="vat-all-layers"),
+            Variant("vat-all-layers", "vat", VAT | {"action_layers": "all"}),
+            Variant("vat-last-layer", "vat", VAT | {"action_layers": "last"}, baseline="vat-all-layers"),
         ),
         image_size=128,
     ),
     "deepvision": TrainingStudy(
         name="deepvision",
-        title="DeepVision-VLA vs its base, AGVP on/off, on the cluttered task (issue 5a)",
+        title="DeepVision-VLA vs its base, AGVP on/off and its guidance, on the cluttered task (issue 5a)",
         tasks=("embedded/lift_lookalikes",),
         variants=(
             Variant("deepvision", "deepvision", DEEPVISION, baseline="deepvision-base"),
             Variant("deepvision-base", "deepvision", DEEPVISION | {"coupled_layers": 0}),  # QwenVLA-OFT, no expert
             Variant("deepvision-no-agvp", "deepvision", DEEPVISION | {"pruning": False}, baseline="deepvision"),  # every expert token joins
+            Variant("deepvision-cls-guidance", "deepvision", DEEPVISION | {"guidance": "cls"}, baseline="deepvision"),
         ),
         image_size=192,  # the vision expert's resolution in deepvision-tiny.yaml
     ),
@@ -227,6 +238,11 @@ def variant_overrides(variant: Variant, shared: dict[str, Any]) -> dict[str, Any
         raise ValueError(f"--overrides {clash} would change what variant {variant.name!r} declares")
     recipe = load_recipe(variant.policy)
     return {k: v for k, v in shared.items() if k in recipe} | variant.overrides
+
+
+def as_declared(run: dict[str, Any], variant: Variant | None) -> bool:
+    """Whether a recorded run trained the arm as declared now (every declared key, recorded alike)."""
+    return variant is not None and all(k in run["overrides"] and run["overrides"][k] == v for k, v in variant.overrides.items())
 
 
 def success_report(agent: Any, task: str, episodes: int, seed: int, budget: Budget, image_size: int) -> EvalReport:
@@ -333,7 +349,8 @@ def run_training_study(study: TrainingStudy, budget: Budget, seeds: Sequence[int
     files = prepare_data(tasks, data, budget.demos, image_size, data_dir)
     results = ResultsFile(out / f"{study.name}.json", study.name, asdict(budget))
     extra = {"title": study.title, "variants": [asdict(v) for v in study.variants], "data": {t: str(p) for t, p in files.items()}}
-    todo = [(v, t, s) for v in chosen for t in tasks for s in seeds if not results.find(variant=v.name, task=t, seed=s)]
+    todo = [(v, t, s) for v in chosen for t in tasks for s in seeds
+            if not any(as_declared(r, v) for r in results.runs if (r["variant"], r["task"], r["seed"]) == (v.name, t, s))]
     with progress_bar() as bar:
         overall = bar.add_task(study.name, total=len(todo) * budget.steps, status=f"{len(todo)} runs")
         for variant, task, seed in todo:
@@ -354,8 +371,9 @@ def run_training_study(study: TrainingStudy, budget: Budget, seeds: Sequence[int
 
 def recorded_study(study: TrainingStudy, out: Path, variants: Sequence[str] | None = None,
                    tasks: Sequence[str] | None = None) -> dict[str, Any]:
-    """The runs already in `<out>/<study>.json` (of the chosen variants and tasks), with the study's
-    variants as declared now, so tables of runs from several sessions come from one command."""
+    """The runs already in `<out>/<study>.json` (of the chosen variants and tasks) that trained their arm
+    as declared now, with the study's variants as declared now, so tables of runs from several sessions
+    come from one command; `left_out` counts, per variant, the runs of an earlier definition."""
     path = out / f"{study.name}.json"
     if not path.exists():
         raise SystemExit(f"--report needs the study's results, and {path} does not exist; pass the --out the runs used")
@@ -363,8 +381,14 @@ def recorded_study(study: TrainingStudy, out: Path, variants: Sequence[str] | No
     if unknown:
         raise ValueError(f"unknown variants {unknown} for {study.name}; declared: {[v.name for v in study.variants]}")
     saved = json.loads(path.read_text())
-    runs = [r for r in saved["runs"] if (variants is None or r["variant"] in variants) and (tasks is None or r["task"] in tasks)]
-    return saved | {"title": study.title, "variants": [asdict(v) for v in study.variants], "runs": runs}
+    chosen = [r for r in saved["runs"] if (variants is None or r["variant"] in variants) and (tasks is None or r["task"] in tasks)]
+    declared = {v.name: v for v in study.variants}
+    runs = [r for r in chosen if as_declared(r, declared.get(r["variant"]))]
+    left_out: dict[str, int] = {}
+    for r in chosen:
+        if r not in runs:
+            left_out[r["variant"]] = left_out.get(r["variant"], 0) + 1
+    return saved | {"title": study.title, "variants": [asdict(v) for v in study.variants], "runs": runs, "left_out": left_out}
 
 
 def pooled(runs: Sequence[dict[str, Any]]) -> tuple[int, int]:
@@ -415,6 +439,9 @@ def training_markdown(result: dict[str, Any], seeds: Sequence[int]) -> str:
               "Successes: final successes / final episodes over the seeds run. Vs baseline: both arms pooled over the seeds both ran, "
               "two-sided Fisher exact p. Steps to 80%: first periodic evaluation reaching 80% of the final success ('-': final success 0). "
               "Train min: training time per run without the evaluations, fastest-slowest (it depends on what else ran on the machine)."]
+    if result.get("left_out"):
+        lines += ["", "Left out, recorded under an earlier definition of their arm: "
+                  + ", ".join(f"{name} ({n} run{'s' * (n > 1)})" for name, n in result["left_out"].items()) + "."]
     return "\n".join(lines) + "\n"
 
 

@@ -12,6 +12,7 @@ import pytest
 from scipy.stats import mannwhitneyu
 
 from vla_agents.agent import load_agent, make_agent
+from vla_agents.models.focusvla import FocusVLAPolicy
 from vla_agents.models.vla_adapter import VLAAdapterPolicy
 
 SCRIPT = Path(__file__).resolve().parents[1] / "demos" / "ablations.py"
@@ -27,18 +28,25 @@ TINY_DEEPVISION = {"image_size": 64, "vla_image_size": 32, "vit_depth": 1, "llm_
 def check_declared(agent, variant) -> None:
     """The built model has the switches the variant declares."""
     model, declared = agent.model, variant.overrides
-    if variant.policy == "focusvla":
-        for block in model.blocks:
-            assert (block.attention_mode, block.topk, block.gate_kind) == (declared["attention_mode"], declared["topk"], declared["gate"])
-    elif variant.policy == "vla_adapter":
+    if variant.policy == "focusvla" and declared["attention_mode"] == "mixed":  # Tab. 2's first row: VLA-Adapter-Pro itself
         assert isinstance(model, VLAAdapterPolicy)
+        gate_mode = "none" if declared["gate"] == "none" else "logit_scale"
+        assert {(b.variant, b.gate_mode) for b in model.blocks} == {("pro", gate_mode)}
+    elif variant.policy == "focusvla":
+        assert isinstance(model, FocusVLAPolicy) and model.visual_source == declared["visual_source"]
+        for block in model.blocks:
+            assert (block.layout, block.focus_scores, block.topk, block.gate_kind) == (
+                declared["layout"], declared["focus_scores"], declared["topk"], declared["gate"])
+    elif variant.policy == "vla_adapter":
+        assert isinstance(model, VLAAdapterPolicy) and {b.variant for b in model.blocks} == {declared["variant"]}
     elif variant.policy == "vat":
-        depth = model.backbone.depth
-        assert sorted(map(int, model.action_blocks)) == (list(range(depth)) if declared["action_layers"] == "all" else [depth - 1])
+        assert len(model.action_blocks) == model.backbone.depth  # the last-layer arm keeps the depth
+        assert (model.action_layers, model.kv_norm) == (declared["action_layers"], declared["kv_norm"])
     elif variant.policy == "deepvision":
         backbone = model.backbone
         assert (backbone.expert is None) == (declared["coupled_layers"] == 0)
-        assert backbone.pruning == declared["pruning"]
+        assert (backbone.pruning, backbone.guidance, backbone.shared_attention) == (
+            declared["pruning"], declared["guidance"], declared["shared_attention"])
     else:
         raise AssertionError(f"no check for {variant.policy}")
 
@@ -95,24 +103,39 @@ def test_focusvla_study_micro_run_writes_results_and_resumes(tmp_path: Path, cap
     assert json.loads((tmp_path / "out" / "focusvla.json").read_text())["runs"] == saved["runs"]  # nothing trained
     mixed = next(r for r in saved["runs"] if r["variant"] == "focusvla-mixed")
     report = [line for line in (tmp_path / "out" / "focusvla.md").read_text().splitlines() if line.startswith("| ")]
-    assert report[1:] == [f"| focusvla-mixed | focusvla | attention_mode=mixed, topk=64, gate=element "
-                          f"| {mixed['num_parameters'] / 1e6:.2f} M | focusvla "
+    overrides = ", ".join(f"{k}={v}" for k, v in declared["focusvla-mixed"].overrides.items())
+    assert report[1:] == [f"| focusvla-mixed | focusvla | {overrides} "
+                          f"| {mixed['num_parameters'] / 1e6:.2f} M | focusvla-cascade-only "
                           f"| {mixed['success']:.1f} ({mixed['success']:.1f}) | {mixed['successes']}/1 | - | "
                           f"{ablations.format_cell([mixed['steps_to_80pc']], 0)} | 0 |"]  # its baseline was not run: no test
     with pytest.raises(SystemExit, match="does not exist"):
         ablations.main(["focusvla", "--report", "--out", str(tmp_path / "elsewhere")])
 
+    # a run of an earlier definition of its arm (here: VLA-Adapter's original block) is left out and not reused
+    results = tmp_path / "out" / "focusvla.json"
+    stored = json.loads(results.read_text())
+    for run in stored["runs"]:
+        if run["variant"] == "vla_adapter":
+            run["overrides"] = {k: v for k, v in run["overrides"].items() if k != "variant"}
+    results.write_text(json.dumps(stored))
+    ablations.main(["focusvla", "--report", "--out", str(tmp_path / "out"), "--seeds", "0", "--variants", "vla_adapter"])
+    report = (tmp_path / "out" / "focusvla.md").read_text()
+    assert "| vla_adapter |" not in report and "earlier definition of their arm: vla_adapter (1 run)" in report
+    assert ablations.as_declared(stored["runs"][1], declared["focusvla-mixed"])
+    assert not ablations.as_declared(stored["runs"][0], declared["vla_adapter"])
+
 
 def test_deepvision_study_micro_run(tmp_path: Path) -> None:
     budget = ablations.Budget(**MICRO | {"eval_every": 0}, overrides=TINY_DEEPVISION)  # the final evaluation only
     result = ablations.run_training_study(ablations.STUDIES["deepvision"], budget, [0], tmp_path / "out", data_dir=tmp_path / "data")
-    assert [r["variant"] for r in result["runs"]] == ["deepvision", "deepvision-base", "deepvision-no-agvp"]
+    assert [r["variant"] for r in result["runs"]] == [v.name for v in ablations.STUDIES["deepvision"].variants]
+    assert [r["variant"] for r in result["runs"]][-1] == "deepvision-cls-guidance"
     assert {r["task"] for r in result["runs"]} == {"embedded/lift_lookalikes"}
     declared = {v.name: v for v in ablations.STUDIES["deepvision"].variants}
     for run in result["runs"]:
         check_declared(load_agent(run["agent_dir"]), declared[run["variant"]])
     params = {r["variant"]: r["num_parameters"] for r in result["runs"]}
-    assert params["deepvision-base"] < params["deepvision"] == params["deepvision-no-agvp"]
+    assert params["deepvision-base"] < params["deepvision"] == params["deepvision-no-agvp"] == params["deepvision-cls-guidance"]
     assert "lift_lookalikes success %" in ablations.training_markdown(result, [0])
 
 

@@ -1,4 +1,5 @@
-"""Policy models: shapes, OFT's zero action slots and single pass, VLA-Adapter's bridge gate."""
+"""Policy models: shapes, OFT's zero action slots and single pass, VLA-Adapter's bridge: which LLM
+layer and which features each block reads, the released Pro and original blocks, the gate."""
 from __future__ import annotations
 
 import math
@@ -7,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from vla_agents.models.blocks import action_loss
-from vla_agents.models.vla_adapter import BridgeAttention
+from vla_agents.models.blocks import action_loss, merge_heads, rotary, split_heads
+from vla_agents.models.vla_adapter import SOURCES, BridgeAttention
 from vla_agents.policies import build_model, load_recipe
 
 SMALL = dict(image_size=32, vit_depth=1, llm_layers=2)
@@ -25,6 +26,32 @@ def batch(b: int = 2, views: int = 2, size: int = 32, length: int = 7) -> dict[s
         "actions": torch.randn(b, 8, 7),
         "action_is_pad": torch.zeros(b, 8, dtype=torch.bool),
     }
+
+
+def record_block_inputs(monkeypatch: pytest.MonkeyPatch, cls: type[nn.Module]) -> list[tuple]:
+    """The positional arguments of every `cls.forward` call, in call order."""
+    calls, original = [], cls.forward
+
+    def spy(self, *args):
+        calls.append(args)
+        return original(self, *args)
+
+    monkeypatch.setattr(cls, "forward", spy)
+    return calls
+
+
+def reference_layer_outputs(model: nn.Module, b: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """What each Qwen2 decoder layer outputs (the last one after the final norm, as transformers'
+    hidden_states), caught by hooks on the layers themselves while the backbone runs."""
+    layers = model.backbone.llm.model.layers
+    outputs: list[torch.Tensor] = []
+    handles = [layer.register_forward_hook(lambda m, args, out: outputs.append(out[0] if isinstance(out, tuple) else out))
+               for layer in layers]
+    slots = model.action_queries.weight.expand(len(b["images"]), -1, -1)
+    model.backbone(b["images"], b["input_ids"], b["attention_mask"], slots=slots)
+    for handle in handles:
+        handle.remove()
+    return [*outputs[:-1], model.backbone.llm.model.norm(outputs[-1])]
 
 
 @pytest.mark.parametrize("policy", ["oft", "vla_adapter"])
@@ -92,19 +119,22 @@ def test_oft_zero_action_slots_and_one_forward(monkeypatch: pytest.MonkeyPatch) 
     assert (mask[1] < 0).sum() > 0  # padding is masked
 
 
-def _identity_bridge(dim: int, gate_mode: str) -> BridgeAttention:
-    block = BridgeAttention(dim, heads=1, gate_mode=gate_mode)
+def _identity_bridge(dim: int, gate_mode: str, variant: str) -> BridgeAttention:
+    block = BridgeAttention(dim, heads=1, gate_mode=gate_mode, variant=variant)
     with torch.no_grad():
-        for lin in (block.q, block.k, block.v, block.o, block.ffn):
-            lin.weight.copy_(torch.eye(dim))
-            lin.bias.zero_()
+        for lin in block.modules():
+            if isinstance(lin, nn.Linear):
+                lin.weight.copy_(torch.eye(dim))
+                lin.bias.zero_()
     return block
 
 
-def test_logit_scale_gate_zero_mean_pools_raw_vision_hand_checked() -> None:
+@pytest.mark.parametrize("variant", ["pro", "original"])
+def test_logit_scale_gate_zero_mean_pools_raw_vision_hand_checked(variant: str) -> None:
     """g=0: raw-vision logits are 0, so C^R is mean-pooled inside the shared softmax."""
     dim = 4
-    block = _identity_bridge(dim, "logit_scale")
+    block = _identity_bridge(dim, "logit_scale", variant)
+    assert block.gate.item() == 0.0
     x = torch.tensor([[[1.0, 0.0, 0.0, 0.0]]])  # T=1 at position 0: RoPE is the identity
     aq = torch.tensor([[[0.0, 2.0, 0.0, 0.0]]])  # one ActionQuery token, position 0
     raw = torch.randn(1, 3, dim)
@@ -123,9 +153,11 @@ def test_output_scale_gate_zero_removes_raw_vision() -> None:
     torch.manual_seed(0)
     block = BridgeAttention(16, heads=2, gate_mode="output_scale")
     x, aq = torch.randn(2, 8, 16), torch.randn(2, 5, 16)
-    out_a, _ = block(x, aq, torch.randn(2, 12, 16))
+    raw = torch.randn(2, 12, 16)
+    out_a, _ = block(x, aq, raw)
     out_b, _ = block(x, aq, torch.randn(2, 12, 16))
     assert torch.equal(out_a, out_b)  # tanh(0) = 0 multiplies the C^R attention output
+    assert not torch.allclose(out_a, block(x, torch.randn(2, 5, 16), raw)[0])  # the gate is on C^R, not on C^AQ
     with torch.no_grad():
         block.gate.fill_(0.5)
     out_c, _ = block(x, aq, torch.randn(2, 12, 16))
@@ -139,6 +171,63 @@ def test_logit_scale_gate_zero_keeps_raw_vision() -> None:
     out_a, _ = block(x, aq, torch.randn(2, 12, 16))
     out_b, _ = block(x, aq, torch.randn(2, 12, 16))
     assert not torch.allclose(out_a, out_b)  # mean-pooled, not removed
+
+
+def test_pro_block_hand_computed() -> None:
+    """Released MLPResNetBlock_Pro: one query projection, a key and a value projection per source, RoPE
+    on the queries and on each source's keys from position 0, tanh(g) on the raw-vision logits inside
+    one softmax, then x = ReLU(W_f LN(W_o o + x))."""
+    torch.manual_seed(0)
+    block = BridgeAttention(8, heads=2, gate_mode="logit_scale", variant="pro")
+    with torch.no_grad():
+        block.gate.fill_(0.7)
+    x, aq, raw = torch.randn(2, 3, 8), torch.randn(2, 4, 8), torch.randn(2, 5, 8)
+    q = rotary(split_heads(block.q(x), 2), torch.arange(3))
+    keys = [rotary(split_heads(block.k[s](t), 2), torch.arange(t.shape[1])) for s, t in zip(SOURCES, (x, aq, raw))]
+    values = [split_heads(block.v[s](t), 2) for s, t in zip(SOURCES, (x, aq, raw))]
+    logits = [q @ k.transpose(-1, -2) for k in keys]
+    logits[2] = math.tanh(0.7) * logits[2]
+    weights = (torch.cat(logits, dim=-1) / 2.0).softmax(dim=-1)  # head_dim 4
+    o = block.o(merge_heads(weights @ torch.cat(values, dim=2)))
+    expected = torch.relu(block.ffn(nn.functional.layer_norm(o + x, (8,), block.norm.weight, block.norm.bias)))
+    new_x, raw_weights = block(x, aq, raw)
+    torch.testing.assert_close(new_x, expected)
+    torch.testing.assert_close(raw_weights, weights[..., -5:])
+    original = BridgeAttention(8, heads=2, variant="original")
+    assert all(isinstance(getattr(original, n), nn.Linear) for n in "qkvo")
+    assert set(block.k) == set(block.v) == {"action", "query", "vision"}
+
+
+def test_gate_mode_none_leaves_the_raw_logits_unscaled() -> None:
+    torch.manual_seed(0)
+    ungated = BridgeAttention(16, heads=2, gate_mode="none")
+    assert not hasattr(ungated, "gate")
+    gated = BridgeAttention(16, heads=2, gate_mode="logit_scale")
+    gated.load_state_dict({**ungated.state_dict(), "gate": torch.full((1,), 20.0)})  # tanh(20) is 1.0 in float32
+    x, aq, raw = torch.randn(2, 8, 16), torch.randn(2, 5, 16), torch.randn(2, 12, 16)
+    assert torch.equal(ungated(x, aq, raw)[0], gated(x, aq, raw)[0])
+
+
+@pytest.mark.parametrize("variant", ["pro", "original"])
+def test_block_i_reads_llm_layer_i_plus_1_raw_vision_and_action_queries_in_their_roles(
+    variant: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Block i gets LLM layer i+1's hidden states (the released head's `h_t[:, i+1]`): at the visual
+    positions as the gated raw source, at the ActionQuery slots (+ the proprio token) as the other."""
+    torch.manual_seed(0)
+    model = build_model(load_recipe("vla_adapter", "tiny", {**SMALL, "llm_layers": 3, "variant": variant})).eval()
+    b = batch()
+    calls = record_block_inputs(monkeypatch, BridgeAttention)
+    layers = reference_layer_outputs(model, b)
+    model(b)
+    out = model.backbone(b["images"], b["input_ids"], b["attention_mask"], slots=model.action_queries.weight.expand(2, -1, -1))
+    visual = slice(out.visual["agentview"].start, out.visual["eye_in_hand"].stop)
+    assert len(calls) == 3 and all(blk.variant == variant for blk in model.blocks)
+    for i, (x, action_queries, raw, pruned) in enumerate(calls):
+        torch.testing.assert_close(raw, layers[i][:, visual])
+        torch.testing.assert_close(action_queries[:, :-1], layers[i][:, out.slots])
+        torch.testing.assert_close(action_queries[:, -1:], model.proprio_projector(b["proprio"]))
+        assert pruned is None
 
 
 def test_vla_adapter_queries_zero_init_and_latent_noise_train_only() -> None:

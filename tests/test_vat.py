@@ -1,4 +1,5 @@
-"""VAT: the mechanisms the paper relies on, not only shapes."""
+"""VAT: the mechanisms the paper and the released code rely on, not only shapes: FiLM on the query
+path only, keys/values through the pretrained ViT LayerNorm, the last-layer ablation at full depth."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,7 +10,10 @@ import yaml
 from transformers import Dinov2Config, Dinov2Model, SiglipVisionConfig, SiglipVisionModel
 
 from vla_agents.models.backbones import SIGLIP_MEAN, SIGLIP_STD, _normalize
+from vla_agents.models.blocks import merge_heads, split_heads
 from vla_agents.models.vat import ActionBlock, VATPolicy, build_vat
+
+from test_models import record_block_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 VIEWS = ["agentview", "eye_in_hand"]
@@ -80,9 +84,9 @@ def test_action_tokens_never_attend_to_each_other(policy: VATPolicy) -> None:
     assert torch.all(torch.diag(coupling) > 0)
 
     # the check has teeth: letting the same block also attend to the action tokens couples them
-    block = policy.action_blocks["0"]
+    block = policy.action_blocks[0]
     vision = torch.randn(1, 16, 32)
-    film = policy.films["0"](cond)
+    film = policy.films[0](cond)
     cross = token_coupling(lambda t: block(t, vision, film)[0], tokens)
     selfish = token_coupling(lambda t: block(t, torch.cat([vision, t], dim=1), film)[0], tokens)
     assert torch.all(off_diagonal(cross) == 0)
@@ -112,11 +116,32 @@ def test_zero_film_is_identity() -> None:
     assert not torch.allclose(block(tokens, vision, some)[0], block(tokens, vision, None)[0])
 
 
+@pytest.mark.parametrize("num_extra", [0, 1])
+def test_film_modulates_the_query_path_only_hand_computed(num_extra: int) -> None:
+    """Released block: act = act * (gamma + 1) + beta feeds norm1_act only; the residual adds the
+    attention output to the unmodulated tokens. A proprio token leading the stream is a key/value too."""
+    torch.manual_seed(0)
+    block = ActionBlock(32, 2, 2.0)
+    for p in block.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    tokens, vision = torch.randn(2, 6, 32), torch.randn(2, 16, 32)
+    gamma, beta = torch.randn(2, 1, 32), torch.randn(2, 1, 32)
+    attn = block.attn
+    query = block.norm1(tokens * (1 + gamma) + beta)
+    context = torch.cat([block.norm1(tokens[:, :num_extra]), vision], dim=1)
+    q, k, v = (split_heads(f(t), 2) for f, t in ((attn.q, query), (attn.k, context), (attn.v, context)))
+    weights = ((q @ k.transpose(-1, -2)) / 4.0).softmax(dim=-1)  # head_dim 16
+    after = tokens + attn.o(merge_heads(weights @ v))  # the residual keeps the unmodulated tokens
+    expected = after + block.mlp(block.norm2(after))
+    out, w = block(tokens, vision, (gamma, beta), num_extra)
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(w, weights)
+
+
 def amplify_film(model: VATPolicy) -> None:
     """At init FiLM and the queries are near zero (N(0, 0.02) weights), so attention is almost
     uniform whatever the query; enlarge them so the query path's effect rises above float noise."""
-    for i, film in model.films.items():
-        block = model.action_blocks[i]
+    for film, block in zip(model.films, model.action_blocks):
         for layer in (film.net[0], film.net[-1], block.attn.q, block.attn.k):
             torch.nn.init.normal_(layer.weight, std=0.3)
 
@@ -128,7 +153,7 @@ def test_task_id_conditions_through_film(policy: VATPolicy) -> None:
     amplify_film(policy)
     assert (policy.predict(batch).actions - policy.predict(other).actions).abs().max() > 1e-3
     # FiLM is the only path for the task: with zero modulation the task no longer matters
-    for film in policy.films.values():
+    for film in policy.films:
         torch.nn.init.zeros_(film.net[-1].weight)
         torch.nn.init.zeros_(film.net[-1].bias)
     assert torch.equal(policy.predict(batch).actions, policy.predict(other).actions)
@@ -147,11 +172,78 @@ def test_instruction_conditioning() -> None:
     torch.testing.assert_close(model.predict(batch).actions, model.predict(padded).actions)
 
 
-def test_last_layer_ablation_has_one_action_module() -> None:
-    model = build_vat(recipe(action_layers="last"))
-    assert set(model.action_blocks) == {"2"} and set(model.films) == {"2"}
-    model.predict(make_batch())
-    assert len(model.layer_attention) == 1
+def pretrained_look(model: VATPolicy) -> None:
+    """Fresh LayerNorms are all the identity; give the ViT's the non-trivial affines pretraining leaves."""
+    for layer in model.backbone.layers:
+        torch.nn.init.normal_(layer.norm1.weight, 1.0, 0.5)
+        torch.nn.init.normal_(layer.norm1.bias, 0.0, 0.5)
+
+
+def vision_block_inputs(model: VATPolicy, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """The input of every pretrained ViT block, caught by pre-hooks while the policy runs: (B*V, S, C)."""
+    inputs: list[torch.Tensor] = []
+    handles = [layer.register_forward_pre_hook(lambda m, args, kwargs: inputs.append(args[0] if args else kwargs["hidden_states"]),
+                                               with_kwargs=True) for layer in model.backbone.layers]
+    model.predict(batch)
+    for handle in handles:
+        handle.remove()
+    return inputs
+
+
+def test_keys_and_values_are_each_blocks_input_through_its_pretrained_layernorm(
+    policy: VATPolicy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`vat_modeling.py`: kv_act reads norm1_non_act(x), the ViT block's own (pretrained) norm1."""
+    pretrained_look(policy)
+    batch = make_batch()
+    blocks = vision_block_inputs(policy, batch)
+    calls = record_block_inputs(monkeypatch, ActionBlock)
+    policy.predict(batch)
+    assert len(calls) == len(blocks) == 3
+    for i, (tokens, vision, film, num_extra) in enumerate(calls):
+        norm = policy.backbone.layers[i].norm1
+        torch.testing.assert_close(vision, norm(blocks[i]).reshape(2, -1, 32), rtol=0, atol=0)
+        assert not torch.allclose(vision, policy.action_blocks[i].norm1(blocks[i]).reshape(2, -1, 32))
+
+
+def test_last_layer_ablation_keeps_the_depth_and_reads_the_second_to_last_layer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`actionmodule_modeling.py`: as many action blocks as VAT, each attending to vision_features[-2],
+    the output of the ViT's second-to-last block (its last block's input)."""
+    torch.manual_seed(0)
+    model = build_vat(recipe(action_layers="last")).eval()
+    pretrained_look(model)
+    full = build_vat(recipe())
+    assert len(model.action_blocks) == len(model.films) == 3
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in full.parameters())
+    batch = make_batch()
+    blocks = vision_block_inputs(model, batch)
+    assert len(blocks) == 2  # the last block itself is never run
+    calls = record_block_inputs(monkeypatch, ActionBlock)
+    model.predict(batch)
+    second_to_last = model.backbone.block(1, blocks[1])
+    features = model.backbone.layers[2].norm1(second_to_last).reshape(2, -1, 32)  # as the ViT's last block reads it
+    assert len(calls) == 3 and len(model.layer_attention) == 3
+    for i, (tokens, vision, film, num_extra) in enumerate(calls):
+        torch.testing.assert_close(vision, features, rtol=0, atol=0)
+        assert not torch.allclose(vision, model.action_blocks[i].norm1(second_to_last).reshape(2, -1, 32))
+
+
+def test_recipes_without_kv_norm_keep_the_action_layernorm_and_refuse_the_old_last_layer_arm(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Agents saved before issue 37 normalised keys/values with the action module's own norm1; their
+    last-layer arm was a single action block, which no longer fits, so it is refused."""
+    old = {k: v for k, v in recipe().items() if k != "kv_norm"}
+    model = build_vat(old).eval()
+    pretrained_look(model)
+    batch = make_batch()
+    blocks = vision_block_inputs(model, batch)
+    calls = record_block_inputs(monkeypatch, ActionBlock)
+    model.predict(batch)
+    for i, (tokens, vision, film, num_extra) in enumerate(calls):
+        torch.testing.assert_close(vision, model.action_blocks[i].norm1(blocks[i]).reshape(2, -1, 32), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="predates issue 37.*retrain it"):
+        build_vat({**old, "action_layers": "last"})
 
 
 def test_proprio_token_is_context_not_an_action_token() -> None:
@@ -185,7 +277,9 @@ def test_paper_scale_from_local_pretrained(kind: str, tmp_path: Path) -> None:
     paper.update(vision=kind, siglip_path=str(tmp_path), dinov2_path=str(tmp_path), image_size=32,
                  chunk=T, action_dim=A, film_hidden_mult=2)
     model = build_vat(paper).eval()
-    assert model.backbone.depth == 2 and set(model.action_blocks) == {"0", "1"}  # drop_last_blocks: 1
+    assert model.backbone.depth == 2 and len(model.action_blocks) == 2  # drop_last_blocks: 1
+    norm = model.backbone.attention_norm(0)
+    assert norm is (model.backbone.layers[0].layer_norm1 if kind == "siglip" else model.backbone.layers[0].norm1)
     batch = make_batch()
     out = model.predict(batch)
     assert out.actions.shape == (2, T, A) and out.attention["eye_in_hand"].shape == (2, 4, 4)

@@ -57,8 +57,12 @@ def make_tokenizer(recipe: dict[str, Any]) -> PreTrainedTokenizerBase:
 
 
 def lora_targets(module: nn.Module) -> list[str]:
-    """peft's "all-linear": every nn.Linear inside the language model."""
-    return sorted({name.split(".")[-1] for name, m in module.named_modules() if isinstance(m, nn.Linear)})
+    """peft's "all-linear" inside `module`: the full name of every nn.Linear (full names, so a Linear
+    called "0" in a Sequential never makes peft take "blocks.0" for one), except the projections
+    torch's MultiheadAttention holds (it reads their weights directly; SigLIP's unused pooling head)."""
+    inside_mha = [name for name, m in module.named_modules() if isinstance(m, nn.MultiheadAttention)]
+    return sorted(name for name, m in module.named_modules()
+                  if isinstance(m, nn.Linear) and not any(name.startswith(f"{mha}.") for mha in inside_mha))
 
 
 def preprocess_image(img: np.ndarray, recipe: dict[str, Any], train: bool) -> torch.Tensor:
@@ -197,22 +201,29 @@ class VLAAgent:
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.model.parameters() if p.requires_grad or not trainable_only)
 
-    def enable_lora(self, rank: int, alpha: int) -> None:
-        """LoRA (peft, gaussian init) on every linear layer of the language model; the LLM and the
-        vision towers are frozen, while action queries, heads and projectors stay trainable.
-        DeepVision's vision expert is not a tower here and stays trainable: its paper trains the
-        expert and its bridges end to end."""
+    def enable_lora(self, rank: int, alpha: int, scope: str = "vlm") -> None:
+        """LoRA (peft, gaussian init) on every linear layer of the whole VLM, as VLA-Adapter's
+        `finetune.py` does (`target_modules="all-linear"` on the VLA): the language model, the vision
+        towers and the projector, whose own weights are then frozen. Action queries, policy, heads and
+        the proprio projector stay fully trainable, and so do FiLM and DeepVision's vision expert and
+        bridges (its paper trains them end to end). scope="llm" is what agents saved before issue 37
+        used: LoRA on the language model only, the vision towers frozen, the projector fully trained."""
         from peft import LoraConfig, inject_adapter_in_model
 
+        if scope not in ("vlm", "llm"):
+            raise ValueError(f"LoRA scope must be 'vlm' or 'llm', got {scope!r}")
         backbone = self.model.backbone
-        config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, init_lora_weights="gaussian",
-                            target_modules=lora_targets(backbone.llm.model))
-        inject_adapter_in_model(config, backbone.llm.model)
-        for name, p in backbone.llm.named_parameters():
-            p.requires_grad = "lora_" in name
-        for p in backbone.vision.parameters():
-            p.requires_grad = False
-        self.lora = {"rank": rank, "alpha": alpha}
+        adapted = [backbone.llm.model] if scope == "llm" else [backbone.llm.model, backbone.vision, backbone.projector]
+        for module in adapted:
+            config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, init_lora_weights="gaussian",
+                                target_modules=lora_targets(module))
+            inject_adapter_in_model(config, module)
+            for name, p in module.named_parameters():
+                p.requires_grad = "lora_" in name
+        if scope == "llm":
+            for p in backbone.vision.parameters():
+                p.requires_grad = False
+        self.lora = {"rank": rank, "alpha": alpha, "scope": scope}
 
     # ------------------------------------------------------------------ persistence
     def config(self) -> dict[str, Any]:
@@ -319,7 +330,8 @@ def load_agent(path: str | Path, device: str | torch.device | None = None) -> VL
     tokenizer = AutoTokenizer.from_pretrained(str(path / "tokenizer"))
     agent = VLAAgent(model, tokenizer, recipe, stats, config.get("adapter", "libero"), config.get("overrides"))
     if config.get("lora"):
-        agent.enable_lora(config["lora"]["rank"], config["lora"]["alpha"])
+        lora = config["lora"]
+        agent.enable_lora(lora["rank"], lora["alpha"], lora.get("scope", "llm"))  # no scope: saved before issue 37
     state = load_file(str(path / "model.safetensors"))
     expected = model.state_dict()
     bad = [f"{k}: weights {tuple(v.shape)} vs model {tuple(expected[k].shape)}"

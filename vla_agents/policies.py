@@ -12,7 +12,7 @@ from vla_agents.models.backbones import build_backbone
 from vla_agents.models.blocks import ACTION_LOSSES
 from vla_agents.models.deepvision import build_deepvision
 from vla_agents.models.dtp import DTP
-from vla_agents.models.focusvla import FocusVLAPolicy
+from vla_agents.models.focusvla import build_focusvla
 from vla_agents.models.oft import OFTPolicy
 from vla_agents.models.vat import build_vat
 from vla_agents.models.vla_adapter import VLAAdapterPolicy
@@ -30,23 +30,14 @@ def _vla_adapter(recipe: dict[str, Any], hf_configs: dict[str, Any] | None) -> n
         build_backbone(recipe, hf_configs), recipe["chunk"], recipe["action_dim"], recipe["proprio_dim"],
         num_action_queries=recipe["num_action_queries"], policy_heads=recipe["policy_heads"],
         gate_mode=recipe["gate_mode"], latent_noise_std=recipe["latent_noise_std"], attention_from=recipe["attention_from"],
-    )
-
-
-def _focusvla(recipe: dict[str, Any], hf_configs: dict[str, Any] | None) -> nn.Module:
-    return FocusVLAPolicy(
-        build_backbone(recipe, hf_configs), recipe["chunk"], recipe["action_dim"], recipe["proprio_dim"],
-        num_action_queries=recipe["num_action_queries"], policy_heads=recipe["policy_heads"], cascade=recipe["cascade"],
-        attention_mode=recipe["attention_mode"], topk=recipe["topk"], gate=recipe["gate"],
-        visual_source=recipe["visual_source"], latent_noise_std=recipe["latent_noise_std"],
-        attention_from=recipe["attention_from"],
+        variant=recipe.get("variant", "original"),  # recipes saved before the key existed were the original block
     )
 
 
 BUILDERS: dict[str, Callable[[dict[str, Any], dict[str, Any] | None], nn.Module]] = {
     "oft": _oft,
     "vla_adapter": _vla_adapter,
-    "focusvla": _focusvla,
+    "focusvla": build_focusvla,
     "vat": build_vat,
     "deepvision": build_deepvision,
 }

@@ -16,19 +16,25 @@ paper's ablation chooses which expert layers are coupled to those last n LLM lay
 n spread uniformly over its depth, or the last n (best). Expert layers that are not coupled run on
 their own.
 
-Mask of the shared attention, following the [E; Z] order under the VLA's causal mask:
+Mask of the shared attention (one softmax over [E; Z]):
 - LLM queries see every kept expert token, plus the LLM keys their own mask allows.
-- Expert queries see the kept expert tokens of their own image, bidirectionally, and no LLM token.
-  The expert keeps encoding each image as it was pretrained to; it is a prefix the VLA reads.
+- Expert queries see the kept expert tokens of their own image, bidirectionally (as the expert was
+  pretrained to encode each image), and with `shared_attention="joint"` (default) every LLM key:
+  the paper writes Q = [Q_E; Q_Z], K = [K_E; K_Z], H = softmax(QKᵀ/√d)V with no mask between the
+  branches, so information flows both ways and the expert's later layers are updated by what the
+  VLA has read. `shared_attention="one_way"` reads [E; Z] as a prefix under the VLA's causal mask:
+  the expert sees no LLM token. Agents saved before issue 37 were trained so and load with it.
 - Expert tokens carry the expert's own position embeddings and get no RoPE (RoPE position 0).
 
 AGVP. Shallow LLM layers ground actions best. Their action-to-vision attention, averaged over the
 layers `agvp_layers` (inclusive, before the first coupled layer), the heads and the action tokens,
 is laid out on each view's patch grid. It is bilinearly interpolated to the expert's grid, and only
 the top-K expert patch tokens (K = keep_ratio * grid) join the coupled layers; the others are
-dropped. The expert's CLS/register tokens are not spatial and always stay. Ablations:
-guidance="instruction" uses prompt-to-vision attention; guidance="none" keeps a uniformly random K;
-pruning=False keeps every token.
+dropped: no later expert layer computes them and no LLM query attends to them. The expert's
+CLS/register tokens are not spatial and always stay. Ablations (the paper's guidance ablation):
+guidance="instruction" uses prompt-to-vision attention; guidance="cls" the expert's own CLS-to-patch
+attention (DINOv2's here, DINOv3's in the paper) in its first coupled layer, before pruning;
+guidance="none" keeps a uniformly random K; pruning=False keeps every token.
 
 With coupled_layers=0 the model is exactly its QwenVLA-OFT base: no expert is built.
 """
@@ -47,11 +53,12 @@ from vla_agents.models.backbones import (
     IMAGENET_MEAN, IMAGENET_STD, SIGLIP_MEAN, SIGLIP_STD, BackboneOutput, LanguageModel, TinyViT, VisionLanguageBackbone,
     _normalize, build_backbone,
 )
-from vla_agents.models.blocks import PolicyOutput, ProprioProjector, action_loss
+from vla_agents.models.blocks import PolicyOutput, ProprioProjector, action_loss, split_heads
 from vla_agents.models.dtp import relevance
 
 COUPLINGS = ("last", "first", "uniform")
-GUIDANCES = ("action", "instruction", "none")
+GUIDANCES = ("action", "instruction", "cls", "none")
+SHARED_ATTENTION = ("joint", "one_way")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -66,13 +73,17 @@ def qwenvla_mask(keys: torch.Tensor, n_actions: int) -> torch.Tensor:
     return keys[:, None, None, :] & allowed
 
 
-def joint_mask(llm: torch.Tensor, n_views: int, per_view: int) -> torch.Tensor:
-    """The [E; Z] mask (B, 1, E+S, E+S): expert queries see their own image's expert tokens only;
-    LLM queries see every expert token and what `llm` (B, 1, S, S) allows."""
+def joint_mask(
+    llm: torch.Tensor, keys: torch.Tensor, n_views: int, per_view: int, expert_reads_llm: bool = True
+) -> torch.Tensor:
+    """The [E; Z] mask (B, 1, E+S, E+S): expert queries see their own image's expert tokens and, with
+    `expert_reads_llm`, every LLM key that `keys` (B, S) keeps; LLM queries see every expert token and
+    what `llm` (B, 1, S, S) allows."""
     b, s = llm.shape[0], llm.shape[-1]
     e = n_views * per_view
     view = torch.arange(e, device=llm.device) // per_view
-    expert_rows = torch.cat([(view[:, None] == view[None]).expand(b, 1, e, e), llm.new_zeros(b, 1, e, s)], dim=-1)
+    to_llm = keys[:, None, None, :].expand(b, 1, e, s) if expert_reads_llm else llm.new_zeros(b, 1, e, s)
+    expert_rows = torch.cat([(view[:, None] == view[None]).expand(b, 1, e, e), to_llm], dim=-1)
     llm_rows = torch.cat([llm.new_ones(b, 1, s, e), llm], dim=-1)
     return torch.cat([expert_rows, llm_rows], dim=-2)
 
@@ -118,18 +129,20 @@ def top_k_tokens(scores: torch.Tensor, k: int) -> torch.Tensor:
 # Vision experts, run layer by layer
 # ----------------------------------------------------------------------------------------------
 class TinyExpert(nn.Module):
-    """A TinyViT (tiny scale). Exposes per layer: run alone, Q/K/V, and finish from attended values."""
+    """A TinyViT (tiny scale). Exposes per layer: run alone, Q/K/V, and finish from attended values.
+    `cls=True` prepends a learned CLS token, as DINO's, which the CLS guidance ablation reads."""
 
-    prefix = 0
-
-    def __init__(self, vit: TinyViT) -> None:
+    def __init__(self, vit: TinyViT, cls: bool = False) -> None:
         super().__init__()
         self.vit, self.grid, self.dim = vit, vit.grid, vit.dim
-        self.depth = len(vit.blocks)
+        self.depth, self.heads, self.prefix = len(vit.blocks), vit.blocks[0].attn.heads, int(cls)
+        if cls:
+            self.cls_token = nn.Parameter(torch.randn(1, 1, vit.dim) * 0.02)
 
     def embed(self, pixels: torch.Tensor) -> torch.Tensor:
         x = self.vit.patch_embed(_normalize(pixels, SIGLIP_MEAN, SIGLIP_STD))
-        return x.flatten(2).transpose(1, 2) + self.vit.pos_embed
+        x = x.flatten(2).transpose(1, 2) + self.vit.pos_embed
+        return torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) if self.prefix else x
 
     def layer(self, i: int, x: torch.Tensor) -> torch.Tensor:
         return self.vit.blocks[i](x)[0]
@@ -155,8 +168,8 @@ class DinoExpert(nn.Module):
         super().__init__()
         self.model, cfg = model, model.config
         self.grid = (image_size // cfg.patch_size, image_size // cfg.patch_size)
-        self.dim, self.depth = cfg.hidden_size, cfg.num_hidden_layers
-        self.prefix = 1 + getattr(cfg, "num_register_tokens", 0)
+        self.dim, self.depth, self.heads = cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads
+        self.prefix = 1 + getattr(cfg, "num_register_tokens", 0)  # CLS first, then registers
 
     @classmethod
     def build(cls, path: str | None, config: dict[str, Any] | None, image_size: int) -> DinoExpert:
@@ -229,12 +242,17 @@ class DeepVisionBackbone(VisionLanguageBackbone):
         pruning: bool = True,
         guidance: str = "action",
         keep_ratio: float = 0.5,
+        shared_attention: str = "joint",
     ) -> None:
         super().__init__(vision, llm, views)
         if guidance not in GUIDANCES:
             raise ValueError(f"guidance must be one of {GUIDANCES}, got {guidance!r}")
+        if shared_attention not in SHARED_ATTENTION:
+            raise ValueError(f"shared_attention must be one of {SHARED_ATTENTION}, got {shared_attention!r}")
         if coupled_layers and expert is None:
             raise ValueError("coupled_layers > 0 needs a vision expert")
+        if coupled_layers and guidance == "cls" and not expert.prefix:
+            raise ValueError("guidance 'cls' needs an expert with a CLS token (DINOv2; the tiny ViT with expert_cls_token)")
         self.vla_image_size, self.expert = vla_image_size, expert
         self.first_coupled = llm.num_layers - coupled_layers
         self.expert_layers = coupled_expert_layers(expert.depth, coupled_layers, coupling) if expert else []
@@ -243,7 +261,7 @@ class DeepVisionBackbone(VisionLanguageBackbone):
             raise ValueError(f"agvp_layers {list(agvp_layers)} must be shallow LLM layers, before layer {self.first_coupled}")
         if not 0 < keep_ratio <= 1:
             raise ValueError("keep_ratio must be in (0, 1]")
-        self.pruning, self.guidance, self.keep_ratio = pruning, guidance, keep_ratio
+        self.pruning, self.guidance, self.keep_ratio, self.shared_attention = pruning, guidance, keep_ratio, shared_attention
         cfg = llm.config
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.bridges = nn.ModuleList(
@@ -300,14 +318,22 @@ class DeepVisionBackbone(VisionLanguageBackbone):
                     for pos in out.visual.values()]
         return {view: r.reshape(-1, *out.grid) for view, r in zip(out.visual, rows)}
 
-    def select_expert_tokens(self, maps: dict[str, torch.Tensor], images: int, device: torch.device) -> torch.Tensor:
-        """Guidance maps -> indices (B*V, K) of the expert patch tokens kept for each of the B*V images."""
+    def cls_guidance(self, e: torch.Tensor, layer: int) -> torch.Tensor:
+        """The expert's CLS-to-patch attention in expert `layer` on tokens e (B*V, prefix + N, De):
+        softmax over every key, read at the patches and averaged over heads -> (B*V, N)."""
+        q, k, _ = (split_heads(t, self.expert.heads) for t in self.expert.qkv(layer, e))
+        weights = (q[:, :, :1] @ k.transpose(-1, -2) * q.shape[-1] ** -0.5).softmax(dim=-1)
+        return weights[:, :, 0, self.expert.prefix :].mean(dim=1)
+
+    def expert_scores(self, maps: dict[str, torch.Tensor], e: torch.Tensor, layer: int) -> torch.Tensor:
+        """What AGVP ranks the expert's patch tokens by, (B*V, N): the guidance maps (B, h, w) per view
+        interpolated to the expert's grid, the expert's own CLS attention, or random ("none")."""
         if self.guidance == "none":
-            scores = torch.rand(images, self.expert.grid[0] * self.expert.grid[1], device=device)
-        else:
-            m = torch.stack([maps[v] for v in self.views], dim=1).flatten(0, 1)  # (B*V, h, w)
-            scores = F.interpolate(m[:, None], size=self.expert.grid, mode="bilinear", align_corners=False).flatten(1)
-        return top_k_tokens(scores, self.kept_tokens)
+            return torch.rand(e.shape[0], self.expert.grid[0] * self.expert.grid[1], device=e.device)
+        if self.guidance == "cls":
+            return self.cls_guidance(e, layer)
+        m = torch.stack([maps[v] for v in self.views], dim=1).flatten(0, 1)  # (B*V, h, w)
+        return F.interpolate(m[:, None], size=self.expert.grid, mode="bilinear", align_corners=False).flatten(1)
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -359,29 +385,35 @@ class DeepVisionBackbone(VisionLanguageBackbone):
             h, _, weights = self.llm_layer(i, h, mask, rope)
             hidden.append(h)
             attentions.append(weights)
-        if output_attentions or (self.expert_layers and self.pruning and self.guidance != "none"):
+        if output_attentions or (self.expert_layers and self.pruning and self.guidance in ("action", "instruction")):
             out.guidance = self.guidance_maps(attentions, attention_mask, out)
         if self.expert_layers:
-            h = self.coupled_layers(h, pixels, allowed, rope, out, hidden, attentions)
+            h = self.coupled_layers(h, pixels, keys, allowed, rope, out, hidden, attentions)
         hidden[-1] = self.llm.model.norm(hidden[-1])  # as transformers' last hidden state
         out.hidden_states = tuple(hidden)
         out.attentions = tuple(attentions) if output_attentions else None
         return out
 
     def coupled_layers(
-        self, h: torch.Tensor, pixels: torch.Tensor, allowed: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
-        out: DeepVisionBackboneOutput, hidden: list[torch.Tensor], attentions: list[torch.Tensor],
+        self, h: torch.Tensor, pixels: torch.Tensor, keys: torch.Tensor, allowed: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor], out: DeepVisionBackboneOutput, hidden: list[torch.Tensor],
+        attentions: list[torch.Tensor],
     ) -> torch.Tensor:
         """VL-MoT: the expert runs alone up to its first coupled layer; AGVP then keeps K patch tokens
         per image (plus CLS/registers); each coupled expert layer shares attention with the next deep
-        LLM layer, expert layers in between run alone. Appends to `hidden` and `attentions`."""
+        LLM layer, expert layers in between run alone. `keys` (B, S) are the LLM keys not padded or
+        pruned, `allowed` the LLM's own mask. Appends to `hidden` and `attentions`."""
         expert, b, n_views = self.expert, h.shape[0], len(self.views)
         e = expert.embed(pixels)  # (B*V, prefix + N, De)
         for j in range(self.expert_layers[0]):
             e = expert.layer(j, e)
         if self.pruning:
             with torch.no_grad():
-                idx = self.select_expert_tokens(out.guidance, e.shape[0], e.device)
+                scores = self.expert_scores(out.guidance, e, self.expert_layers[0])
+                idx = top_k_tokens(scores, self.kept_tokens)
+            if self.guidance == "cls":
+                cls = scores.view(b, n_views, *expert.grid)
+                out.guidance = {view: cls[:, i] for i, view in enumerate(self.views)}
             patches = e[:, expert.prefix :].gather(1, idx[:, :, None].expand(-1, -1, e.shape[-1]))
             e = torch.cat([e[:, : expert.prefix], patches], dim=1)
             kept = torch.zeros(idx.shape[0], expert.grid[0] * expert.grid[1], dtype=torch.bool, device=idx.device)
@@ -389,7 +421,7 @@ class DeepVisionBackbone(VisionLanguageBackbone):
             kept = kept.view(b, n_views, *expert.grid)
             out.kept_expert = {view: kept[:, i] for i, view in enumerate(self.views)}
         per_view = e.shape[1]
-        mask = additive(joint_mask(allowed, n_views, per_view), h.dtype)
+        mask = additive(joint_mask(allowed, keys, n_views, per_view, self.shared_attention == "joint"), h.dtype)
         done = self.expert_layers[0]
         last = len(self.expert_layers) - 1
         for step, (i, j) in enumerate(zip(range(self.first_coupled, self.llm.num_layers), self.expert_layers)):
@@ -463,12 +495,13 @@ def build_deepvision(recipe: dict[str, Any], hf_configs: dict[str, Any] | None =
     if recipe["coupled_layers"]:
         if recipe["expert"] == "tiny_vit":
             expert = TinyExpert(TinyViT(recipe["image_size"], recipe["expert_patch_size"], recipe["expert_dim"],
-                                        recipe["expert_depth"], recipe["expert_heads"]))
+                                        recipe["expert_depth"], recipe["expert_heads"]), cls=bool(recipe.get("expert_cls_token")))
         else:
             expert = DinoExpert.build(recipe["expert_path"], (hf_configs or {}).get("expert"), recipe["image_size"])
     backbone = DeepVisionBackbone(
         base.vision, base.llm, base.views, recipe["vla_image_size"], expert,
         coupled_layers=recipe["coupled_layers"], coupling=recipe["coupling"], agvp_layers=recipe["agvp_layers"],
         pruning=recipe["pruning"], guidance=recipe["guidance"], keep_ratio=recipe["keep_ratio"],
+        shared_attention=recipe.get("shared_attention", "one_way"),  # recipes saved before the key existed
     )
     return DeepVisionPolicy(backbone, recipe["chunk"], recipe["action_dim"], recipe["proprio_dim"])

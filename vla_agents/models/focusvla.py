@@ -1,44 +1,69 @@
 """FocusVLA (Zhang et al., 2026, arXiv 2603.28740): VLA-Adapter with focused visual utilization.
 
 The VLM side is VLA-Adapter's unchanged (ActionQuery slots, per-layer bridge features C^AQ_i and
-C^V_i, proprio token for the policy only, x0 = zeros -> fc1 -> blocks -> fc2, L1 loss). Each
-policy block replaces the mixed attention with:
+C^V_i, proprio token for the policy only, x0 = zeros -> fc1 -> blocks -> fc2, L1 loss; block i
+reads LLM layer i+1). Each policy block starts from VLA-Adapter-Pro's (one query projection, a key
+and a value projection per source, RoPE) and replaces its mixed attention with:
 
 1. Modality Cascaded Attention (Sec. 3.3, eqs. 6-8): the action latent A attends to itself, to
    [C^AQ ; proprio] and to the vision in three SEPARATE softmaxes, so the easy ActionQuery path
    cannot take attention mass away from the visual keys (the "structural shortcut");
-   Â = MLP_fusion([H_A ; H_AQ ; H_V]) and A' = FFN(Â) + A.
-2. Patch-level Focus (eqs. 9-10): scores between the action latent's queries and keys from the
-   VLM's features at the visual positions; only the top-K patches stay, the rest are masked out
-   of the softmax. Values come from the raw vision-encoder features (DINOv2+SigLIP, projected to
-   the policy width), which keep the spatial detail that deep VLM layers abstract away.
-3. Channel-level Focus (eq. 11, after Gated Attention's G1 position): H_V ⊙ σ(W_g A), applied to
-   the per-head attention output before it is projected (here: before the fusion MLP).
+   Â = fusion([H_A ; H_AQ ; H_V]) and A' = FFN(Â) + A, FFN being VLA-Adapter's LN -> Linear -> ReLU.
+2. Patch-level Focus (eqs. 9-10): scores between the ActionQuery features and the keys of the VLM's
+   features at the visual positions; only the top-K patches stay, the rest are masked out of the
+   vision softmax. Values come from the raw vision-encoder features (DINOv2+SigLIP at their last
+   layer, Tab. 3, projected to the policy width), which keep the spatial detail that deep VLM
+   layers abstract away ("VLM+DS", Tab. 2's best row).
+3. Channel-level Focus (eq. 11, Gated Attention's G1 position): H_V ⊙ σ(W_g A) on the per-head
+   attention output, before the fusion.
 
-Switches for the paper's ablations (Tab. 2): `attention_mode` "cascaded" | "mixed" (VLA-Adapter's
-one shared softmax over all keys), `topk` (None keeps all), `gate` "none" | "scalar" | "head" |
-"element", `visual_source` "raw" | "vlm" for the vision values, and `cascade` "parallel" |
-"serial" (see `FocusBlock`).
+Size. Tab. 3 gives 239.1M trainable policy parameters at Qwen2.5-0.5B width (d = 896, 24 blocks).
+Beside fc1, fc2 and the raw-feature projector (7.6M), that leaves 12 d x d matrices per block: Pro's
+query and six key/value projections, the fusion as one Linear(3d, d) in Pro's o_proj place, the gate
+and the FFN: 239.1M (tests/test_param_counts.py). A two-layer fusion MLP beside o_proj, or a query
+projection per source, would be 256M or 277M.
+
+Readings where our text copy lost the equations; the other reading is a switch:
+- `cascade`: "parallel" (default), every attention queries A_t: eq. 6 writes Q = A_t for H_A,
+  H_AQ and H_V (as transcribed in the reference notes), and eq. 7 fuses all three outputs, which a
+  chain would not need. "serial" reads "sequentially integrates" as H_A -> H_AQ -> H_V, each stage
+  querying with the previous stage's output.
+- `focus_scores`: "action_query" (default), the patch scores come from the ActionQuery features:
+  Sec. 3.3 selects "based on cross-attention scores between action queries and vision keys", the
+  paper's name for the ActionQuery tokens, which have read the image and the instruction; the
+  first block's latent is fc1(0), the same for every input. "latent" scores with the latent's own
+  queries σ_q(A_t), the notes' transcription of eq. 9.
+- Eq. 8 is read as transcribed in the notes, A' = FFN(Â) + A (VLA-Adapter's block instead takes
+  the residual inside, FFN(o + A)).
+
+Tab. 2's ablations are switches: `attention_mode` "mixed" (VLA-Adapter's own attention: the builder
+returns VLA-Adapter-Pro's policy), `topk` (None keeps all), `gate` "none" | "scalar" (VLA-Adapter's
+tanh(g), g = 0) | "head" | "element", `visual_source` "raw" | "vlm" for the vision values.
+`layout="v1"` is the block this package shipped before issue 37 (a query projection per source, a
+two-layer fusion MLP and FFN, raw features where the VLM reads them; 317M at paper width), kept so
+agents saved with it load and act as they did.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from vla_agents.models.backbones import VisionLanguageBackbone
+from vla_agents.models.backbones import HFVisionTower, VisionLanguageBackbone, build_backbone
 from vla_agents.models.blocks import PolicyOutput, ProprioProjector, action_loss, heatmaps, merge_heads, rotary, split_heads
+from vla_agents.models.vla_adapter import VLAAdapterPolicy
 
 Cascade = Literal["parallel", "serial"]
-AttentionMode = Literal["cascaded", "mixed"]
 Gate = Literal["none", "scalar", "head", "element"]
 VisualSource = Literal["raw", "vlm"]
+FocusScores = Literal["action_query", "latent"]
+Layout = Literal["pro", "v1"]
 SOURCES = ("action", "query", "vision")
 
 
-def _check(name: str, value: str, allowed: tuple[str, ...]) -> None:
+def _check(name: str, value: Any, allowed: tuple[Any, ...]) -> None:
     if value not in allowed:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
 
@@ -51,113 +76,98 @@ class FocusOutput(PolicyOutput):
 
 
 class FocusBlock(nn.Module):
-    """One FocusVLA policy layer.
-
-    `cascade="parallel"` (default): all three attentions query the same latent A_t. This is what
-    the equations say: eq. 6 writes Q = A_t for H_A, H_AQ and H_V, eq. 9 scores the patches with
-    σ_q(A_t), and eq. 7 fuses all three outputs (a chain would only need its last one); "cascaded"
-    names the separation of modalities, not a chain. (Eq. 6 as transcribed in the reference notes;
-    our text copy of the paper lost the equations.) `cascade="serial"` is the other reading of
-    "sequentially integrates" (Sec. 3.3): H_A -> H_AQ -> H_V, each stage querying with the previous
-    stage's output.
-
-    `attention_mode="mixed"` keeps the same projections, focus and gate but puts the three key sets
-    in one softmax (VLA-Adapter, eq. 1), so the sources compete for one unit of attention mass.
-    """
+    """One FocusVLA policy layer: cascaded attention with patch- and channel-level focus on the vision."""
 
     def __init__(
-        self, dim: int, heads: int, cascade: Cascade = "parallel", attention_mode: AttentionMode = "cascaded",
-        topk: int | None = None, gate: Gate = "element",
+        self, dim: int, heads: int, cascade: Cascade = "parallel", topk: int | None = None, gate: Gate = "element",
+        focus_scores: FocusScores = "action_query", layout: Layout = "pro",
     ) -> None:
         super().__init__()
         _check("cascade", cascade, ("parallel", "serial"))
-        _check("attention_mode", attention_mode, ("cascaded", "mixed"))
         _check("gate", gate, ("none", "scalar", "head", "element"))
-        if attention_mode == "mixed" and cascade == "serial":
-            raise ValueError("a serial cascade needs separate attentions; use attention_mode='cascaded'")
+        _check("focus_scores", focus_scores, ("action_query", "latent"))
+        _check("layout", layout, ("pro", "v1"))
         if topk is not None and topk < 1:
             raise ValueError(f"topk must be positive or None, got {topk}")
-        self.heads, self.cascade, self.attention_mode, self.topk, self.gate_kind = heads, cascade, attention_mode, topk, gate
+        self.heads, self.cascade, self.topk, self.gate_kind = heads, cascade, topk, gate
+        self.focus_scores, self.layout = focus_scores, layout
         self.scale = (dim // heads) ** -0.5
-        self.q, self.k, self.v = (nn.ModuleDict({s: nn.Linear(dim, dim) for s in SOURCES}) for _ in range(3))
-        if gate == "scalar":  # Tab. 2 "1-param": one learned value per block, as VLA-Adapter's gate
+        self.q = nn.Linear(dim, dim) if layout == "pro" else nn.ModuleDict({s: nn.Linear(dim, dim) for s in SOURCES})
+        self.k, self.v = (nn.ModuleDict({s: nn.Linear(dim, dim) for s in SOURCES}) for _ in range(2))
+        if gate == "scalar":  # Tab. 2 "1-param": VLA-Adapter's tanh(g), g = 0, so the vision starts shut
             self.gate = nn.Parameter(torch.zeros(1))
         elif gate != "none":  # Gated Attention: σ(X W_θ) from the hidden state that makes the query
             self.gate = nn.Linear(dim, dim if gate == "element" else heads)
-        self.fusion = nn.Sequential(nn.Linear(3 * dim, dim), nn.GELU(), nn.Linear(dim, dim))
-        self.ffn = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))
+        if layout == "pro":
+            self.fusion = nn.Linear(3 * dim, dim)
+            self.ffn = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.ReLU())
+        else:
+            self.fusion = nn.Sequential(nn.Linear(3 * dim, dim), nn.GELU(), nn.Linear(dim, dim))
+            self.ffn = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))
 
     def logits(self, source: str, query_in: torch.Tensor, key_in: torch.Tensor) -> torch.Tensor:
-        """Scaled dot products (B, heads, T, N), RoPE on both sides so identical latents decode
-        different timesteps (as VLA-Adapter-Pro)."""
-        q = rotary(split_heads(self.q[source](query_in), self.heads), torch.arange(query_in.shape[1], device=query_in.device))
+        """Scaled dot products (B, heads, Tq, N), RoPE on both sides from position 0 (as VLA-Adapter-Pro)."""
+        q_proj = self.q if self.layout == "pro" else self.q[source]
+        q = rotary(split_heads(q_proj(query_in), self.heads), torch.arange(query_in.shape[1], device=query_in.device))
         k = rotary(split_heads(self.k[source](key_in), self.heads), torch.arange(key_in.shape[1], device=key_in.device))
         return (q @ k.transpose(-1, -2)) * self.scale
 
-    def focus(self, logits: torch.Tensor, pruned: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Patch-level Focus: the patch score is its logit averaged over heads and action latents, so
-        each sample keeps one patch set; the others get -inf, hence exactly zero attention. Tokens
-        already pruned upstream (`pruned` (B, N), True = pruned, e.g. by DTP) are never kept."""
-        b, n = logits.shape[0], logits.shape[-1]
-        allowed = torch.ones(b, n, dtype=torch.bool, device=logits.device) if pruned is None else ~pruned.bool()
+    def focus(self, scores: torch.Tensor, pruned: torch.Tensor | None = None) -> torch.Tensor:
+        """Patch-level Focus: scores (B, heads, Q, N) averaged over heads and queries, so each sample
+        keeps one patch set (B, N). Tokens pruned upstream (`pruned`, True = pruned, e.g. by DTP) are
+        never kept."""
+        b, n = scores.shape[0], scores.shape[-1]
+        allowed = torch.ones(b, n, dtype=torch.bool, device=scores.device) if pruned is None else ~pruned.bool()
         if self.topk is None or self.topk >= n:
-            kept = allowed
-        else:
-            scores = logits.detach().mean(dim=(1, 2)).masked_fill(~allowed, float("-inf"))
-            top = scores.topk(self.topk, dim=-1).indices
-            kept = torch.zeros_like(allowed).scatter(1, top, True) & allowed
-        return kept, logits if kept.all() else logits.masked_fill(~kept[:, None, None, :], float("-inf"))
+            return allowed
+        mean = scores.detach().mean(dim=(1, 2)).masked_fill(~allowed, float("-inf"))
+        return torch.zeros_like(allowed).scatter(1, mean.topk(self.topk, dim=-1).indices, True) & allowed
 
     def gate_values(self, query_in: torch.Tensor) -> torch.Tensor | None:
-        """Channel-level Focus gate in (0, 1), broadcastable to the per-head output (B, heads, T, Dh):
-        element (B, heads, T, Dh), head (B, heads, T, 1), scalar (1, 1, 1, 1); None when off."""
+        """Channel-level Focus gate, broadcastable to the per-head output (B, heads, T, Dh): element
+        σ (B, heads, T, Dh), head σ (B, heads, T, 1), scalar tanh(g) (1, 1, 1, 1); None when off."""
         if self.gate_kind == "none":
             return None
         if self.gate_kind == "scalar":
-            return torch.sigmoid(self.gate).view(1, 1, 1, 1)
+            return torch.tanh(self.gate).view(1, 1, 1, 1)
         g = torch.sigmoid(self.gate(query_in))
         return split_heads(g, self.heads) if self.gate_kind == "element" else g.transpose(1, 2).unsqueeze(-1)
 
     def attend(
-        self, x: torch.Tensor, queries: torch.Tensor, vision_keys: torch.Tensor, vision_values: torch.Tensor,
-        pruned: torch.Tensor | None = None,
+        self, x: torch.Tensor, action_queries: torch.Tensor, proprio: torch.Tensor, vision_keys: torch.Tensor,
+        vision_values: torch.Tensor, pruned: torch.Tensor | None = None,
     ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
         """The three per-head modality outputs [H_A, H_AQ, H_V] (B, heads, T, Dh), H_V gated, plus the
         attention weights on the visual keys (B, heads, T, N) and the kept patches (B, N)."""
-        keys_in, values_in = (x, queries, vision_keys), (x, queries, vision_values)
-        values = [split_heads(self.v[s](t), self.heads) for s, t in zip(SOURCES, values_in)]
-        if self.attention_mode == "mixed":
-            logits = [self.logits(s, x, t) for s, t in zip(SOURCES, keys_in)]
-            kept, logits[2] = self.focus(logits[2], pruned)
-            weights = torch.cat(logits, dim=-1).softmax(dim=-1).split([lg.shape[-1] for lg in logits], dim=-1)
-            outputs = [w @ v for w, v in zip(weights, values)]
-            gate_in, vision_weights = x, weights[2]
-        else:
-            outputs, query_in = [], x
-            for s, key_in, v in zip(SOURCES, keys_in, values):
-                lg = self.logits(s, query_in, key_in)
-                if s == "vision":
-                    gate_in = query_in
-                    kept, lg = self.focus(lg, pruned)
-                    vision_weights = lg.softmax(dim=-1)
-                    outputs.append(vision_weights @ v)
-                else:
-                    outputs.append(lg.softmax(dim=-1) @ v)
-                    if self.cascade == "serial":
-                        query_in = merge_heads(outputs[-1])
+        keys_in = (x, torch.cat([action_queries, proprio], dim=1), vision_keys)
+        values_in = (*keys_in[:2], vision_values)
+        outputs, query_in = [], x
+        for source, key_in, value_in in zip(SOURCES, keys_in, values_in):
+            logits = self.logits(source, query_in, key_in)
+            if source == "vision":
+                scores = logits if self.focus_scores == "latent" else self.logits(source, action_queries, vision_keys)
+                kept = self.focus(scores, pruned)
+                if not kept.all():
+                    logits = logits.masked_fill(~kept[:, None, None, :], float("-inf"))
+                gate_in, vision_weights = query_in, logits.softmax(dim=-1)
+                outputs.append(vision_weights @ split_heads(self.v[source](value_in), self.heads))
+            else:
+                outputs.append(logits.softmax(dim=-1) @ split_heads(self.v[source](value_in), self.heads))
+                if self.cascade == "serial":
+                    query_in = merge_heads(outputs[-1])
         g = self.gate_values(gate_in)
         if g is not None:
             outputs[2] = outputs[2] * g
         return outputs, vision_weights, kept
 
     def forward(
-        self, x: torch.Tensor, queries: torch.Tensor, vision_keys: torch.Tensor, vision_values: torch.Tensor,
-        pruned: torch.Tensor | None = None,
+        self, x: torch.Tensor, action_queries: torch.Tensor, proprio: torch.Tensor, vision_keys: torch.Tensor,
+        vision_values: torch.Tensor, pruned: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x (B, T, d); queries = [C^AQ_i ; proprio] (B, Q+1, d); vision_keys = C^V_i and
-        vision_values (B, N, d); pruned (B, N) as in `focus`. Returns A' = FFN(MLP_fusion([H_A ;
-        H_AQ ; H_V])) + A, the visual attention weights and the kept patches."""
-        outputs, vision_weights, kept = self.attend(x, queries, vision_keys, vision_values, pruned)
+        """x (B, T, d); action_queries = C^AQ_i (B, Q, d); proprio (B, 1, d); vision_keys = C^V_i and
+        vision_values (B, N, d); pruned (B, N) as in `focus`. Returns A' = FFN(fusion([H_A ; H_AQ ;
+        H_V])) + A, the visual attention weights and the kept patches."""
+        outputs, vision_weights, kept = self.attend(x, action_queries, proprio, vision_keys, vision_values, pruned)
         fused = self.fusion(torch.cat([merge_heads(o) for o in outputs], dim=-1))
         return x + self.ffn(fused), vision_weights, kept
 
@@ -174,10 +184,11 @@ class FocusVLAPolicy(nn.Module):
         num_action_queries: int = 64,
         policy_heads: int = 8,
         cascade: Cascade = "parallel",
-        attention_mode: AttentionMode = "cascaded",
         topk: int | None = 256,
         gate: Gate = "element",
         visual_source: VisualSource = "raw",
+        focus_scores: FocusScores = "action_query",
+        layout: Layout = "pro",
         latent_noise_std: float = 0.02,
         attention_from: Literal["last", "mean"] = "last",
     ) -> None:
@@ -192,28 +203,40 @@ class FocusVLAPolicy(nn.Module):
         self.proprio_projector = ProprioProjector(proprio_dim, d)
         self.fc1 = nn.Sequential(nn.LayerNorm(action_dim * d), nn.Linear(action_dim * d, d), nn.ReLU())
         self.blocks = nn.ModuleList(
-            FocusBlock(d, policy_heads, cascade, attention_mode, topk, gate) for _ in range(backbone.llm.num_layers)
+            FocusBlock(d, policy_heads, cascade, topk, gate, focus_scores, layout) for _ in range(backbone.llm.num_layers)
         )
         self.fc2 = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, action_dim))
         self.last_kept: torch.Tensor | None = None  # (B, N_visual) bool, the last block's patch set
         if visual_source == "raw":
-            # The encoder output before the VLM projector, caught as the backbone computes it anyway.
+            # Encoder features caught as the backbone computes them anyway: the last layer of each
+            # pretrained tower (Tab. 3); the tiny ViT's output is its last layer already.
             self.raw_projector = nn.Sequential(nn.LayerNorm(backbone.vision.dim), nn.Linear(backbone.vision.dim, d))
-            self._raw: torch.Tensor | None = None
-            backbone.vision.register_forward_hook(self._catch_raw)
+            self._raw: list[torch.Tensor] = []
+            vision = backbone.vision
+            if layout == "pro" and isinstance(vision, HFVisionTower):
+                for tower in (vision.dinov2, vision.siglip):  # the order HFVisionTower fuses them in
+                    if tower is not None:
+                        tower.register_forward_hook(self._catch_last_layer)
+            else:
+                vision.register_forward_hook(self._catch_output)
 
-    def _catch_raw(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-        self._raw = output
+    def _catch_output(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        self._raw.append(output)
+
+    def _catch_last_layer(self, module: nn.Module, inputs: tuple, output: Any) -> None:
+        skip = 1 + getattr(module.config, "num_register_tokens", 0) if module is self.backbone.vision.dinov2 else 0
+        self._raw.append(output.hidden_states[-1][:, skip:])  # DINOv2's CLS/register tokens dropped
 
     def forward(self, batch: dict[str, torch.Tensor], with_attention: bool = False) -> FocusOutput:
         images, proprio = batch["images"], batch["proprio"]
         b = images.shape[0]
         queries = self.action_queries.weight.unsqueeze(0).expand(b, -1, -1)
+        self._raw = []
         out = self.backbone(images, batch["input_ids"], batch["attention_mask"], slots=queries, causal=True)
         visual = slice(out.visual[self.backbone.views[0]].start, out.visual[self.backbone.views[-1]].stop)
         raw = None
         if self.visual_source == "raw":
-            raw, self._raw = self._raw, None
+            raw, self._raw = torch.cat(self._raw, dim=-1), []
             raw = self.raw_projector(raw.reshape(b, -1, raw.shape[-1]).float())  # views in order, as the LLM sees them
 
         p = self.proprio_projector(proprio).float()
@@ -224,7 +247,7 @@ class FocusVLAPolicy(nn.Module):
         vision_attention = []
         for block, h in zip(self.blocks, out.hidden_states):  # block i <- LLM layer i+1
             c_aq, c_v = h[:, out.slots].float(), h[:, visual].float()
-            x, w, kept = block(x, torch.cat([c_aq, p], dim=1), c_v, c_v if raw is None else raw, out.visual_key_mask)
+            x, w, kept = block(x, c_aq, p, c_v, c_v if raw is None else raw, out.visual_key_mask)
             vision_attention.append(w)
         self.last_kept = kept
         actions = self.fc2(x)
@@ -244,3 +267,28 @@ class FocusVLAPolicy(nn.Module):
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         loss = action_loss(self.forward(batch).actions, batch["actions"], batch.get("action_is_pad"), self.loss_kind)
         return loss, {self.loss_kind: loss.item(), "kept_fraction": float(self.last_kept.float().mean())}
+
+
+def build_focusvla(recipe: dict[str, Any], hf_configs: dict[str, Any] | None = None) -> nn.Module:
+    """Recipe -> policy (the `policies.BUILDERS` entry for "focusvla"). Recipes saved before issue 37
+    have no `layout` / `focus_scores` keys: they get the block and scores they were trained with."""
+    layout, focus_scores = recipe.get("layout", "v1"), recipe.get("focus_scores", "latent")
+    mode, gate, topk, source = recipe["attention_mode"], recipe["gate"], recipe["topk"], recipe["visual_source"]
+    _check("attention_mode", mode, ("cascaded", "mixed"))
+    if layout == "v1" and (mode == "mixed" or gate == "scalar"):
+        raise ValueError(
+            f"this FocusVLA recipe predates issue 37 (no `layout` key) and uses attention_mode={mode!r}, gate={gate!r}: "
+            "the 'mixed' arm is now VLA-Adapter-Pro's own attention and the 'scalar' gate tanh(g) with g = 0 (it was "
+            "sigmoid(g)), so its weights would act differently; retrain it")
+    backbone = build_backbone(recipe, hf_configs)
+    shared = dict(num_action_queries=recipe["num_action_queries"], policy_heads=recipe["policy_heads"],
+                  latent_noise_std=recipe["latent_noise_std"], attention_from=recipe["attention_from"])
+    if mode == "mixed":  # Tab. 2, first row: VLA-Adapter's mixed attention, no top-K, VLM features
+        if topk is not None or gate not in ("none", "scalar") or source != "vlm":
+            raise ValueError("attention_mode 'mixed' is VLA-Adapter-Pro's own attention: it needs topk null, "
+                             f"gate 'none' or 'scalar' and visual_source 'vlm'; got topk={topk}, gate={gate!r}, "
+                             f"visual_source={source!r}")
+        return VLAAdapterPolicy(backbone, recipe["chunk"], recipe["action_dim"], recipe["proprio_dim"],
+                                gate_mode="none" if gate == "none" else "logit_scale", variant="pro", **shared)
+    return FocusVLAPolicy(backbone, recipe["chunk"], recipe["action_dim"], recipe["proprio_dim"], cascade=recipe["cascade"],
+                          topk=topk, gate=gate, visual_source=source, focus_scores=focus_scores, layout=layout, **shared)

@@ -12,9 +12,18 @@ visual evidence from low-level geometry up to high-level semantics.
 3. Action module of block l, fed block l's *input* (the output of block l-1):
    q = LN(FiLM_l(a)), FiLM_l(a) = a * (1 + gamma_l) + beta_l from the task embedding; the residual
    stream keeps the unmodulated tokens, so FiLM only steers what the tokens look for;
-   a = a + CrossAttn(q, LN(vision tokens of every view)) -- keys and values come from the vision
-   tokens only, so action tokens never attend to each other; a = a + MLP(LN(a)).
+   a = a + CrossAttn(q, LN_l(vision tokens of every view)) -- keys and values come from the vision
+   tokens only, so action tokens never attend to each other; LN_l is block l's own pretrained
+   attention LayerNorm, so they read the tokens exactly as the ViT block does (`vat_modeling.py`:
+   `kv_act` on `norm1_non_act`, loaded from the ViT's `norm1`); a = a + MLP(LN(a)).
 4. The final action tokens, reshaped to (B, T, A*C), go through OFT's MLP-ResNet head; L1 loss.
+
+Last-layer ablation (`action_layers="last"`, paper Tab. 2; `actionmodule_modeling.py`): the same
+full-depth action module, but every block reads the ViT's second-to-last layer output (its last
+block's input) instead of its own layer's, so the arms differ in the feature hierarchy only, not in
+depth. Keys/values go through the pretrained LayerNorm the ViT applies to those tokens (its last
+block's). The released baseline normalises them with a new LayerNorm per action block and applies
+FiLM to the residual stream; we keep VAT's action module unchanged so that only the features differ.
 
 Task conditioning is the paper's task-id embedding; `task_conditioning="instruction"` instead
 mean-pools learned embeddings of the instruction tokens, for agents that only get language.
@@ -107,6 +116,11 @@ class ViTTrunk(nn.Module):
             return self.model.embeddings(_normalize(pixels, SIGLIP_MEAN, SIGLIP_STD), interpolate_pos_encoding=resize)
         return self.model.embeddings(_normalize(pixels, IMAGENET_MEAN, IMAGENET_STD))
 
+    def attention_norm(self, index: int) -> nn.LayerNorm:
+        """The pretrained LayerNorm block `index` applies to its input before attention."""
+        layer = self.layers[index]
+        return layer.layer_norm1 if self.kind == "siglip" else layer.norm1
+
     def block(self, index: int, x: torch.Tensor) -> torch.Tensor:
         """ViT block `index`, exactly as pretrained."""
         layer = self.layers[index]
@@ -176,13 +190,17 @@ class ActionBlock(nn.Module):
     def forward(
         self,
         tokens: torch.Tensor,
-        context: torch.Tensor,
+        vision: torch.Tensor,
         film: tuple[torch.Tensor, torch.Tensor] | None = None,
+        num_extra: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """tokens (B, Q, C) query `context` (B, K, C) only; returns new tokens and weights (B, h, Q, K).
-        FiLM modulates the query input; the residual stream stays unmodulated."""
+        """tokens (B, Q, C), the action stream whose first `num_extra` tokens (proprio) are context too,
+        query [LN(those tokens) ; vision] only, `vision` (B, K, C) already layer-normalised. Returns
+        new tokens and weights (B, h, Q, num_extra + K). FiLM modulates the query input; the residual
+        stream stays unmodulated."""
         query = tokens if film is None else tokens * (1 + film[0]) + film[1]
-        attended, weights = self.attn(self.norm1(query), context=self.norm1(context), return_weights=True)
+        context = torch.cat([self.norm1(tokens[:, :num_extra]), vision], dim=1)
+        attended, weights = self.attn(self.norm1(query), context=context, return_weights=True)
         tokens = tokens + attended
         return tokens + self.mlp(self.norm2(tokens)), weights
 
@@ -213,9 +231,12 @@ class TaskConditioning(nn.Module):
 class VATPolicy(nn.Module):
     """Vision Action Transformer. `backbone` is the ViT trunk (named so agents can save its config).
 
-    action_layers: "all" pairs every used ViT block with an action module (the paper); "last" only
-    the last one (the paper's last-layer ablation). After `predict`, `layer_attention[i]` holds the
-    action-to-vision heatmaps of the i-th action module (view -> (B, h, w)).
+    action_layers: "all" pairs every used ViT block with an action module reading that block's
+    input (the paper); "last" gives every action module the ViT's second-to-last layer output (the
+    last-layer ablation). kv_norm: "vision" normalises the keys/values with the pretrained ViT
+    LayerNorm (released code); "action" with the action module's own `norm1`, as agents saved before
+    issue 37 were trained. After `predict`, `layer_attention[i]` holds the action-to-vision heatmaps
+    of the i-th action module (view -> (B, h, w)).
     """
 
     loss_kind = "l1"  # the papers' loss; `build_model` sets the recipe's `loss`
@@ -233,20 +254,22 @@ class VATPolicy(nn.Module):
         action_layers: str = "all",
         use_proprio: bool = False,
         film_hidden_mult: int = 4,
+        kv_norm: str = "vision",
     ) -> None:
         super().__init__()
         if action_layers not in ("all", "last"):
             raise ValueError(f"unknown action_layers {action_layers!r}; use 'all' or 'last'")
-        self.backbone, self.views = backbone, list(views)
+        if kv_norm not in ("vision", "action") or (action_layers == "last" and kv_norm != "vision"):
+            raise ValueError(f"kv_norm must be 'vision' or 'action' ('vision' with action_layers 'last'), got {kv_norm!r}")
+        self.backbone, self.views, self.action_layers, self.kv_norm = backbone, list(views), action_layers, kv_norm
         self.chunk, self.action_dim, self.use_proprio = chunk, action_dim, use_proprio
         d, depth = backbone.dim, backbone.depth
         self.action_token = nn.Parameter(torch.zeros(1, chunk * action_dim, d))
         self.action_pos = HierarchicalPositionalEmbedding(chunk, action_dim, d)
         self.task = TaskConditioning(task_conditioning, d, num_tasks, vocab_size)
         self.proprio_projector = ProprioProjector(proprio_dim, d) if use_proprio else None
-        layers = range(depth) if action_layers == "all" else [depth - 1]
-        self.action_blocks = nn.ModuleDict({str(i): ActionBlock(d, backbone.heads, backbone.mlp_ratio) for i in layers})
-        self.films = nn.ModuleDict({str(i): FiLM(d, film_hidden_mult) for i in layers})
+        self.action_blocks = nn.ModuleList(ActionBlock(d, backbone.heads, backbone.mlp_ratio) for _ in range(depth))
+        self.films = nn.ModuleList(FiLM(d, film_hidden_mult) for _ in range(depth))
         self.action_head = MLPResNet(action_dim * d, d, action_dim, num_blocks=2)
         self.layer_attention: list[dict[str, torch.Tensor]] = []
 
@@ -269,20 +292,25 @@ class VATPolicy(nn.Module):
         """Run the ViT and the action modules side by side.
 
         images (B, V, 3, H, W); tokens the action stream (B, Q, C); cond the task embedding (B, C).
-        Returns the final action stream, the final vision tokens (B, V, S, C), and each action
-        module's cross-attention weights (B, heads, Q, extra + V*S).
+        Returns the final action stream, the last vision tokens the ViT computed (B, V, S, C), and
+        each action module's cross-attention weights (B, heads, Q, extra + V*S).
         """
         b, v = images.shape[:2]
         vision = self.backbone.embed(images.flatten(0, 1))  # views run through the ViT independently
+        if self.action_layers == "last":  # the ViT's second-to-last layer output, as its last block reads it
+            last = len(self.backbone.layers) - 1
+            for i in range(last):
+                vision = self.backbone.block(i, vision)
+            keys = self.backbone.attention_norm(last)(vision).reshape(b, -1, vision.shape[-1])
         weights = []
-        for i in range(self.backbone.depth):
-            if str(i) in self.action_blocks:
-                # keys/values: this block's input vision tokens of every view (+ the proprio token)
-                context = torch.cat([tokens[:, : self.num_extra], vision.reshape(b, -1, vision.shape[-1])], dim=1)
-                film = self.films[str(i)](cond)
-                tokens, w = self.action_blocks[str(i)](tokens, context, film)
-                weights.append(w)
-            vision = self.backbone.block(i, vision)
+        for i, (block, film) in enumerate(zip(self.action_blocks, self.films)):
+            if self.action_layers == "all":  # this block's input vision tokens of every view
+                norm = self.backbone.attention_norm(i) if self.kv_norm == "vision" else block.norm1
+                keys = norm(vision).reshape(b, -1, vision.shape[-1])
+            tokens, w = block(tokens, keys, film(cond), self.num_extra)
+            weights.append(w)
+            if self.action_layers == "all":
+                vision = self.backbone.block(i, vision)
         return tokens, vision.reshape(b, v, *vision.shape[1:]), weights
 
     def heatmaps(self, weights: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -320,10 +348,15 @@ class VATPolicy(nn.Module):
 
 
 def build_vat(recipe: dict[str, Any], hf_configs: dict[str, Any] | None = None) -> VATPolicy:
-    """Recipe -> VATPolicy (the `policies.BUILDERS` entry for "vat")."""
+    """Recipe -> VATPolicy (the `policies.BUILDERS` entry for "vat"). Recipes saved before issue 37
+    have no `kv_norm` key: their keys/values went through the action module's own LayerNorm."""
+    if "kv_norm" not in recipe and recipe["action_layers"] == "last":
+        raise ValueError("this VAT recipe predates issue 37 (no `kv_norm` key) and uses action_layers 'last': the "
+                         "last-layer ablation was one action block at the last layer and is now a full-depth action "
+                         "module reading the second-to-last layer, so its weights do not fit; retrain it")
     return VATPolicy(
         ViTTrunk.build(recipe, hf_configs), recipe["views"], recipe["chunk"], recipe["action_dim"], recipe["proprio_dim"],
         task_conditioning=recipe["task_conditioning"], num_tasks=recipe["num_tasks"], vocab_size=recipe["vocab_size"],
         action_layers=recipe["action_layers"], use_proprio=recipe["use_proprio"],
-        film_hidden_mult=recipe["film_hidden_mult"],
+        film_hidden_mult=recipe["film_hidden_mult"], kv_norm=recipe.get("kv_norm", "action"),
     )

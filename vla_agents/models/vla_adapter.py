@@ -10,12 +10,18 @@
      - gate_mode="logit_scale" (released code): tanh(g) scales the C^R logits inside one shared
        softmax, so at g=0 the raw-vision keys are mean-pooled, not removed;
      - gate_mode="output_scale" (paper): separate attentions, the C^R one multiplied by tanh(g),
-       so at g=0 the raw vision contributes nothing.
+       so at g=0 the raw vision contributes nothing;
+     - gate_mode="none": C^R logits unscaled (FocusVLA's Tab. 2 "mixed, w/o gate" row).
    Then x = ReLU(W_f LN(W_o o + x)); finally fc2 -> (B, T, A) normalized actions, trained with L1.
 4. Proprio: Linear -> GELU -> Linear, fed to the policy only (not to the LLM).
 
-Projections are shared across sources (original version); RoPE on queries and keys (as the Pro
-version) lets the T latents, which start identical, decode different timesteps.
+Two released block versions (`prismatic/models/action_heads.py`, `use_pro_version`):
+- variant="pro" (README default, the baseline FocusVLA compares against): one query projection, a
+  key and a value projection per source (self, ActionQuery + proprio, raw vision), RoPE on the
+  queries and on each source's keys from position 0.
+- variant="original": q, k, v and o shared by every source. The released block has no RoPE, so its
+  T latents, identical at inference (zeros, no noise), decode one action T times; this package
+  keeps RoPE on it, as it always had, and that is its only difference from the released block.
 """
 from __future__ import annotations
 
@@ -27,27 +33,37 @@ from torch import nn
 from vla_agents.models.backbones import VisionLanguageBackbone
 from vla_agents.models.blocks import PolicyOutput, ProprioProjector, action_loss, heatmaps, merge_heads, rotary, split_heads
 
-GateMode = Literal["logit_scale", "output_scale"]
+GateMode = Literal["logit_scale", "output_scale", "none"]
+Variant = Literal["pro", "original"]
+SOURCES = ("action", "query", "vision")  # the latents themselves, [C^AQ ; proprio], C^R
 
 
 class BridgeAttention(nn.Module):
     """One policy block: attention from the action latents to themselves, to the ActionQuery
     features (+ proprio) and, gated, to the raw visual features of one LLM layer."""
 
-    def __init__(self, dim: int, heads: int, gate_mode: GateMode = "logit_scale") -> None:
+    def __init__(self, dim: int, heads: int, gate_mode: GateMode = "logit_scale", variant: Variant = "pro") -> None:
         super().__init__()
-        if gate_mode not in ("logit_scale", "output_scale"):
-            raise ValueError(f"gate_mode must be 'logit_scale' or 'output_scale', got {gate_mode!r}")
-        self.heads, self.gate_mode = heads, gate_mode
+        if gate_mode not in ("logit_scale", "output_scale", "none"):
+            raise ValueError(f"gate_mode must be 'logit_scale', 'output_scale' or 'none', got {gate_mode!r}")
+        if variant not in ("pro", "original"):
+            raise ValueError(f"variant must be 'pro' or 'original', got {variant!r}")
+        self.heads, self.gate_mode, self.variant = heads, gate_mode, variant
         self.scale = (dim // heads) ** -0.5
-        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
-        self.gate = nn.Parameter(torch.zeros(1))
+        self.q, self.o = nn.Linear(dim, dim), nn.Linear(dim, dim)
+        if variant == "original":
+            self.k, self.v = nn.Linear(dim, dim), nn.Linear(dim, dim)
+        else:
+            self.k, self.v = (nn.ModuleDict({s: nn.Linear(dim, dim) for s in SOURCES}) for _ in range(2))
+        if gate_mode != "none":
+            self.gate = nn.Parameter(torch.zeros(1))
         self.norm = nn.LayerNorm(dim)
         self.ffn = nn.Linear(dim, dim)
 
-    def _keys_values(self, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        positions = torch.arange(source.shape[1], device=source.device)
-        return rotary(split_heads(self.k(source), self.heads), positions), split_heads(self.v(source), self.heads)
+    def _keys_values(self, source: str, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        k, v = (self.k, self.v) if self.variant == "original" else (self.k[source], self.v[source])
+        positions = torch.arange(tokens.shape[1], device=tokens.device)
+        return rotary(split_heads(k(tokens), self.heads), positions), split_heads(v(tokens), self.heads)
 
     def forward(
         self, x: torch.Tensor, action_queries: torch.Tensor, raw: torch.Tensor, raw_pruned: torch.Tensor | None = None
@@ -56,22 +72,22 @@ class BridgeAttention(nn.Module):
         raw_pruned (B, N), True = a pruned visual token that must get no attention here either.
         Returns the new latents and the attention weights on the raw visual keys (B, heads, T, N)."""
         q = rotary(split_heads(self.q(x), self.heads), torch.arange(x.shape[1], device=x.device))
-        sources = [self._keys_values(s) for s in (x, action_queries, raw)]
+        sources = [self._keys_values(s, t) for s, t in zip(SOURCES, (x, action_queries, raw))]
         logits = [(q @ k.transpose(-1, -2)) * self.scale for k, _ in sources]
         values = [v for _, v in sources]
-        gate = torch.tanh(self.gate)
+        gate = torch.tanh(self.gate) if self.gate_mode != "none" else None
         n_raw = raw.shape[1]
         raw_logits = gate * logits[2] if self.gate_mode == "logit_scale" else logits[2]
         if raw_pruned is not None:
             raw_logits = raw_logits.masked_fill(raw_pruned[:, None, None, :], float("-inf"))
-        if self.gate_mode == "logit_scale":
-            weights = torch.cat([logits[0], logits[1], raw_logits], dim=-1).softmax(dim=-1)
-            o = weights @ torch.cat(values, dim=2)
-            raw_weights = weights[..., -n_raw:]
-        else:
+        if self.gate_mode == "output_scale":
             per_source = [lg.softmax(dim=-1) for lg in (logits[0], logits[1], raw_logits)]
             o = per_source[0] @ values[0] + per_source[1] @ values[1] + gate * (per_source[2] @ values[2])
             raw_weights = per_source[2]
+        else:
+            weights = torch.cat([logits[0], logits[1], raw_logits], dim=-1).softmax(dim=-1)
+            o = weights @ torch.cat(values, dim=2)
+            raw_weights = weights[..., -n_raw:]
         x = torch.relu(self.ffn(self.norm(self.o(merge_heads(o)) + x)))
         return x, raw_weights
 
@@ -90,6 +106,7 @@ class VLAAdapterPolicy(nn.Module):
         gate_mode: GateMode = "logit_scale",
         latent_noise_std: float = 0.02,
         attention_from: Literal["last", "mean"] = "last",
+        variant: Variant = "pro",
     ) -> None:
         super().__init__()
         self.backbone, self.chunk, self.action_dim = backbone, chunk, action_dim
@@ -100,7 +117,7 @@ class VLAAdapterPolicy(nn.Module):
         self.proprio_projector = ProprioProjector(proprio_dim, d)
         self.fc1 = nn.Sequential(nn.LayerNorm(action_dim * d), nn.Linear(action_dim * d, d), nn.ReLU())
         self.blocks = nn.ModuleList(
-            BridgeAttention(d, policy_heads, gate_mode) for _ in range(backbone.llm.num_layers)
+            BridgeAttention(d, policy_heads, gate_mode, variant) for _ in range(backbone.llm.num_layers)
         )
         self.fc2 = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, action_dim))
 
@@ -136,5 +153,7 @@ class VLAAdapterPolicy(nn.Module):
 
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         loss = action_loss(self.forward(batch).actions, batch["actions"], batch.get("action_is_pad"), self.loss_kind)
-        metrics = {self.loss_kind: loss.item(), "gate_abs": float(torch.stack([blk.gate.detach().abs() for blk in self.blocks]).mean())}
+        metrics = {self.loss_kind: loss.item()}
+        if self.blocks[0].gate_mode != "none":
+            metrics["gate_abs"] = float(torch.stack([blk.gate.detach().abs() for blk in self.blocks]).mean())
         return loss, metrics

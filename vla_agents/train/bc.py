@@ -20,6 +20,7 @@ import torch
 from accelerate import Accelerator
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 from safetensors.torch import load_file, save_file
+from torch.optim.lr_scheduler import LRScheduler, MultiStepLR
 from transformers import get_cosine_schedule_with_warmup
 
 from vla_agents.agent import VLAAgent, load_agent, make_agent
@@ -71,6 +72,20 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, recipe: dict[str, Any], warmup_steps: int, steps: int) -> LRScheduler:
+    """The recipe's `lr_schedule`: "cosine" with linear warmup (the default, and recipes saved without
+    the key), or "multistep", VLA-Adapter's released MultiStepLR: the rate drops x0.1 once, at
+    `lr_decay_step` (finetune.py: milestones=[num_steps_before_decay], gamma=0.1; no warmup)."""
+    schedule = recipe.get("lr_schedule", "cosine")
+    if schedule == "cosine":
+        return get_cosine_schedule_with_warmup(optimizer, warmup_steps, steps)
+    if schedule == "multistep":
+        if recipe.get("lr_decay_step") is None:
+            raise ValueError("recipe key lr_schedule 'multistep' needs lr_decay_step (the step the rate drops x0.1 at)")
+        return MultiStepLR(optimizer, milestones=[recipe["lr_decay_step"]], gamma=0.1)
+    raise ValueError(f"recipe key lr_schedule: unknown schedule {schedule!r}; expected 'cosine' or 'multistep'")
 
 
 def save_checkpoint(agent: VLAAgent, out_dir: Path, trainer_state: dict[str, Any], probe: TargetProbe | None = None) -> Path:
@@ -142,7 +157,7 @@ def train_bc(
             probe.load_state_dict(load_file(str(checkpoint / AUX_PROBE)))
     params = [p for p in agent.model.parameters() if p.requires_grad] + (list(probe.parameters()) if probe else [])
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=recipe.get("weight_decay", 0.0))
-    scheduler = get_cosine_schedule_with_warmup(optimizer, warmup_steps, steps)
+    scheduler = make_scheduler(optimizer, recipe, warmup_steps, steps)
     start = 0
     if resuming:
         state = torch.load(checkpoint / TRAINER_STATE, weights_only=False)
