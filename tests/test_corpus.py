@@ -48,9 +48,9 @@ def test_projection_lands_on_hand_placed_cubes() -> None:
 
 def test_grid_cell_maps_uv_through_the_centre_crop() -> None:
     uv = np.array([[0.0, 0.0], [0.5, 0.5], [0.99, 0.01], [0.03, 0.5]])
-    assert grid_cell(uv, 8).tolist() == [0, 36, 7, 32]
-    # crop_area 0.81 keeps the central 90% of each side: 0.03 is cropped away, 0.06 is in column 0
-    assert grid_cell(np.array([[0.03, 0.5], [0.06, 0.5]]), 8, crop_area=0.81).tolist() == [-1, 32]
+    assert grid_cell(uv, 8, frame_size=100).tolist() == [0, 36, 7, 32]
+    # crop_area 0.81 keeps the central 90 of 100 px (from px 5): 0.03 is cropped away, 0.06 is in column 0
+    assert grid_cell(np.array([[0.03, 0.5], [0.06, 0.5]]), 8, frame_size=100, crop_area=0.81).tolist() == [-1, 32]
 
 
 def test_questions_are_answered_from_the_scene_state() -> None:

@@ -156,3 +156,26 @@ def test_word_tokenizer_unknown_words() -> None:
     tok = build_word_tokenizer(["pick", "up", "the", "cube"])
     assert tok.convert_ids_to_tokens(tok("pick up the purple cube", add_special_tokens=False)["input_ids"]) == \
         ["pick", "up", "the", "<unk>", "cube"]
+
+
+def test_patch_labels_mark_each_visible_object_in_its_own_patch(corpus: Path) -> None:
+    from vla_agents.data.corpus import read_corpus
+    from vla_agents.sim.projection import grid_cell
+    from vla_agents.train.pretrain import CorpusBatches, backbone_recipe
+
+    c = read_corpus(corpus)
+    tok = build_word_tokenizer(["where", "is", "the", "cube"])
+    batches = CorpusBatches(c, tok, backbone_recipe("oft-tiny", len(tok), SMALL), (4, 4), seed=0)
+    questions = np.arange(len(c))
+    batch = batches(questions, train=False)  # centre crop: the cells are grid_cell's
+    labels = batch["patch_objects"]
+    assert labels.shape == (len(c), 2, 16)
+    for row, q in enumerate(questions):
+        s = c.qa_scene[q]
+        for v in range(2):
+            expected = {}
+            for k in range(len(c.objects)):
+                cell = int(grid_cell(c.uv[s, k, v][None], 4, frame_size=64, crop_area=0.9)[0])
+                if c.in_view[s, k, v] and cell >= 0:
+                    expected[cell] = k + 1  # a later object in the same patch wins, as in the labeller
+            assert {i: int(x) for i, x in enumerate(labels[row, v]) if x} == expected

@@ -26,13 +26,9 @@ if TYPE_CHECKING:
     from vla_agents.eval.compare import ComparisonResult
 
 CHECKPOINTS = resource_dir("policies") / "checkpoints"
-BACKBONE = resource_dir("policies") / "backbones" / "tiny-embedded"  # the tiny recipes' `backbone_path`
 DEMO_TASKS = ("embedded/lift", "embedded/pick_color")
-# expert episodes collected per task: every task the shipped agents are scored on
-DEMO_DATA = {"embedded/lift": 200, "embedded/pick_color": 300, "embedded/pick_color_clutter": 200, "embedded/stack": 200}
+DEMO_DATA = {"embedded/lift": 200, "embedded/pick_color": 200}  # expert episodes collected per task
 DEMO_DATA_SEED = 100000  # far from the evaluation seeds (1000 on), so no training scene is evaluated
-CORPUS = ["--scenes", "24000", "--seed", "0"]  # the grounding corpus the shipped backbone was pretrained on
-PRETRAIN = ["--steps", "10000", "--batch-size", "32", "--eval-every", "1000"]
 
 
 @dataclass(frozen=True)
@@ -69,13 +65,11 @@ SHIPPED = (
 
 
 def retrain(data_dir: Path, console: Console) -> None:
-    """Pretrain the tiny backbone, collect the demonstrations and train every shipped checkpoint from scratch."""
+    """Collect the demonstrations and train every shipped checkpoint from scratch."""
     from vla_agents.cli import main as cli
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    corpus = data_dir / "grounding_corpus.hdf5"
-    commands: list[list[str]] = [["corpus", *CORPUS, "--out", str(corpus)],
-                                 ["pretrain", "--corpus", str(corpus), *PRETRAIN, "--out", str(BACKBONE)]]
+    commands: list[list[str]] = []
     files: dict[float, list[Path]] = {}  # one demonstration set per DART noise level in use
     for noise in sorted({agent.data_noise for agent in SHIPPED}):
         for spec, episodes in DEMO_DATA.items():

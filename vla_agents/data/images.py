@@ -23,11 +23,7 @@ def crop_resize(frames: Sequence[np.ndarray], size: int, crop_area: float = 1.0,
     for frame in frames:
         x = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)
         h, w = x.shape[1:]
-        ch, cw = (round(h * math.sqrt(crop_area)), round(w * math.sqrt(crop_area))) if crop_area < 1.0 else (h, w)
-        if train and crop_area < 1.0:
-            top, left = (int(torch.randint(0, n - c + 1, ())) for n, c in ((h, ch), (w, cw)))
-        else:
-            top, left = (h - ch) // 2, (w - cw) // 2
+        top, left, ch, cw = crop_box(h, w, crop_area, train)
         crops.append(x[:, top : top + ch, left : left + cw])
         boxes.append((top / h, left / w, ch / h, cw / w))
     if len({c.shape for c in crops}) == 1:
@@ -35,6 +31,19 @@ def crop_resize(frames: Sequence[np.ndarray], size: int, crop_area: float = 1.0,
     else:
         pixels = torch.cat([_resize(c[None].float().div_(255.0), size) for c in crops])
     return pixels, torch.tensor(boxes, dtype=torch.float32)
+
+
+def crop_box(height: int, width: int, crop_area: float = 1.0, train: bool = False) -> tuple[int, int, int, int]:
+    """(top, left, height, width) in pixels of the crop of `crop_area` of the frame: random when training
+    (two draws from torch's generator), centred otherwise."""
+    if crop_area >= 1.0:
+        return 0, 0, height, width
+    ch, cw = round(height * math.sqrt(crop_area)), round(width * math.sqrt(crop_area))
+    if train:
+        top, left = (int(torch.randint(0, n - c + 1, ())) for n, c in ((height, ch), (width, cw)))
+    else:
+        top, left = (height - ch) // 2, (width - cw) // 2
+    return top, left, ch, cw
 
 
 def _resize(x: torch.Tensor, size: int) -> torch.Tensor:

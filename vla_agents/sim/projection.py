@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 from robosuite.utils.camera_utils import get_camera_transform_matrix
 
+from vla_agents.data.images import crop_box
+
 
 def project(sim, camera: str, points: np.ndarray, image_size: int) -> tuple[np.ndarray, np.ndarray]:
     """(N, 3) world points -> (N, 2) uv fractions in policy orientation and (N,) in-view flags
@@ -29,12 +31,13 @@ def project(sim, camera: str, points: np.ndarray, image_size: int) -> tuple[np.n
     return uv, in_view
 
 
-def grid_cell(uv: np.ndarray, grid: int, crop_area: float = 1.0) -> np.ndarray:
-    """uv fractions of the full frame -> row-major cell index of a `grid` x `grid` patch map laid over
-    the centre crop of `crop_area` that policies see at test time; -1 where the point is outside it."""
+def grid_cell(uv: np.ndarray, grid: int, frame_size: int, crop_area: float = 1.0) -> np.ndarray:
+    """uv fractions of a square frame of `frame_size` px -> row-major cell index of a `grid` x `grid` patch
+    map laid over the centre crop of `crop_area` that policies see at test time (the pixel crop
+    `data.images.crop_box` takes); -1 where the point is outside it."""
     uv = np.asarray(uv, dtype=np.float64)
-    side = np.sqrt(crop_area)
-    inner = (uv - (1.0 - side) / 2.0) / side
+    top, left, height, width = (n / frame_size for n in crop_box(frame_size, frame_size, crop_area))
+    inner = (uv - [left, top]) / [width, height]
     inside = (inner >= 0).all(axis=-1) & (inner < 1).all(axis=-1)
     cells = np.clip((inner * grid).astype(int), 0, grid - 1)
     return np.where(inside, cells[..., 1] * grid + cells[..., 0], -1)

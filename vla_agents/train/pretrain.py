@@ -91,6 +91,7 @@ class CorpusBatches:
         h, w = self.grid
         cells = (uv[..., 1].clamp(0, 1 - 1e-6) * h).long() * w + (uv[..., 0].clamp(0, 1 - 1e-6) * w).long()
         ids, mask = left_padded([self._prompt_ids(self.prompts[q]) for q in questions], self.tokenizer.pad_token_id)
+        patch_objects = self.patch_objects(scenes, boxes.view(b, n_views, 4))
         offset = (c.pos[scenes, obj] - c.eef_pos[scenes]) / OFFSET_UNIT
         return {
             "images": pixels.view(b, n_views, *pixels.shape[1:]), "input_ids": ids, "attention_mask": mask,
@@ -98,7 +99,19 @@ class CorpusBatches:
             "cell": torch.where(inside, cells, h * w), "uv": uv.float(),
             "offset": torch.from_numpy(offset.astype(np.float32)),
             "object": torch.from_numpy(obj), "answer": torch.from_numpy(c.qa_answer[questions].astype(np.int64)),
+            "patch_objects": patch_objects,
         }
+
+    def patch_objects(self, scenes: np.ndarray, boxes: torch.Tensor) -> torch.Tensor:
+        """(B, V, h*w) long: 1 + the index of the object whose centre falls in each patch of the crop, 0 for none."""
+        c, (h, w) = self.corpus, self.grid
+        labels = torch.zeros(len(scenes), len(c.views), h * w, dtype=torch.long)
+        uv = uv_in_crop(torch.from_numpy(c.uv[scenes]), boxes[:, None])  # (B, K, V, 2)
+        seen = torch.from_numpy(c.in_view[scenes]) & (uv >= 0).all(-1) & (uv < 1).all(-1)
+        cells = (uv[..., 1].clamp(0, 1 - 1e-6) * h).long() * w + (uv[..., 0].clamp(0, 1 - 1e-6) * w).long()
+        for i, k, v in seen.nonzero().tolist():
+            labels[i, v, cells[i, k, v]] = k + 1
+        return labels
 
 
 def backbone_recipe(base: str, tokenizer_size: int, overrides: dict[str, Any] | None) -> dict[str, Any]:
@@ -125,7 +138,7 @@ def pretrain_backbone(
     corpus: str | Path, out_dir: str | Path, steps: int = 12000, batch_size: int = 32, lr: float = 5e-4,
     warmup_steps: int = 200, seed: int = 0, base: str = "oft-tiny", tokenizer: str = "word",
     overrides: dict[str, Any] | None = None, save_every: int = 500, eval_every: int = 0, resume: bool = False,
-    progress: bool = True,
+    progress: bool = True, causal: bool = True,
 ) -> PretrainResult:
     """Pretrain `base`'s tiny backbone on a grounding corpus; `out_dir` becomes the backbone folder (with the
     resumable `checkpoint/` and `pretrain_log.jsonl` beside the backbone's files)."""
@@ -145,7 +158,7 @@ def pretrain_backbone(
     if data.attrs["image_size"] < recipe["image_size"]:
         raise ValueError(f"{data.path}: corpus images are {data.attrs['image_size']} px, the recipe needs {recipe['image_size']}")
     torch.manual_seed(seed)
-    model = GroundingModel(build_backbone(recipe), num_objects=len(data.objects))
+    model = GroundingModel(build_backbone(recipe), num_objects=len(data.objects), causal=causal)
     batches = CorpusBatches(data, tok, recipe, model.backbone.grid, seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     scheduler = get_cosine_schedule_with_warmup(optimizer, warmup_steps, steps)
