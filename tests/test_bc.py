@@ -92,3 +92,45 @@ def test_resume_reproduces_uninterrupted_run(demos: Path, tmp_path: Path) -> Non
     assert straight.keys() == resumed.keys()
     for key in straight:
         assert torch.equal(straight[key], resumed[key]), key
+
+
+RESUMABLE = dict(steps=6, batch_size=4, lr=1e-3, warmup_steps=2, save_every=3, overrides=SMALL, seed=3, progress=False)
+
+
+@pytest.fixture(scope="module")
+def straight(demos: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, torch.Tensor]:
+    """The weights of an uninterrupted run with the RESUMABLE settings."""
+    out = tmp_path_factory.mktemp("straight")
+    train_bc("vla_adapter", [demos], out_dir=out, **RESUMABLE)
+    return load_file(out / "model.safetensors")
+
+
+def test_a_kill_at_any_step_of_the_checkpoint_swap_resumes_from_a_checkpoint(demos, straight, tmp_path, monkeypatch) -> None:
+    """The step-6 checkpoint replaces the step-3 one; a kill at each of its renames, then --resume."""
+    from test_atomic import Killed, KillAt
+
+    from vla_agents.train import bc
+
+    for k in range(1, 5):  # staging -> .new, checkpoint -> .old, .new -> checkpoint, .old removed
+        out = tmp_path / f"kill{k}"
+        real_save = bc.save_checkpoint
+
+        def save_checkpoint(agent, out_dir, state):
+            if state["step"] < 6:
+                return real_save(agent, out_dir, state)
+            with monkeypatch.context() as patch:
+                KillAt(patch, k)
+                return real_save(agent, out_dir, state)
+
+        monkeypatch.setattr(bc, "save_checkpoint", save_checkpoint)
+        with pytest.raises(Killed):
+            train_bc("vla_adapter", [demos], out_dir=out, **RESUMABLE)
+        monkeypatch.setattr(bc, "save_checkpoint", real_save)
+        trained = []  # the steps the resumed run trains: from the old checkpoint (3) or the new one (6), not from 0
+        train_bc("vla_adapter", [demos], out_dir=out, resume=True, eval_every=1,
+                 eval_fn=lambda agent, step: trained.append(step) or {}, **RESUMABLE)
+        assert trained in ([4, 5, 6], []), f"kill at step {k}: trained {trained}"
+        resumed = load_file(out / "model.safetensors")
+        assert all(torch.equal(straight[key], resumed[key]) for key in straight), f"kill at step {k}"
+        assert sorted(p.name for p in out.iterdir()) == ["checkpoint", "config.json", "model.safetensors",
+                                                         "norm_stats.json", "tokenizer", "train_log.jsonl"]

@@ -11,8 +11,6 @@ from __future__ import annotations
 import importlib
 import json
 import math
-import shutil
-import uuid
 from collections import deque
 from pathlib import Path
 from typing import Any, Mapping
@@ -24,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from vla_agents.atomic import complete_folder, replace_folder
 from vla_agents.data.normalization import NormStats
 from vla_agents.models.backbones import build_byte_tokenizer
 from vla_agents.models.dtp import DTP, DTPPolicy
@@ -245,29 +244,18 @@ class VLAAgent:
         }
 
     def save_pretrained(self, path: str | Path) -> Path:
-        """Write the agent folder atomically: a temp folder beside it, then swapped into place."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
-        try:
-            state = {k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}
-            save_file(state, str(tmp / "model.safetensors"))
-            (tmp / "config.json").write_text(json.dumps(self.config(), indent=2, default=str))
-            (tmp / "norm_stats.json").write_text(json.dumps(self.stats.to_dict() if self.stats else None, indent=2))
-            self.tokenizer.save_pretrained(str(tmp / "tokenizer"))
-            old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
-            if path.exists():
-                for entry in path.iterdir():  # keep what else lives there (e.g. a training checkpoint/)
-                    if not (tmp / entry.name).exists():
-                        entry.rename(tmp / entry.name)
-                path.rename(old)
-            tmp.rename(path)
-            shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return path
+        """Write the agent folder. An existing folder is replaced in one swap that a kill cannot half-do,
+        and its other entries (a training checkpoint/, your own files) stay (`vla_agents.atomic`)."""
+        return replace_folder(path, self.write_to)
+
+    def write_to(self, folder: Path) -> None:
+        """Fill the empty `folder` with the agent's files, as part of a larger folder swapped in whole
+        (a training checkpoint); `save_pretrained` is the one to call otherwise."""
+        state = {k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}
+        save_file(state, str(folder / "model.safetensors"))
+        (folder / "norm_stats.json").write_text(json.dumps(self.stats.to_dict() if self.stats else None, indent=2))
+        self.tokenizer.save_pretrained(str(folder / "tokenizer"))
+        (folder / "config.json").write_text(json.dumps(self.config(), indent=2, default=str))
 
 
 def make_agent(
@@ -298,8 +286,9 @@ def _read_json(path: Path) -> Any:
 
 
 def load_agent(path: str | Path, device: str | torch.device | None = None) -> VLAAgent:
-    """Load an agent folder written by `save_pretrained`, with clear errors for bad folders."""
-    path = Path(path)
+    """Load an agent folder written by `save_pretrained`, with clear errors for bad folders; after an
+    interrupted save, the complete copy it left (`vla_agents.atomic.complete_folder`)."""
+    path = complete_folder(path)
     if not path.is_dir():
         raise FileNotFoundError(f"agent folder not found: {path}")
     if (path / "residual.json").exists():  # an RL residual on a frozen base agent saved in path/base

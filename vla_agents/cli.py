@@ -12,6 +12,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from vla_agents.atomic import write_file
 from vla_agents.train.rl import RESIDUAL_SCALE
 
 if TYPE_CHECKING:
@@ -103,10 +104,7 @@ def _raise_if_failed(result: ComparisonResult) -> None:
 
 def _write_json(path: Path, payload: dict) -> None:
     """Atomic: a crash mid-write never leaves a truncated results file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, path)
+    write_file(path, json.dumps(payload, indent=2))
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -230,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, ImportError, RuntimeError) as error:
+    except (ValueError, FileNotFoundError, ImportError, RuntimeError, OSError) as error:
         print(f"vla-agents {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemaini
 from transformers import get_cosine_schedule_with_warmup
 
 from vla_agents.agent import VLAAgent, load_agent, make_agent
+from vla_agents.atomic import check_target, recover
 from vla_agents.data.dataset import DemoDataset
 from vla_agents.models.blocks import action_loss
 from vla_agents.policies import load_recipe, split_name
@@ -66,7 +67,7 @@ def save_checkpoint(agent: VLAAgent, out_dir: Path, trainer_state: dict[str, Any
     """`out_dir/checkpoint/`: the agent plus trainer_state.pt, swapped into place atomically."""
 
     def write(folder: Path) -> None:
-        agent.save_pretrained(folder)
+        agent.write_to(folder)
         torch.save(trainer_state, folder / TRAINER_STATE)
 
     return write_checkpoint(out_dir, write)
@@ -90,10 +91,14 @@ def train_bc(
     progress: bool = True,
 ) -> BCResult:
     """Train `policy` on demonstration files; the final agent is written to `out_dir`."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = check_target(out_dir)  # before training: "." or its parents cannot take the final swap
     accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
     checkpoint = out_dir / CHECKPOINT
+    if accelerator.is_main_process:  # a save or checkpoint a kill interrupted is completed, not lost
+        recover(out_dir)
+        recover(checkpoint)
+    accelerator.wait_for_everyone()
+    out_dir.mkdir(parents=True, exist_ok=True)
     resuming = resume and (checkpoint / TRAINER_STATE).is_file()
 
     torch.manual_seed(seed)
