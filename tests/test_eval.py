@@ -320,3 +320,16 @@ def test_compare_in_worker_processes_gives_the_same_episodes_as_one_process():
         compare([("unpicklable", lambda: TinyAgent())], envs, episodes=1, progress=False, workers=2)
     with pytest.raises(ValueError, match="workers must be at least 1, got 0"):
         compare(agents, envs, episodes=1, workers=0)
+
+
+def test_cli_compare_json_writes_exactly_the_files_it_names(tmp_path, capsys):
+    runs = tmp_path / "runs" / "cmp"
+    runs.mkdir(parents=True)
+    (runs / "results.json").write_text("earlier results")
+    assert main(["compare", str(tmp_path / "missing"), "--env", "embedded/lift", "--episodes", "1",
+                 "--json", str(runs / "results.v2.json")]) == 2
+    assert f"wrote {runs / 'results.v2.json'}, {runs / 'results.v2.csv'}\n" in capsys.readouterr().out
+    assert json.loads((runs / "results.v2.json").read_text())["rows"][0]["policy"] == "missing"
+    assert (runs / "results.v2.csv").read_text().startswith("policy,num_parameters,task")
+    assert (runs / "results.json").read_text() == "earlier results"
+    assert sorted(p.name for p in runs.iterdir()) == ["results.json", "results.v2.csv", "results.v2.json"]

@@ -91,8 +91,7 @@ def _compare(args: argparse.Namespace) -> None:
                      workers=args.workers)
     table_console().print(render_table(result))
     if args.json:
-        result.save(Path(args.json).with_suffix(""))
-        print(f"wrote {Path(args.json).with_suffix('.json')} and {Path(args.json).with_suffix('.csv')}")
+        print("wrote " + ", ".join(map(str, result.save(args.json))))
     _raise_if_failed(result)
 
 

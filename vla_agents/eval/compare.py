@@ -7,6 +7,7 @@ failed and the comparison goes on: one bad agent must not cost the evaluations o
 from __future__ import annotations
 
 import csv
+import io
 import json
 import multiprocessing
 import pickle
@@ -22,6 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from vla_agents.atomic import write_file
 from vla_agents.eval.rollout import EvalReport, episode_metrics, error_summary, evaluate, slugify
 from vla_agents.progress import LoggedProgress
 
@@ -95,31 +97,28 @@ class ComparisonResult:
         }
 
     def to_json(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2))
-        return path
+        return write_file(path, json.dumps(self.to_dict(), indent=2))
 
     def to_csv(self, path: str | Path) -> Path:
         """One line per (policy, task), plus a pooled 'overall' line per policy; percentages in %."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=_CSV_FIELDS)
-            writer.writeheader()
-            for row in self.rows:
-                errors = row.errors
-                for task, m in row.metrics().items():
-                    low, high = m["pc_success_ci95"]
-                    writer.writerow({"policy": row.name, "num_parameters": row.num_parameters, "task": task,
-                                     "ci95_low": low, "ci95_high": high, "error": errors.get(task, ""),
-                                     **{k: m[k] for k in _CSV_FIELDS if k in m}})
-        return path
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=_CSV_FIELDS)
+        writer.writeheader()
+        for row in self.rows:
+            errors = row.errors
+            for task, m in row.metrics().items():
+                low, high = m["pc_success_ci95"]
+                writer.writerow({"policy": row.name, "num_parameters": row.num_parameters, "task": task,
+                                 "ci95_low": low, "ci95_high": high, "error": errors.get(task, ""),
+                                 **{k: m[k] for k in _CSV_FIELDS if k in m}})
+        return write_file(path, text.getvalue())
 
     def save(self, path: str | Path) -> tuple[Path, Path]:
-        """Write `<path>.json` and `<path>.csv` beside each other."""
+        """Write the JSON to `path` (`.json` added when it has another suffix or none: "results.v2" ->
+        "results.v2.json") and the CSV beside it with `.csv` in place of `.json`; returns both paths."""
         path = Path(path)
-        return self.to_json(path.with_suffix(".json")), self.to_csv(path.with_suffix(".csv"))
+        json_path = path if path.suffix == ".json" else path.with_name(f"{path.name}.json")
+        return self.to_json(json_path), self.to_csv(json_path.with_suffix(".csv"))
 
 
 def _cell(m: dict[str, Any]) -> str:
