@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import json
 import math
+import warnings
 from collections import deque
 from pathlib import Path
 from typing import Any, Mapping
@@ -18,11 +19,13 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from vla_agents.atomic import complete_folder, replace_folder
+from vla_agents.checksums import digests, verify_digests
 from vla_agents.data.normalization import NormStats
 from vla_agents.models.backbones import build_byte_tokenizer
 from vla_agents.models.dtp import DTP, DTPPolicy
@@ -35,6 +38,7 @@ __all__ = ["VLAAgent", "make_agent", "load_agent", "list_policies"]
 
 FORMAT_VERSION = 1
 ADAPTERS = {"libero": "vla_agents.adapters.libero:LiberoAdapter", "embedded": "vla_agents.adapters.libero:LiberoAdapter"}
+CHECKSUMMED = ("model.safetensors", "norm_stats.json")  # the files config.json records SHA-256 digests of
 
 
 def make_adapter(name: str) -> Any:
@@ -52,6 +56,29 @@ def make_tokenizer(recipe: dict[str, Any]) -> PreTrainedTokenizerBase:
 def lora_targets(module: nn.Module) -> list[str]:
     """peft's "all-linear": every nn.Linear inside the language model."""
     return sorted({name.split(".")[-1] for name, m in module.named_modules() if isinstance(m, nn.Linear)})
+
+
+def check_recipe(recipe: Mapping[str, Any]) -> None:
+    """The recipe keys the agent itself reads (each policy builder reads its own): a missing or
+    malformed one fails when the agent is built, not at its first `act`."""
+
+    def need(key: str, ok: Any, expected: str) -> None:
+        if key not in recipe:
+            raise ValueError(f"recipe has no key {key!r}; expected {expected}")
+        if not ok(recipe[key]):
+            raise ValueError(f"recipe key {key!r} is {recipe[key]!r}; expected {expected}")
+
+    def count(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+    for key in ("chunk", "action_dim", "proprio_dim", "image_size"):
+        need(key, count, "an integer >= 1")
+    need("views", lambda v: isinstance(v, list) and v and all(isinstance(x, str) for x in v), "a list of view names")
+    need("prompt_template", lambda v: isinstance(v, str) and "{instruction}" in v, "a string with {instruction} in it")
+    if recipe.get("temporal_ensemble"):
+        need("ensemble_k", lambda v: isinstance(v, (int, float)) and v >= 0, "a number >= 0")
+    else:
+        need("n_open_loop", lambda v: count(v) and v <= recipe["chunk"], f"an integer from 1 to chunk ({recipe['chunk']})")
 
 
 def preprocess_image(img: np.ndarray, recipe: dict[str, Any], train: bool) -> torch.Tensor:
@@ -89,10 +116,15 @@ class VLAAgent:
         adapter: str = "libero",
         overrides: dict[str, Any] | None = None,
     ) -> None:
+        check_recipe(recipe)
         self.model, self.tokenizer, self.recipe, self.stats = model, tokenizer, recipe, stats
         self.adapter_name, self.adapter = adapter, make_adapter(adapter)
         self.overrides = dict(overrides or {})
         self.views: list[str] = list(recipe["views"])
+        unknown = sorted(set(self.views) - set(self.adapter.views))
+        if unknown:
+            raise ValueError(f"recipe key 'views' names {unknown}, which the {adapter} adapter does not give; "
+                             f"expected some of {list(self.adapter.views)}")
         self.chunk, self.action_dim = recipe["chunk"], recipe["action_dim"]
         self.lora: dict[str, int] | None = None
         self._prompt_cache: dict[str, list[int]] = {}
@@ -241,11 +273,13 @@ class VLAAgent:
             "hf_configs": self.model.backbone.hf_configs(),
             "lora": self.lora,
             "dtp": self.model.settings() if isinstance(self.model, DTPPolicy) else None,
+            "has_norm_stats": self.stats is not None,
         }
 
     def save_pretrained(self, path: str | Path) -> Path:
         """Write the agent folder. An existing folder is replaced in one swap that a kill cannot half-do,
-        and its other entries (a training checkpoint/, your own files) stay (`vla_agents.atomic`)."""
+        and its other entries (a training checkpoint/, your own files) stay (`vla_agents.atomic`).
+        config.json records the SHA-256 of the weights and statistics, which `load_agent` checks."""
         return replace_folder(path, self.write_to)
 
     def write_to(self, folder: Path) -> None:
@@ -255,7 +289,8 @@ class VLAAgent:
         save_file(state, str(folder / "model.safetensors"))
         (folder / "norm_stats.json").write_text(json.dumps(self.stats.to_dict() if self.stats else None, indent=2))
         self.tokenizer.save_pretrained(str(folder / "tokenizer"))
-        (folder / "config.json").write_text(json.dumps(self.config(), indent=2, default=str))
+        config = {**self.config(), "sha256": digests(folder, list(CHECKSUMMED))}
+        (folder / "config.json").write_text(json.dumps(config, indent=2, default=str))
 
 
 def make_agent(
@@ -285,9 +320,45 @@ def _read_json(path: Path) -> Any:
         raise ValueError(f"corrupt agent file {path}: {e}") from e
 
 
+def _read_stats(path: Path, config: dict[str, Any]) -> NormStats | None:
+    """norm_stats.json, validated; `null` only from an agent that config.json says was saved without any."""
+    file = path / "norm_stats.json"
+    stats = _read_json(file)
+    if stats is None and config.get("has_norm_stats") is False:
+        warnings.warn(f"{path} was saved without normalization statistics: its actions come out in the policy's "
+                      "normalized units", stacklevel=3)
+        return None
+    if stats is None:
+        raise ValueError(f"{file} is null; expected the 'action' and 'proprio' statistics of the agent's training "
+                         "data, without which its actions would come out unscaled")
+    try:
+        return NormStats.from_dict(stats)
+    except ValueError as e:
+        raise ValueError(f"{file}: {e}") from e
+
+
+def _read_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
+    if not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
+        raise ValueError(f"tokenizer folder {folder} has no tokenizer.json or tokenizer_config.json; expected the "
+                         "files save_pretrained writes there")
+    try:
+        return AutoTokenizer.from_pretrained(str(folder))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read the tokenizer in {folder}: {e}") from e
+
+
+def read_weights(file: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors; one that cannot be parsed fails naming the file."""
+    try:
+        return load_file(str(file))
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{file} is not a readable safetensors file ({e}); it is empty, truncated or damaged") from e
+
+
 def load_agent(path: str | Path, device: str | torch.device | None = None) -> VLAAgent:
-    """Load an agent folder written by `save_pretrained`, with clear errors for bad folders; after an
-    interrupted save, the complete copy it left (`vla_agents.atomic.complete_folder`)."""
+    """Load an agent folder written by `save_pretrained`. A bad folder raises FileNotFoundError or
+    ValueError naming the file, the key and what was expected; weights or statistics that differ
+    from the SHA-256 digests in config.json are refused (folders saved without digests load as before)."""
     path = complete_folder(path)
     if not path.is_dir():
         raise FileNotFoundError(f"agent folder not found: {path}")
@@ -298,26 +369,48 @@ def load_agent(path: str | Path, device: str | torch.device | None = None) -> VL
     for name in ("config.json", "model.safetensors", "norm_stats.json", "tokenizer"):
         if not (path / name).exists():
             raise FileNotFoundError(f"agent folder {path} is missing {name}")
-    config = _read_json(path / "config.json")
+    config_path = path / "config.json"
+    config = _read_json(config_path)
     if not isinstance(config, dict) or "recipe" not in config or "policy" not in config:
-        raise ValueError(f"corrupt agent file {path / 'config.json'}: expected an object with 'policy' and 'recipe'")
-    check_policy(config["policy"])
+        raise ValueError(f"corrupt agent file {config_path}: expected an object with 'policy' and 'recipe'")
+    if not isinstance(config["recipe"], dict):
+        raise ValueError(f"corrupt agent file {config_path}: 'recipe' must be an object, got {config['recipe']!r:.80}")
+    if config.get("format_version", 1) > FORMAT_VERSION:
+        raise ValueError(f"{config_path} has format_version {config['format_version']}; this vla-agents reads up to "
+                         f"{FORMAT_VERSION}: upgrade vla-agents")
+    try:
+        check_policy(config["policy"])
+    except ValueError as e:
+        raise ValueError(f"{config_path}: {e}") from e
+    verify_digests(path, config.get("sha256"), "config.json")
     recipe = config["recipe"]
-    stats_dict = _read_json(path / "norm_stats.json")
-    stats = NormStats.from_dict(stats_dict) if stats_dict else None
+    stats = _read_stats(path, config)
 
     dims = {"config.json action_dim": config.get("action_dim"), "recipe action_dim": recipe.get("action_dim")}
     if stats is not None:
         dims["norm_stats.json action"] = stats.action.dim
+        if stats.proprio.dim != recipe.get("proprio_dim"):
+            raise ValueError(f"proprio-dimension mismatch in {path}: recipe proprio_dim={recipe.get('proprio_dim')}, "
+                             f"norm_stats.json proprio has {stats.proprio.dim}")
     if len(set(dims.values())) > 1:
         raise ValueError(f"action-dimension mismatch in {path}: " + ", ".join(f"{k}={v}" for k, v in dims.items()))
 
-    model = build_model(recipe, config.get("hf_configs"))
-    tokenizer = AutoTokenizer.from_pretrained(str(path / "tokenizer"))
-    agent = VLAAgent(model, tokenizer, recipe, stats, config.get("adapter", "libero"), config.get("overrides"))
-    if config.get("lora"):
-        agent.enable_lora(config["lora"]["rank"], config["lora"]["alpha"])
-    state = load_file(str(path / "model.safetensors"))
+    tokenizer = _read_tokenizer(path / "tokenizer")
+    try:
+        check_recipe(recipe)  # before the builder, whose KeyError or TypeError would not name the key
+        model = build_model(recipe, config.get("hf_configs"))
+        agent = VLAAgent(model, tokenizer, recipe, stats, config.get("adapter", "libero"), config.get("overrides"))
+        lora = config.get("lora")
+        if lora:
+            if not (isinstance(lora, dict) and {"rank", "alpha"} <= set(lora)):
+                raise ValueError(f"'lora' must be an object with 'rank' and 'alpha', got {lora!r}")
+            agent.enable_lora(lora["rank"], lora["alpha"])
+    except KeyError as e:
+        raise ValueError(f"{config_path}: the recipe has no key {e.args[0]!r}, which policy {config['policy']!r} "
+                         f"needs; expected the keys of policies/{config['policy']}-{recipe.get('scale')}.yaml") from e
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{config_path}: {e}") from e
+    state = read_weights(path / "model.safetensors")
     expected = model.state_dict()
     bad = [f"{k}: weights {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
            for k, v in state.items() if k in expected and v.shape != expected[k].shape]
@@ -330,7 +423,14 @@ def load_agent(path: str | Path, device: str | torch.device | None = None) -> VL
                          f"missing {missing[:5]}, unexpected {unexpected[:5]}")
     model.load_state_dict(state)
     if config.get("dtp"):
-        agent = DTP(agent, **config["dtp"])
+        known = sorted(load_wrapper_recipe("dtp", {})[0])
+        unknown = sorted(set(config["dtp"]) - set(known)) if isinstance(config["dtp"], dict) else config["dtp"]
+        if unknown:
+            raise ValueError(f"{config_path}: 'dtp' has unknown setting(s) {unknown}; expected some of {known}")
+        try:
+            agent = DTP(agent, **config["dtp"])
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{config_path}: 'dtp': {e}") from e
     if device is not None:
         agent.to(device)
     return agent
