@@ -1,6 +1,8 @@
 """Behaviour cloning: the loss goes down on real (HDF5) demonstrations, and resuming is exact."""
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -85,7 +87,7 @@ def test_resume_reproduces_uninterrupted_run(demos: Path, tmp_path: Path) -> Non
         train_bc("vla_adapter", [demos], out_dir=tmp_path / "resumed", eval_fn=crash, eval_every=1, **kwargs)
     assert torch.load(tmp_path / "resumed" / "checkpoint" / "trainer_state.pt", weights_only=False)["step"] == 3
     result = train_bc("vla_adapter", [demos], out_dir=tmp_path / "resumed", resume=True, **kwargs)
-    assert [r["step"] for r in result.history] == [4, 5, 6]
+    assert [r["step"] for r in result.history] == [1, 2, 3, 4, 5, 6]  # the history before the crash is kept
 
     straight = load_file(tmp_path / "straight" / "model.safetensors")
     resumed = load_file(tmp_path / "resumed" / "model.safetensors")
@@ -134,3 +136,42 @@ def test_a_kill_at_any_step_of_the_checkpoint_swap_resumes_from_a_checkpoint(dem
         assert all(torch.equal(straight[key], resumed[key]) for key in straight), f"kill at step {k}"
         assert sorted(p.name for p in out.iterdir()) == ["checkpoint", "config.json", "model.safetensors",
                                                          "norm_stats.json", "tokenizer", "train_log.jsonl"]
+
+
+def test_resume_refuses_other_settings_and_says_when_it_starts_over(demos, tmp_path, caplog) -> None:
+    out = tmp_path / "run"
+    with caplog.at_level("WARNING", logger="vla_agents.train.bc"):
+        train_bc("oft", [demos], out_dir=out, resume=True, steps=3, batch_size=4, save_every=3, overrides=SMALL,
+                 progress=False)
+    assert f"--resume: no checkpoint in {out / 'checkpoint'}; training starts at step 0" in caplog.text
+    for change, error in ((dict(policy="vat"), r"policy='oft' \(asked: 'vat'\)"),
+                          (dict(seed=1), r"seed=0 \(asked: 1\)"),
+                          (dict(batch_size=8), r"batch_size=4 \(asked: 8\)"),
+                          (dict(overrides={**SMALL, "loss": "l1"}), r"loss='mse' \(asked: 'l1'\)")):
+        kwargs = dict(policy="oft", data=[demos], out_dir=out, resume=True, steps=6, overrides=SMALL, progress=False)
+        with pytest.raises(ValueError, match=rf"--resume: the checkpoint in {out / 'checkpoint'} was trained with {error}"):
+            train_bc(**{**kwargs, **change})
+
+
+@pytest.mark.parametrize("flags, error", [
+    (["--steps", "0"], "steps must be at least 1, got 0"),
+    (["--steps", "-5"], "steps must be at least 1, got -5"),
+    (["--batch-size", "0"], "batch_size must be at least 1, got 0"),
+    (["--save-every", "-1"], "save_every must be at least 0, got -1"),
+    (["--eval-every", "5"], r"evaluation during training needs --eval-env, .* together; got None, 5 and 5"),
+    (["--out", "."], r"refusing to write into '.' \(.*\): it is the current directory or one of its parents"),
+    (["--out", ".."], r"refusing to write into '..' \(.*\): it is the current directory or one of its parents"),
+])
+def test_bad_train_bc_arguments_are_refused_before_anything_is_written(flags, error, demos, tmp_path, monkeypatch, capsys) -> None:
+    from vla_agents.cli import main
+
+    work = tmp_path / "t"
+    (work / "d").mkdir(parents=True)
+    (work / "a").write_text("mine")
+    monkeypatch.chdir(work)
+    options = {"--policy": "oft", "--data": str(demos), "--steps": "2", "--out": "out", "--overrides": json.dumps(SMALL)}
+    options.update(zip(flags[::2], flags[1::2]))
+    assert main(["train", "bc", *[word for option in options.items() for word in option]]) == 2
+    assert re.search(error, capsys.readouterr().err)
+    assert sorted(p.name for p in work.iterdir()) == ["a", "d"] and (work / "a").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t"]

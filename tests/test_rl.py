@@ -157,3 +157,21 @@ def test_a_residual_observing_privileged_state_sees_it_saves_it_and_needs_it(age
     env.close()
     with pytest.raises(ValueError, match="full mode's actor is the VLA"):
         train_rl(agent_dir, ENV, mode="full", steps=8, out_dir=tmp_path / "bad", state_keys=["object-state"])
+
+
+@pytest.mark.parametrize("change, error", [
+    (dict(steps=0), "steps must be at least 1, got 0"),
+    (dict(steps=-100), "steps must be at least 1, got -100"),
+    (dict(eval_episodes=-3), "eval_episodes must be at least 0, got -3"),
+    (dict(scale=-1.0), r"scale \(of the residual's correction\) must be > 0, got -1.0"),
+    (dict(device="cuda"), "device 'cuda': torch sees no CUDA GPU here"),
+    (dict(n_envs=0), "n_envs must be at least 1, got 0"),
+    (dict(n_envs=-2), "n_envs must be at least 1, got -2"),
+])
+def test_bad_train_rl_arguments_are_refused_before_anything_starts(agent_dir, tmp_path, change, error) -> None:
+    if change.get("device") == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    kwargs = dict(steps=8, out_dir=tmp_path / "out", n_envs=1, eval_episodes=0, env_kwargs=ENV_KWARGS, progress=False)
+    with pytest.raises(ValueError, match=error):
+        train_rl(agent_dir, ENV, **{**kwargs, **change})
+    assert list(tmp_path.iterdir()) == []

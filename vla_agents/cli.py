@@ -33,6 +33,9 @@ def _train_bc(args: argparse.Namespace) -> None:
     from vla_agents.train.bc import train_bc
 
     overrides = dict(json.loads(args.overrides)) if args.overrides else None
+    if bool(args.eval_env) != bool(args.eval_every) or (args.eval_env and args.eval_episodes < 1):
+        raise ValueError("evaluation during training needs --eval-env, --eval-every >= 1 and --eval-episodes >= 1 "
+                         f"together; got {args.eval_env!r}, {args.eval_every} and {args.eval_episodes}")
     eval_fn = None
     if args.eval_env and args.eval_every:
         from vla_agents.eval.rollout import evaluate

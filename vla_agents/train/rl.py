@@ -19,6 +19,7 @@ from typing import Any, Callable
 import numpy as np
 
 from vla_agents.atomic import check_target, recover, write_file
+from vla_agents.train.arguments import at_least, check_device
 from vla_agents.train.checkpoint import write_checkpoint
 
 MODES = ("residual", "full")
@@ -183,6 +184,11 @@ def train_rl(agent_dir: str | Path, env_spec: str, algo: str | None = None, mode
     for name, value in (("eval_every", eval_every), ("save_every", save_every)):
         if value < 0:
             raise ValueError(f"{name} is a period in env steps, 0 for never; got {value}")
+    at_least(1, steps=steps, n_envs=n_envs, feature_dim=feature_dim)
+    at_least(0, eval_episodes=eval_episodes, progressive_explore=progressive_explore, lr=lr, bc_weight=bc_weight)
+    if not scale > 0:
+        raise ValueError(f"scale (of the residual's correction) must be > 0, got {scale}")
+    check_device(device)
     agent_dir, out_dir, env_kwargs = str(agent_dir), check_target(out_dir), dict(env_kwargs or {})
     recover(out_dir)  # a save or checkpoint a kill interrupted is completed, not lost
     common = dict(agent_dir=agent_dir, env_spec=env_spec, env_kwargs=env_kwargs, steps=steps, n_envs=n_envs,
