@@ -286,3 +286,65 @@ def test_unreadable_weights_and_tokenizer_name_the_file(saved) -> None:
     (path / "tokenizer").mkdir()
     with pytest.raises(ValueError, match=r"tokenizer folder .*no-tokenizer/tokenizer has no tokenizer.json"):
         load_agent(path)
+
+
+def test_observations_that_cannot_be_right_are_refused_naming_the_key() -> None:
+    from vla_agents.adapters import ObservationError
+
+    agent = make_agent("oft", stats=stats(), **SMALL)
+    cases = [
+        (None, "the raw observation must be a mapping"),
+        (raw_obs() | {"robot0_eef_quat": np.array([0.0, 0.0, 0.0, 2.0])}, r"'robot0_eef_quat' must be a unit quaternion"),
+        (raw_obs() | {"robot0_eef_pos": "abc"}, r"'robot0_eef_pos' must be a vector of 3 numbers, got 'abc'"),
+        (raw_obs() | {"language_instruction": "   "}, r"the instruction '   ' is only white space"),
+        (raw_obs() | {"language_instruction": "a" * 10_000}, r"the instruction is 10000 characters .*at most 512"),
+        (raw_obs() | {"agentview_image": np.zeros((1, 1, 3), np.uint8)}, r"'agentview_image' is 1x1 px; expected .* 2x2"),
+        (raw_obs() | {"robot0_eye_in_hand_image": np.zeros((0, 0, 3), np.uint8)}, r"'robot0_eye_in_hand_image' is 0x0"),
+    ]
+    for obs, error in cases:
+        agent.reset()
+        with pytest.raises(ObservationError, match=error):
+            agent.act(obs)
+
+
+def test_inputs_unlike_the_training_data_are_acted_on_with_one_warning_each() -> None:
+    import warnings
+
+    agent = make_agent("oft", stats=stats(), **SMALL)
+    wide = raw_obs() | {"agentview_image": np.zeros((48, 64, 3), np.uint8)}
+    far = raw_obs() | {"robot0_eef_pos": np.full(3, 1e6)}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fresh = make_agent("oft", stats=stats(), **SMALL)
+        for obs in (raw_obs(), *[far] * 16):  # mid-episode, a failing policy may drift anywhere: not checked
+            fresh.act(obs)
+        assert caught == []
+        for obs in (wide, wide, far, far, raw_obs()):
+            agent.reset()
+            assert agent.act(obs).shape == (7,)
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 2, messages
+    assert "the 'agentview' image is 48x64 px; it is stretched to the policy's square 32x32 input" in messages[0]
+    assert messages[1].startswith("proprio far outside the range the agent was trained on (dim 0: 1e+06 not in")
+
+
+def test_a_quaternion_given_as_wxyz_is_caught_by_the_training_range() -> None:
+    """One order cannot be told from the other in a single quaternion; the shipped agent's proprio
+    range tells: a downward gripper's axis-angle moves by about 30 widths of it."""
+    import warnings
+
+    from vla_agents.sim import make_env
+
+    shipped = Path(__file__).resolve().parents[1] / "policies" / "checkpoints" / "oft-tiny-embedded"
+    agent = load_agent(shipped)
+    env = make_env("embedded/lift")
+    obs, _ = env.reset(seed=0)
+    env.close()
+    x, y, z, w = obs["robot0_eef_quat"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        agent.act(obs)
+        assert caught == []
+        agent.reset()
+        agent.act({**obs, "robot0_eef_quat": np.array([w, x, y, z])})
+    assert len(caught) == 1 and "quaternion order (x, y, z, w)" in str(caught[0].message)

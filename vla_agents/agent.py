@@ -129,6 +129,7 @@ class VLAAgent:
         self.lora: dict[str, int] | None = None
         self._prompt_cache: dict[str, list[int]] = {}
         self._last_attention = AttentionMaps(heatmaps={})
+        self._warned: set[str] = set()
         self.reset()
 
     # ------------------------------------------------------------------ control loop
@@ -145,6 +146,7 @@ class VLAAgent:
         self._queue: deque[np.ndarray] = deque()
         self._history: deque[tuple[int, np.ndarray]] = deque()
         self._t = 0
+        self._episode_start = True
 
     def act(self, raw_obs: Mapping, instruction: str | None = None) -> np.ndarray:
         """One env-ready action. The model runs only when the queue is empty (open-loop chunks, as
@@ -179,6 +181,7 @@ class VLAAgent:
         """Raw observation -> un-normalized canonical chunk (T, A); records the attention maps."""
         self.model_calls += 1
         obs: Observation = self.adapter.observation(raw_obs, instruction)
+        self._check_unfamiliar(obs)
         proprio = obs.proprio if self.stats is None else self.stats.normalize_proprio(obs.proprio)
         item = {"images": obs.images, "proprio": np.asarray(proprio, np.float32), "instruction": obs.instruction,
                 "task_index": obs.task_id}
@@ -191,6 +194,31 @@ class VLAAgent:
         )
         actions = out.actions[0].float().cpu().numpy()
         return actions if self.stats is None else self.stats.unnormalize_action(actions).astype(np.float32)
+
+    def _check_unfamiliar(self, obs: Observation) -> None:
+        """Valid inputs unlike the training data get one warning each per agent: the policy acts on
+        them, but what it does there was never trained. The proprio is checked at the start of an
+        episode, where the robot is in its initial pose: later a failing episode may drift anywhere,
+        while a unit, frame or quaternion-order error is there from the first step."""
+        size = self.recipe["image_size"]
+        for view in self.views:
+            h, w = obs.images[view].shape[:2]
+            if h != w:
+                self._warn_once(f"square {view}", f"the {view!r} image is {h}x{w} px; it is stretched to the policy's "
+                                                  f"square {size}x{size} input. Crop it to a square to keep its proportions")
+        far = self.stats.proprio.far_outside(obs.proprio) if self.stats is not None and self._episode_start else []
+        self._episode_start = False
+        if len(far):
+            p = self.stats.proprio
+            ranges = ", ".join(f"{i}: {obs.proprio[i]:.4g} not in [{p.min[i]:.4g}, {p.max[i]:.4g}]" for i in far)
+            self._warn_once("proprio", f"proprio far outside the range the agent was trained on (dim {ranges}); the "
+                                       "policy sees it clipped to that range. Check the units, the frame and the "
+                                       "quaternion order (x, y, z, w)")
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, stacklevel=2)
 
     # ------------------------------------------------------------------ preprocessing
     def prompt_ids(self, instruction: str) -> list[int]:

@@ -15,6 +15,9 @@ import numpy as np
 STAT_KEYS = ("q01", "q99", "mean", "std", "min", "max", "mask")
 EPS = 1e-8
 ORDER_TOLERANCE = 1e-6  # float rounding in min <= q01 <= q99 <= max
+# How far outside the training data's [min, max], in widths of that range, a value is "far": a
+# quaternion given as w,x,y,z moves the axis-angle of a downward gripper by about 30 widths.
+FAR_WIDTHS = 3.0
 
 
 @dataclass
@@ -72,6 +75,13 @@ class FieldStats:
                 raise ValueError(f"norm stats {name!r}.{k} contains NaN or inf")
         _check_order(values, name)
         return cls(**values)
+
+    def far_outside(self, x: np.ndarray) -> np.ndarray:
+        """Indices of the dims of `x` beyond the data's [min, max] by more than FAR_WIDTHS times its
+        width (1e-3 for a constant dim)."""
+        x = self._check(x)
+        margin = FAR_WIDTHS * np.maximum(self.max - self.min, 1e-3)
+        return np.flatnonzero((x < self.min - margin) | (x > self.max + margin))
 
     def _check(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float64)
