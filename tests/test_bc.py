@@ -175,3 +175,33 @@ def test_bad_train_bc_arguments_are_refused_before_anything_is_written(flags, er
     assert re.search(error, capsys.readouterr().err)
     assert sorted(p.name for p in work.iterdir()) == ["a", "d"] and (work / "a").read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t"]
+
+
+def test_trainer_state_is_read_without_running_code(demos, tmp_path) -> None:
+    out = tmp_path / "run"
+    train_bc("oft", [demos], out_dir=out, steps=2, batch_size=4, save_every=2, overrides=SMALL, progress=False)
+    state_file = out / "checkpoint" / "trainer_state.pt"
+    written = state_file.read_bytes()
+    marker = tmp_path / "pwned"
+    torch.save({**torch.load(state_file, weights_only=False), "payload": Payload(str(marker))}, state_file)
+    with pytest.raises(ValueError, match=r"trainer_state.pt holds objects other than tensors, plain values and numpy "
+                                         r"arrays, which would run code when loaded; refusing to open it"):
+        train_bc("oft", [demos], out_dir=out, resume=True, steps=4, batch_size=4, overrides=SMALL, progress=False)
+    assert not marker.exists()
+    state_file.write_bytes(written)
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(state_file) == []  # tensors and plain values only
+    state = torch.load(state_file, weights_only=True)
+    name, key, *rest = state["rng"]["numpy"]  # vla-agents 0.1 kept numpy's key as an array: such a checkpoint resumes
+    torch.save({**state, "rng": {**state["rng"], "numpy": (name, np.asarray(key, np.uint32), *rest)}}, state_file)
+    result = train_bc("oft", [demos], out_dir=out, resume=True, steps=3, batch_size=4, overrides=SMALL, progress=False)
+    assert [r["step"] for r in result.history] == [1, 2, 3]
+
+
+class Payload:
+    """Unpickling this runs code: it creates the file `path`."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))

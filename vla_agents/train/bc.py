@@ -29,7 +29,7 @@ from vla_agents.models.blocks import action_loss
 from vla_agents.policies import load_recipe, split_name
 from vla_agents.progress import LoggedProgress
 from vla_agents.train.arguments import at_least
-from vla_agents.train.checkpoint import CHECKPOINT, write_checkpoint
+from vla_agents.train.checkpoint import CHECKPOINT, load_trainer_state, write_checkpoint
 
 TRAINER_STATE = "trainer_state.pt"
 logger = logging.getLogger(__name__)
@@ -53,7 +53,9 @@ def batch_indices(step: int, n: int, batch_size: int, seed: int, rank: int = 0, 
 
 
 def _rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Plain values and tensors only (numpy's key as a list), so the state loads with weights_only."""
+    name, key, *rest = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": (name, key.tolist(), *rest), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -61,7 +63,8 @@ def _rng_state() -> dict[str, Any]:
 
 def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, key, *rest = state["numpy"]
+    np.random.set_state((name, np.asarray(key, np.uint32), *rest))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -126,7 +129,7 @@ def train_bc(
     history: list[dict[str, float]] = []
     if resuming:
         agent = load_agent(checkpoint)
-        state = torch.load(checkpoint / TRAINER_STATE, weights_only=False)
+        state = load_trainer_state(checkpoint / TRAINER_STATE)
         asked = {"policy": split_name(policy, scale)[0], "scale": split_name(policy, scale)[1], "seed": seed,
                  "batch_size": batch_size, "lr": lr, "warmup_steps": warmup_steps}
         _check_resume(checkpoint, agent, state, asked, overrides or {})

@@ -230,7 +230,7 @@ def train_rl(agent_dir: str | Path, env_spec: str, algo: str | None = None, mode
 
     def save_checkpoint(step: int) -> None:
         def write(folder: Path) -> None:
-            run.agent.save_pretrained(folder)
+            run.agent.write_to(folder)
             (folder / "rl_log.json").write_text(json.dumps({**log, "env_steps": step}, indent=2))
 
         write_checkpoint(out_dir, write)
