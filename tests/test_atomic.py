@@ -123,3 +123,21 @@ def test_a_full_disk_during_a_save_says_so_and_keeps_the_previous_copy(tmp_path,
     assert error.value.errno == errno.ENOSPC
     np.testing.assert_array_equal(load_agent(out).act_chunk(raw_obs()), before)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_the_leftovers_of_the_previous_swap_scheme_are_recovered(tmp_path) -> None:
+    """vla-agents 0.1 moved the folder's other entries into `.out.tmp-<id>` with the new agent, then
+    renamed `out` to `.out.old-<id>`; killed before its last rename, `out` was gone."""
+    from vla_agents.atomic import recover
+
+    old, new = make_agent("oft", stats=stats(0), **SMALL), make_agent("oft", stats=stats(1), **SMALL)
+    old.save_pretrained(tmp_path / ".out.old-1a2b3c4d")
+    new.save_pretrained(tmp_path / ".out.tmp-5e6f7a8b")
+    (tmp_path / ".out.tmp-5e6f7a8b" / "notes.txt").write_text("mine")
+    (tmp_path / ".checkpoint.tmp-9c0d1e2f").mkdir()  # an unfinished checkpoint, beside a complete one
+    (tmp_path / "checkpoint").mkdir()
+    recover(tmp_path / "out")
+    recover(tmp_path / "checkpoint")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint", "out"]
+    assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
+    np.testing.assert_array_equal(load_agent(tmp_path / "out").act_chunk(raw_obs()), new.act_chunk(raw_obs()))

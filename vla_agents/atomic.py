@@ -112,13 +112,17 @@ def recover(path: str | Path) -> None:
     path = Path(path).absolute()
     new, old = _sibling(path, "new"), _sibling(path, "old")
     pattern = glob.escape(f".{path.name}.")
-    for stale in path.parent.glob(pattern + "tmp-*"):
-        shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
-    for legacy in path.parent.glob(pattern + "old-*"):  # the previous copy, as vla-agents 0.1 named it mid-swap
-        if path.exists():
-            shutil.rmtree(legacy)
+    unfinished = list(path.parent.glob(pattern + "tmp-*"))
+    replaced = list(path.parent.glob(pattern + "old-*"))  # vla-agents 0.1's name for the copy being replaced
+    if replaced and not path.exists():
+        # 0.1 was killed between its two renames: it set the old copy aside only once its new one (the
+        # single .tmp-*, holding the folder's other entries too) was complete.
+        os.rename(unfinished.pop() if len(unfinished) == 1 else replaced.pop(), path)
+    for leftover in unfinished + replaced:
+        if leftover.is_dir():
+            shutil.rmtree(leftover)
         else:
-            os.rename(legacy, path)
+            leftover.unlink()
     if new.exists():
         if path.exists():
             if old.exists():
