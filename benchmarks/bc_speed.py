@@ -63,7 +63,7 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        data = args.data or str(Path(tmp) / "pick_color10.hdf5")
+        data = str(Path(args.data).resolve()) if args.data else str(Path(tmp) / "pick_color10.hdf5")
         if not args.data:
             from vla_agents.sim.collect import collect_demos
 

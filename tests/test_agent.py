@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from vla_agents.agent import load_agent, make_agent
-from vla_agents.data.normalization import compute_norm_stats
+from vla_agents.data.normalization import NormStats, compute_norm_stats
 
 SMALL = dict(image_size=32, vit_depth=1, llm_layers=2)
 
@@ -30,6 +30,13 @@ def raw_obs(size: int = 48, seed: int = 0) -> dict:
 def stats(action_dim: int = 7):
     rng = np.random.default_rng(0)
     return compute_norm_stats(rng.normal(size=(100, action_dim)), rng.normal(size=(100, 8)))
+
+
+def drop_digests(path: Path) -> None:
+    """Make `path` look like a folder saved before config.json recorded SHA-256 digests."""
+    config = json.loads((path / "config.json").read_text())
+    config.pop("sha256", None)
+    (path / "config.json").write_text(json.dumps(config))
 
 
 def count_predict(agent) -> list[int]:
@@ -143,6 +150,7 @@ def test_load_errors_are_clear(tmp_path: Path) -> None:
         load_agent(path)
 
     path = broken("config-vs-stats")
+    drop_digests(path)  # as saved before config.json recorded them: the dimensions are what tells
     (path / "norm_stats.json").write_text(json.dumps(stats(6).to_dict()))
     with pytest.raises(ValueError, match="action-dimension mismatch"):
         load_agent(path)
@@ -150,6 +158,7 @@ def test_load_errors_are_clear(tmp_path: Path) -> None:
     path = broken("weights-vs-config")
     config = json.loads((path / "config.json").read_text())
     config["action_dim"] = config["recipe"]["action_dim"] = 6
+    config.pop("sha256", None)
     (path / "config.json").write_text(json.dumps(config))
     (path / "norm_stats.json").write_text(json.dumps(stats(6).to_dict()))
     with pytest.raises(ValueError, match="action-dimension"):
@@ -157,3 +166,185 @@ def test_load_errors_are_clear(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match="action-dimension mismatch"):
         make_agent("oft", stats=stats(6), **SMALL)
+
+
+@pytest.fixture
+def saved(tmp_path: Path):
+    """A saved agent, and a function giving a fresh copy of its folder to break."""
+    import shutil
+
+    good = make_agent("oft", stats=stats(), **SMALL).save_pretrained(tmp_path / "good")
+
+    def copy(name: str) -> Path:
+        shutil.copytree(good, tmp_path / name)
+        return tmp_path / name
+    return copy
+
+
+def edit_json(path: Path, change) -> None:
+    data = json.loads(path.read_text())
+    path.write_text(json.dumps(change(data)))
+
+
+def test_norm_stats_are_validated_on_load(saved) -> None:
+    def flip(d):
+        d["action"]["q01"][0], d["action"]["q99"][0] = 1.0, -1.0
+        return d
+
+    cases = [
+        ({}, r"norm_stats.json: norm stats missing key\(s\) \['action', 'proprio'\]"),
+        (None, r"norm_stats.json is null; expected the 'action' and 'proprio' statistics"),
+        (flip(stats().to_dict()), r"norm_stats.json: norm stats 'action': q01 > q99 at dim\(s\) \[0\]"),
+        (stats().to_dict() | {"proprio": compute_norm_stats(np.zeros((9, 7)), np.zeros((9, 6))).proprio.to_dict()},
+         r"proprio-dimension mismatch .*recipe proprio_dim=8, norm_stats.json proprio has 6"),
+    ]
+    for i, (content, error) in enumerate(cases):
+        path = saved(f"case{i}")
+        drop_digests(path)  # the checks that hold for folders saved before digests too
+        (path / "norm_stats.json").write_text(json.dumps(content))
+        with pytest.raises(ValueError, match=error):
+            load_agent(path)
+    flat = stats().to_dict()
+    flat["action"]["q99"][0] = flat["action"]["q01"][0]  # the data varied, its quantiles say it did not
+    with pytest.warns(UserWarning, match=r"'action': q01 == q99 at dim\(s\) \[0\] although the data ranged over"):
+        NormStats.from_dict(flat)
+    path = saved("other-agent")  # same dimensions, another agent's statistics: the digest tells
+    (path / "norm_stats.json").write_text(json.dumps(stats(7).to_dict() | {"proprio": stats().proprio.to_dict()}))
+    with pytest.raises(ValueError, match=r"norm_stats.json does not match the SHA-256 digest that config.json records"):
+        load_agent(path)
+
+
+def test_an_agent_saved_without_statistics_says_so(tmp_path: Path) -> None:
+    make_agent("oft", **SMALL).save_pretrained(tmp_path / "raw")
+    with pytest.warns(UserWarning, match="saved without normalization statistics"):
+        assert load_agent(tmp_path / "raw").stats is None
+
+
+def test_damaged_weights_fail_their_digest_and_old_folders_load_without_one(saved) -> None:
+    path = saved("damaged")
+    weights = path / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2:] = bytes(len(data) - len(data) // 2)  # the second half zeroed: still parses
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"model.safetensors does not match the SHA-256 digest that config.json records"):
+        load_agent(path)
+
+    config = json.loads((saved("recorded") / "config.json").read_text())
+    assert set(config["sha256"]) == {"model.safetensors", "norm_stats.json"}
+    shipped = Path(__file__).resolve().parents[1] / "policies" / "checkpoints" / "oft-tiny-embedded"
+    assert "sha256" not in json.loads((shipped / "config.json").read_text())
+    down = raw_obs(128) | {"robot0_eef_pos": np.array([0.0, 0.0, 0.9]), "robot0_eef_quat": np.array([1.0, 0, 0, 0])}
+    assert load_agent(shipped).act_chunk(down).shape == (8, 7)  # no digest: loads as before
+
+
+def _set(key: str, value):
+    def change(config):
+        config["recipe"][key] = value
+        return config
+    return change
+
+
+def _drop(key: str):
+    def change(config):
+        del config["recipe"][key]
+        return config
+    return change
+
+
+@pytest.mark.parametrize("change, error", [
+    (_drop("vit_dim"), r"config.json: the recipe has no key 'vit_dim', which policy 'oft' needs"),
+    (_drop("prompt_template"), r"config.json: recipe has no key 'prompt_template'"),
+    (_drop("n_open_loop"), r"config.json: recipe has no key 'n_open_loop'"),
+    (_set("n_open_loop", 0), r"config.json: recipe key 'n_open_loop' is 0; expected an integer from 1 to chunk \(8\)"),
+    (_set("n_open_loop", 9), r"recipe key 'n_open_loop' is 9; expected an integer from 1 to chunk"),
+    (_set("views", ["front"]), r"recipe key 'views' names \['front'\], which the libero adapter does not give"),
+    (_set("image_size", "big"), r"recipe key 'image_size' is 'big'; expected an integer >= 1"),
+    (lambda c: {**c, "recipe": [1, 2]}, r"config.json: 'recipe' must be an object"),
+    (lambda c: {**c, "dtp": {"tau": 0.5, "taus": 1}}, r"config.json: 'dtp' has unknown setting\(s\) \['taus'\]"),
+    (lambda c: {**c, "lora": {"rank": 4}}, r"config.json: 'lora' must be an object with 'rank' and 'alpha'"),
+    (lambda c: {**c, "format_version": 99}, r"config.json has format_version 99; this vla-agents reads up to 1"),
+])
+def test_malformed_config_names_the_file_and_the_key(saved, change, error) -> None:
+    path = saved("bad")
+    edit_json(path / "config.json", change)
+    with pytest.raises(ValueError, match=error):
+        load_agent(path).act(raw_obs())
+
+
+def test_unreadable_weights_and_tokenizer_name_the_file(saved) -> None:
+    import shutil
+
+    for name, content in (("truncated", None), ("empty", b"")):
+        path = saved(name)
+        drop_digests(path)
+        weights = path / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:1000] if content is None else content)
+        with pytest.raises(ValueError, match=rf"{name}/model.safetensors is not a readable safetensors file"):
+            load_agent(path)
+    path = saved("no-tokenizer")
+    shutil.rmtree(path / "tokenizer")
+    (path / "tokenizer").mkdir()
+    with pytest.raises(ValueError, match=r"tokenizer folder .*no-tokenizer/tokenizer has no tokenizer.json"):
+        load_agent(path)
+
+
+def test_observations_that_cannot_be_right_are_refused_naming_the_key() -> None:
+    from vla_agents.adapters import ObservationError
+
+    agent = make_agent("oft", stats=stats(), **SMALL)
+    cases = [
+        (None, "the raw observation must be a mapping"),
+        (raw_obs() | {"robot0_eef_quat": np.array([0.0, 0.0, 0.0, 2.0])}, r"'robot0_eef_quat' must be a unit quaternion"),
+        (raw_obs() | {"robot0_eef_pos": "abc"}, r"'robot0_eef_pos' must be a vector of 3 numbers, got 'abc'"),
+        (raw_obs() | {"language_instruction": "   "}, r"the instruction '   ' is only white space"),
+        (raw_obs() | {"language_instruction": "a" * 10_000}, r"the instruction is 10000 characters .*at most 512"),
+        (raw_obs() | {"agentview_image": np.zeros((1, 1, 3), np.uint8)}, r"'agentview_image' is 1x1 px; expected .* 2x2"),
+        (raw_obs() | {"robot0_eye_in_hand_image": np.zeros((0, 0, 3), np.uint8)}, r"'robot0_eye_in_hand_image' is 0x0"),
+    ]
+    for obs, error in cases:
+        agent.reset()
+        with pytest.raises(ObservationError, match=error):
+            agent.act(obs)
+
+
+def test_inputs_unlike_the_training_data_are_acted_on_with_one_warning_each() -> None:
+    import warnings
+
+    agent = make_agent("oft", stats=stats(), **SMALL)
+    wide = raw_obs() | {"agentview_image": np.zeros((48, 64, 3), np.uint8)}
+    far = raw_obs() | {"robot0_eef_pos": np.full(3, 1e6)}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fresh = make_agent("oft", stats=stats(), **SMALL)
+        for obs in (raw_obs(), *[far] * 16):  # mid-episode, a failing policy may drift anywhere: not checked
+            fresh.act(obs)
+        assert caught == []
+        for obs in (wide, wide, far, far, raw_obs()):
+            agent.reset()
+            assert agent.act(obs).shape == (7,)
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 2, messages
+    assert "the 'agentview' image is 48x64 px; it is stretched to the policy's square 32x32 input" in messages[0]
+    assert messages[1].startswith("proprio far outside the range the agent was trained on (dim 0: 1e+06 not in")
+
+
+def test_a_quaternion_given_as_wxyz_is_caught_by_the_training_range() -> None:
+    """One order cannot be told from the other in a single quaternion; the shipped agent's proprio
+    range tells: a downward gripper's axis-angle moves by about 30 widths of it."""
+    import warnings
+
+    from vla_agents.sim import make_env
+
+    shipped = Path(__file__).resolve().parents[1] / "policies" / "checkpoints" / "oft-tiny-embedded"
+    agent = load_agent(shipped)
+    env = make_env("embedded/lift")
+    obs, _ = env.reset(seed=0)
+    env.close()
+    x, y, z, w = obs["robot0_eef_quat"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        agent.act(obs)
+        assert caught == []
+        agent.reset()
+        agent.act({**obs, "robot0_eef_quat": np.array([w, x, y, z])})
+    assert len(caught) == 1 and "quaternion order (x, y, z, w)" in str(caught[0].message)

@@ -1,6 +1,8 @@
 """Behaviour cloning: the loss goes down on real (HDF5) demonstrations, and resuming is exact."""
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -102,10 +104,121 @@ def test_resume_reproduces_uninterrupted_run(demos: Path, tmp_path: Path) -> Non
         train_bc("vla_adapter", [demos], out_dir=tmp_path / "resumed", eval_fn=crash, eval_every=1, **kwargs)
     assert torch.load(tmp_path / "resumed" / "checkpoint" / "trainer_state.pt", weights_only=False)["step"] == 3
     result = train_bc("vla_adapter", [demos], out_dir=tmp_path / "resumed", resume=True, **kwargs)
-    assert [r["step"] for r in result.history] == [4, 5, 6]
+    assert [r["step"] for r in result.history] == [1, 2, 3, 4, 5, 6]  # the history before the crash is kept
 
     straight = load_file(tmp_path / "straight" / "model.safetensors")
     resumed = load_file(tmp_path / "resumed" / "model.safetensors")
     assert straight.keys() == resumed.keys()
     for key in straight:
         assert torch.equal(straight[key], resumed[key]), key
+
+
+RESUMABLE = dict(steps=6, batch_size=4, lr=1e-3, warmup_steps=2, save_every=3, overrides=SMALL, seed=3, progress=False)
+
+
+@pytest.fixture(scope="module")
+def straight(demos: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, torch.Tensor]:
+    """The weights of an uninterrupted run with the RESUMABLE settings."""
+    out = tmp_path_factory.mktemp("straight")
+    train_bc("vla_adapter", [demos], out_dir=out, **RESUMABLE)
+    return load_file(out / "model.safetensors")
+
+
+def test_a_kill_at_any_step_of_the_checkpoint_swap_resumes_from_a_checkpoint(demos, straight, tmp_path, monkeypatch) -> None:
+    """The step-6 checkpoint replaces the step-3 one; a kill at each of its renames, then --resume."""
+    from test_atomic import Killed, KillAt
+
+    from vla_agents.train import bc
+
+    for k in range(1, 5):  # staging -> .new, checkpoint -> .old, .new -> checkpoint, .old removed
+        out = tmp_path / f"kill{k}"
+        real_save = bc.save_checkpoint
+
+        def save_checkpoint(agent, out_dir, state):
+            if state["step"] < 6:
+                return real_save(agent, out_dir, state)
+            with monkeypatch.context() as patch:
+                KillAt(patch, k)
+                return real_save(agent, out_dir, state)
+
+        monkeypatch.setattr(bc, "save_checkpoint", save_checkpoint)
+        with pytest.raises(Killed):
+            train_bc("vla_adapter", [demos], out_dir=out, **RESUMABLE)
+        monkeypatch.setattr(bc, "save_checkpoint", real_save)
+        trained = []  # the steps the resumed run trains: from the old checkpoint (3) or the new one (6), not from 0
+        train_bc("vla_adapter", [demos], out_dir=out, resume=True, eval_every=1,
+                 eval_fn=lambda agent, step: trained.append(step) or {}, **RESUMABLE)
+        assert trained in ([4, 5, 6], []), f"kill at step {k}: trained {trained}"
+        resumed = load_file(out / "model.safetensors")
+        assert all(torch.equal(straight[key], resumed[key]) for key in straight), f"kill at step {k}"
+        assert sorted(p.name for p in out.iterdir()) == ["checkpoint", "config.json", "model.safetensors",
+                                                         "norm_stats.json", "tokenizer", "train_log.jsonl"]
+
+
+def test_resume_refuses_other_settings_and_says_when_it_starts_over(demos, tmp_path, caplog) -> None:
+    out = tmp_path / "run"
+    with caplog.at_level("WARNING", logger="vla_agents.train.bc"):
+        train_bc("oft", [demos], out_dir=out, resume=True, steps=3, batch_size=4, save_every=3, overrides=SMALL,
+                 progress=False)
+    assert f"--resume: no checkpoint in {out / 'checkpoint'}; training starts at step 0" in caplog.text
+    for change, error in ((dict(policy="vat"), r"policy='oft' \(asked: 'vat'\)"),
+                          (dict(seed=1), r"seed=0 \(asked: 1\)"),
+                          (dict(batch_size=8), r"batch_size=4 \(asked: 8\)"),
+                          (dict(overrides={**SMALL, "loss": "l1"}), r"loss='mse' \(asked: 'l1'\)")):
+        kwargs = dict(policy="oft", data=[demos], out_dir=out, resume=True, steps=6, overrides=SMALL, progress=False)
+        with pytest.raises(ValueError, match=rf"--resume: the checkpoint in {out / 'checkpoint'} was trained with {error}"):
+            train_bc(**{**kwargs, **change})
+
+
+@pytest.mark.parametrize("flags, error", [
+    (["--steps", "0"], "steps must be at least 1, got 0"),
+    (["--steps", "-5"], "steps must be at least 1, got -5"),
+    (["--batch-size", "0"], "batch_size must be at least 1, got 0"),
+    (["--save-every", "-1"], "save_every must be at least 0, got -1"),
+    (["--eval-every", "5"], r"evaluation during training needs --eval-env, .* together; got None, 5 and 5"),
+    (["--out", "."], r"refusing to write into '.' \(.*\): it is the current directory or one of its parents"),
+    (["--out", ".."], r"refusing to write into '..' \(.*\): it is the current directory or one of its parents"),
+])
+def test_bad_train_bc_arguments_are_refused_before_anything_is_written(flags, error, demos, tmp_path, monkeypatch, capsys) -> None:
+    from vla_agents.cli import main
+
+    work = tmp_path / "t"
+    (work / "d").mkdir(parents=True)
+    (work / "a").write_text("mine")
+    monkeypatch.chdir(work)
+    options = {"--policy": "oft", "--data": str(demos), "--steps": "2", "--out": "out", "--overrides": json.dumps(SMALL)}
+    options.update(zip(flags[::2], flags[1::2]))
+    assert main(["train", "bc", *[word for option in options.items() for word in option]]) == 2
+    assert re.search(error, capsys.readouterr().err)
+    assert sorted(p.name for p in work.iterdir()) == ["a", "d"] and (work / "a").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t"]
+
+
+def test_trainer_state_is_read_without_running_code(demos, tmp_path) -> None:
+    out = tmp_path / "run"
+    train_bc("oft", [demos], out_dir=out, steps=2, batch_size=4, save_every=2, overrides=SMALL, progress=False)
+    state_file = out / "checkpoint" / "trainer_state.pt"
+    written = state_file.read_bytes()
+    marker = tmp_path / "pwned"
+    torch.save({**torch.load(state_file, weights_only=False), "payload": Payload(str(marker))}, state_file)
+    with pytest.raises(ValueError, match=r"trainer_state.pt holds objects other than tensors, plain values and numpy "
+                                         r"arrays, which would run code when loaded; refusing to open it"):
+        train_bc("oft", [demos], out_dir=out, resume=True, steps=4, batch_size=4, overrides=SMALL, progress=False)
+    assert not marker.exists()
+    state_file.write_bytes(written)
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(state_file) == []  # tensors and plain values only
+    state = torch.load(state_file, weights_only=True)
+    name, key, *rest = state["rng"]["numpy"]  # vla-agents 0.1 kept numpy's key as an array: such a checkpoint resumes
+    torch.save({**state, "rng": {**state["rng"], "numpy": (name, np.asarray(key, np.uint32), *rest)}}, state_file)
+    result = train_bc("oft", [demos], out_dir=out, resume=True, steps=3, batch_size=4, overrides=SMALL, progress=False)
+    assert [r["step"] for r in result.history] == [1, 2, 3]
+
+
+class Payload:
+    """Unpickling this runs code: it creates the file `path`."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))

@@ -261,3 +261,36 @@ def test_dataset_chunks_padding_and_tasks(tmp_path):
     fixed = DemoDataset([tmp_path / "a.hdf5"], chunk_size=2, stats=ds.stats)
     assert fixed.stats is ds.stats
     np.testing.assert_array_equal(fixed[0]["actions"], first_b["actions"][:2])
+
+
+def test_unreadable_data_files_name_the_file(tmp_path):
+    good = tmp_path / "good.hdf5"
+    write_file(good, [(np.zeros((3, 7), np.float32), make_obs(np.random.default_rng(0), 3))])
+    data = good.read_bytes()
+    cases = {
+        "truncated.hdf5": data[: len(data) // 2],
+        "garbage.hdf5": bytes(range(256)) * 8,
+        "empty.hdf5": b"",
+        "notes.json": b'{"not": "hdf5"}',
+    }
+    for name, content in cases.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ValueError, match=rf"{name} is not a readable HDF5 file .*empty, truncated or of another format"):
+            read_demos(tmp_path / name)
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(ValueError, match=r"folder is a directory; expected a demonstration .hdf5 file"):
+        DemoDataset([tmp_path / "folder"])
+    (tmp_path / "lift.hdf5.tmp").write_bytes(data)  # what a killed `collect` of vla-agents 0.1 left
+    with pytest.raises(ValueError, match=r"lift.hdf5.tmp is the unfinished file of an interrupted `collect`"):
+        read_demos(tmp_path / "lift.hdf5.tmp")
+
+
+def test_a_killed_writer_leaves_only_a_hidden_file_that_the_next_one_removes(tmp_path):
+    path = tmp_path / "demos.hdf5"
+    rng = np.random.default_rng(0)
+    writer = DemoWriter(path, INSTRUCTION).__enter__()  # killed before its exit: the file stays unfinished
+    writer.add_episode(np.zeros((2, 7), np.float32), make_obs(rng, 2))
+    writer._file.close()
+    assert [p.name.startswith(".demos.hdf5.tmp-") for p in tmp_path.iterdir()] == [True]
+    write_file(path, [(np.zeros((2, 7), np.float32), make_obs(rng, 2))])
+    assert [p.name for p in tmp_path.iterdir()] == ["demos.hdf5"] and len(read_demos(path)) == 1

@@ -155,3 +155,19 @@ def test_scripted_expert_succeeds(task):
         successes += info["success"]
         assert terminated == info["success"] and reward == float(info["success"])
     assert successes >= 4
+
+
+def test_step_before_reset_and_after_close_are_refused():
+    import gymnasium as gym
+
+    env = vla_agents.make_env("embedded/pick_color", use_cameras=False)
+    with pytest.raises(gym.error.ResetNeeded, match=r"pick_color: call reset\(\) before step\(\)"):
+        env.step(np.zeros(7))  # the instruction would still be the template 'pick up the {target} cube'
+    env.reset(seed=0)
+    env.step(np.zeros(7))
+    env.close()
+    with pytest.raises(gym.error.ClosedEnvironmentError, match=r"pick_color: step\(\) after close\(\)"):
+        env.step(np.zeros(7))
+    with pytest.raises(gym.error.ClosedEnvironmentError, match=r"pick_color: reset\(\) after close\(\)"):
+        env.reset(seed=0)
+    env.close()  # closing twice is harmless

@@ -320,3 +320,75 @@ def test_compare_in_worker_processes_gives_the_same_episodes_as_one_process():
         compare([("unpicklable", lambda: TinyAgent())], envs, episodes=1, progress=False, workers=2)
     with pytest.raises(ValueError, match="workers must be at least 1, got 0"):
         compare(agents, envs, episodes=1, workers=0)
+
+
+def test_cli_compare_json_writes_exactly_the_files_it_names(tmp_path, capsys):
+    runs = tmp_path / "runs" / "cmp"
+    runs.mkdir(parents=True)
+    (runs / "results.json").write_text("earlier results")
+    assert main(["compare", str(tmp_path / "missing"), "--env", "embedded/lift", "--episodes", "1",
+                 "--json", str(runs / "results.v2.json")]) == 2
+    assert f"wrote {runs / 'results.v2.json'}, {runs / 'results.v2.csv'}\n" in capsys.readouterr().out
+    assert json.loads((runs / "results.v2.json").read_text())["rows"][0]["policy"] == "missing"
+    assert (runs / "results.v2.csv").read_text().startswith("policy,num_parameters,task")
+    assert (runs / "results.json").read_text() == "earlier results"
+    assert sorted(p.name for p in runs.iterdir()) == ["results.json", "results.v2.csv", "results.v2.json"]
+
+
+class BrokenAgent(TinyAgent):
+    def act(self, obs: dict) -> np.ndarray:
+        raise RuntimeError("no arm")
+
+
+class InterruptedAgent(TinyAgent):
+    """Ctrl-C during its third episode; first records how many episodes the log already holds."""
+
+    log = None
+    logged: list[int] = []
+
+    def act(self, obs: dict) -> np.ndarray:
+        if self.episode == 2:
+            if self.log is not None:
+                InterruptedAgent.logged.append(len(self.log.read_text().splitlines()))  # what a kill -9 here leaves
+            raise KeyboardInterrupt
+        return super().act(obs)
+
+
+def run_cli_eval(monkeypatch, agent, args) -> int:
+    monkeypatch.setattr("vla_agents.agent.load_agent", lambda path: agent)
+    monkeypatch.setattr("vla_agents.sim.make_env", lambda spec: ReachEnv())
+    return main(["eval", "--agent", "unused", "--env", "reach/target", *args])
+
+
+def test_an_evaluation_where_every_episode_fails_reports_it_and_compare_marks_it_failed(tmp_path, monkeypatch, capsys):
+    info_path = tmp_path / "eval_info.json"
+    assert run_cli_eval(monkeypatch, BrokenAgent(), ["--episodes", "3", "--json", str(info_path)]) == 2
+    out, err = capsys.readouterr()
+    assert "reach/target: success 0.0% over 3 episodes, 3 raised (act p50 - ms/step, - ms/chunk)" in out
+    assert "evaluation failed: reach/target: all 3 episodes raised an error; the first: RuntimeError: no arm" in err
+    assert json.loads(info_path.read_text())["overall"]["n_errors"] == 3
+    assert len((tmp_path / "eval_info.episodes.jsonl").read_text().splitlines()) == 3
+
+    result = compare([("broken", BrokenAgent), ("fast", TinyAgent)], {"reach/a": ReachEnv}, episodes=2, progress=False)
+    assert [(agent, task, error[:40]) for agent, task, error in result.failures] == [
+        ("broken", "reach/a", "all 2 episodes raised an error; the firs")]
+    console = Console(record=True, width=200, file=io.StringIO())
+    console.print(render_table(result))
+    rows = {line.split("│")[1].strip(): line.split("│")[3].strip()
+            for line in console.export_text().splitlines() if line.count("│") > 2}
+    assert rows["broken"] == "failed" and rows["fast"].startswith("100.0%")
+
+
+def test_an_interrupted_evaluation_keeps_the_episodes_that_finished(tmp_path, monkeypatch, capsys):
+    info_path = tmp_path / "eval_info.json"
+    agent = InterruptedAgent()
+    agent.log = tmp_path / "eval_info.episodes.jsonl"
+    assert run_cli_eval(monkeypatch, agent, ["--episodes", "5", "--seed", "7", "--json", str(info_path)]) == 130
+    assert InterruptedAgent.logged == [2]  # each episode is in the log as soon as it ends
+    info = json.loads(info_path.read_text())
+    assert info["interrupted"] is True and [ep["seed"] for ep in info["per_episode"]] == [7, 8]
+    assert "partial results of 2 finished episodes in" in capsys.readouterr().err
+
+    result = compare([("tiny", InterruptedAgent)], {"reach/a": ReachEnv, "reach/b": ReachEnv}, episodes=5, progress=False)
+    assert result.interrupted and result.failures == [("tiny", "reach/a", "interrupted after 2 episodes"),
+                                                      ("tiny", "reach/b", "KeyboardInterrupt: interrupted before it ran")]

@@ -157,3 +157,83 @@ def test_a_residual_observing_privileged_state_sees_it_saves_it_and_needs_it(age
     env.close()
     with pytest.raises(ValueError, match="full mode's actor is the VLA"):
         train_rl(agent_dir, ENV, mode="full", steps=8, out_dir=tmp_path / "bad", state_keys=["object-state"])
+
+
+@pytest.mark.parametrize("change, error", [
+    (dict(steps=0), "steps must be at least 1, got 0"),
+    (dict(steps=-100), "steps must be at least 1, got -100"),
+    (dict(eval_episodes=-3), "eval_episodes must be at least 0, got -3"),
+    (dict(scale=-1.0), r"scale \(of the residual's correction\) must be > 0, got -1.0"),
+    (dict(device="cuda"), "device 'cuda': torch sees no CUDA GPU here"),
+    (dict(n_envs=0), "n_envs must be at least 1, got 0"),
+    (dict(n_envs=-2), "n_envs must be at least 1, got -2"),
+])
+def test_bad_train_rl_arguments_are_refused_before_anything_starts(agent_dir, tmp_path, change, error) -> None:
+    if change.get("device") == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    kwargs = dict(steps=8, out_dir=tmp_path / "out", n_envs=1, eval_episodes=0, env_kwargs=ENV_KWARGS, progress=False)
+    with pytest.raises(ValueError, match=error):
+        train_rl(agent_dir, ENV, **{**kwargs, **change})
+    assert list(tmp_path.iterdir()) == []
+
+
+class Payload:
+    """Unpickling this runs code: it creates the file `path`."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_residual_folder_opens_without_unpickling_in_both_formats(agent_dir, tmp_path, monkeypatch) -> None:
+    import base64
+    import pickle
+    import zipfile
+
+    import stable_baselines3
+
+    trained = train_rl(agent_dir, ENV, algo="ppo", steps=16, out_dir=tmp_path / "new", n_envs=1, eval_episodes=0,
+                       env_kwargs=ENV_KWARGS, progress=False)
+    folder = tmp_path / "new"
+    assert sorted(p.name for p in folder.iterdir() if p.name.startswith("residual")) == [
+        "residual.json", "residual_policy.safetensors", "residual_trainer_state.pt"]
+    settings = json.loads((folder / "residual.json").read_text())
+    assert settings["format_version"] == 2 and settings["sb3_kwargs"]["policy_kwargs"] == {"log_std_init": -1.5}
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(folder / "residual_trainer_state.pt") == []
+
+    # a folder of vla-agents 0.1: SB3's zip, here with code in its pickled observation space
+    legacy = tmp_path / "legacy"
+    (legacy / "base").mkdir(parents=True)
+    trained.base.save_pretrained(legacy / "base")
+    trained.policy.save(str(legacy / "residual_policy.zip"))
+    marker = tmp_path / "pwned"
+    with zipfile.ZipFile(legacy / "residual_policy.zip") as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    data = json.loads(members["data"])
+    data["observation_space"][":serialized:"] = base64.b64encode(pickle.dumps(Payload(str(marker)))).decode()
+    members["data"] = json.dumps(data).encode()
+    with zipfile.ZipFile(legacy / "residual_policy.zip", "w") as archive:
+        for name, content in members.items():
+            archive.writestr(name, content)
+    old_settings = {k: v for k, v in settings.items() if k not in ("format_version", "sb3_kwargs", "sha256")}
+    (legacy / "residual.json").write_text(json.dumps({**old_settings, "policy": "residual_policy.zip"}))
+
+    def no_unpickling(*args, **kwargs):
+        raise AssertionError("SB3's load unpickles the archive")
+
+    monkeypatch.setattr(stable_baselines3.PPO, "load", no_unpickling)
+    env = make_env(ENV, **ENV_KWARGS)
+    raw, _ = env.reset(seed=5)
+    env.close()
+    for path in (folder, legacy):
+        agent = load_agent(path)
+        agent.reset()
+        trained.reset()
+        np.testing.assert_array_equal(agent.act(raw), trained.act(raw))
+    assert not marker.exists()
+    again = train_rl(legacy, ENV, steps=8, out_dir=tmp_path / "continued", n_envs=1, eval_episodes=0,
+                     env_kwargs=ENV_KWARGS, progress=False, lr=0.0)  # a legacy residual continues training too
+    np.testing.assert_array_equal(again.policy.policy.log_std.detach().numpy(), trained.policy.policy.log_std.detach().numpy())
+    assert not marker.exists()

@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import importlib
 import json
-import shutil
-import uuid
+import warnings
 from collections import deque
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from vla_agents.atomic import complete_folder, replace_folder
+from vla_agents.checksums import digests, verify_digests
 from vla_agents.data.images import crop_resize, uv_in_crop
 from vla_agents.data.normalization import NormStats
 from vla_agents.models.backbone_folder import resolve_shipped_path
@@ -36,6 +38,7 @@ __all__ = ["VLAAgent", "make_agent", "load_agent", "list_policies"]
 
 FORMAT_VERSION = 1
 ADAPTERS = {"libero": "vla_agents.adapters.libero:LiberoAdapter", "embedded": "vla_agents.adapters.libero:LiberoAdapter"}
+CHECKSUMMED = ("model.safetensors", "norm_stats.json")  # the files config.json records SHA-256 digests of
 
 
 def make_adapter(name: str) -> Any:
@@ -65,6 +68,29 @@ def lora_targets(module: nn.Module) -> list[str]:
                   if isinstance(m, nn.Linear) and not any(name.startswith(f"{mha}.") for mha in inside_mha))
 
 
+def check_recipe(recipe: Mapping[str, Any]) -> None:
+    """The recipe keys the agent itself reads (each policy builder reads its own): a missing or
+    malformed one fails when the agent is built, not at its first `act`."""
+
+    def need(key: str, ok: Any, expected: str) -> None:
+        if key not in recipe:
+            raise ValueError(f"recipe has no key {key!r}; expected {expected}")
+        if not ok(recipe[key]):
+            raise ValueError(f"recipe key {key!r} is {recipe[key]!r}; expected {expected}")
+
+    def count(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+    for key in ("chunk", "action_dim", "proprio_dim", "image_size"):
+        need(key, count, "an integer >= 1")
+    need("views", lambda v: isinstance(v, list) and v and all(isinstance(x, str) for x in v), "a list of view names")
+    need("prompt_template", lambda v: isinstance(v, str) and "{instruction}" in v, "a string with {instruction} in it")
+    if recipe.get("temporal_ensemble"):
+        need("ensemble_k", lambda v: isinstance(v, (int, float)) and v >= 0, "a number >= 0")
+    else:
+        need("n_open_loop", lambda v: count(v) and v <= recipe["chunk"], f"an integer from 1 to chunk ({recipe['chunk']})")
+
+
 def preprocess_image(img: np.ndarray, recipe: dict[str, Any], train: bool) -> torch.Tensor:
     """uint8 (H, W, 3) -> float (3, S, S) in [0, 1]: the recipe's `crop_area` crop (random when training,
     centred otherwise) resized to its `image_size`. A function of the recipe alone, so env wrappers can
@@ -87,14 +113,20 @@ class VLAAgent:
         adapter: str = "libero",
         overrides: dict[str, Any] | None = None,
     ) -> None:
+        check_recipe(recipe)
         self.model, self.tokenizer, self.recipe, self.stats = model, tokenizer, recipe, stats
         self.adapter_name, self.adapter = adapter, make_adapter(adapter)
         self.overrides = dict(overrides or {})
         self.views: list[str] = list(recipe["views"])
+        unknown = sorted(set(self.views) - set(self.adapter.views))
+        if unknown:
+            raise ValueError(f"recipe key 'views' names {unknown}, which the {adapter} adapter does not give; "
+                             f"expected some of {list(self.adapter.views)}")
         self.chunk, self.action_dim = recipe["chunk"], recipe["action_dim"]
         self.lora: dict[str, int] | None = None
         self._prompt_cache: dict[str, list[int]] = {}
         self._last_attention = AttentionMaps(heatmaps={})
+        self._warned: set[str] = set()
         self.reset()
 
     # ------------------------------------------------------------------ control loop
@@ -111,6 +143,7 @@ class VLAAgent:
         self._queue: deque[np.ndarray] = deque()
         self._history: deque[tuple[int, np.ndarray]] = deque()
         self._t = 0
+        self._episode_start = True
 
     def act(self, raw_obs: Mapping, instruction: str | None = None) -> np.ndarray:
         """One env-ready action. The model runs only when the queue is empty (open-loop chunks, as
@@ -145,6 +178,7 @@ class VLAAgent:
         """Raw observation -> un-normalized canonical chunk (T, A); records the attention maps."""
         self.model_calls += 1
         obs: Observation = self.adapter.observation(raw_obs, instruction)
+        self._check_unfamiliar(obs)
         proprio = obs.proprio if self.stats is None else self.stats.normalize_proprio(obs.proprio)
         item = {"images": obs.images, "proprio": np.asarray(proprio, np.float32), "instruction": obs.instruction,
                 "task_index": obs.task_id}
@@ -157,6 +191,31 @@ class VLAAgent:
         )
         actions = out.actions[0].float().cpu().numpy()
         return actions if self.stats is None else self.stats.unnormalize_action(actions).astype(np.float32)
+
+    def _check_unfamiliar(self, obs: Observation) -> None:
+        """Valid inputs unlike the training data get one warning each per agent: the policy acts on
+        them, but what it does there was never trained. The proprio is checked at the start of an
+        episode, where the robot is in its initial pose: later a failing episode may drift anywhere,
+        while a unit, frame or quaternion-order error is there from the first step."""
+        size = self.recipe["image_size"]
+        for view in self.views:
+            h, w = obs.images[view].shape[:2]
+            if h != w:
+                self._warn_once(f"square {view}", f"the {view!r} image is {h}x{w} px; it is stretched to the policy's "
+                                                  f"square {size}x{size} input. Crop it to a square to keep its proportions")
+        far = self.stats.proprio.far_outside(obs.proprio) if self.stats is not None and self._episode_start else []
+        self._episode_start = False
+        if len(far):
+            p = self.stats.proprio
+            ranges = ", ".join(f"{i}: {obs.proprio[i]:.4g} not in [{p.min[i]:.4g}, {p.max[i]:.4g}]" for i in far)
+            self._warn_once("proprio", f"proprio far outside the range the agent was trained on (dim {ranges}); the "
+                                       "policy sees it clipped to that range. Check the units, the frame and the "
+                                       "quaternion order (x, y, z, w)")
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, stacklevel=2)
 
     # ------------------------------------------------------------------ preprocessing
     def prompt_ids(self, instruction: str) -> list[int]:
@@ -240,32 +299,24 @@ class VLAAgent:
             "hf_configs": self.model.backbone.hf_configs(),
             "lora": self.lora,
             "dtp": self.model.settings() if isinstance(self.model, DTPPolicy) else None,
+            "has_norm_stats": self.stats is not None,
         }
 
     def save_pretrained(self, path: str | Path) -> Path:
-        """Write the agent folder atomically: a temp folder beside it, then swapped into place."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
-        try:
-            state = {k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}
-            save_file(state, str(tmp / "model.safetensors"))
-            (tmp / "config.json").write_text(json.dumps(self.config(), indent=2, default=str))
-            (tmp / "norm_stats.json").write_text(json.dumps(self.stats.to_dict() if self.stats else None, indent=2))
-            self.tokenizer.save_pretrained(str(tmp / "tokenizer"))
-            old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
-            if path.exists():
-                for entry in path.iterdir():  # keep what else lives there (e.g. a training checkpoint/)
-                    if not (tmp / entry.name).exists():
-                        entry.rename(tmp / entry.name)
-                path.rename(old)
-            tmp.rename(path)
-            shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return path
+        """Write the agent folder. An existing folder is replaced in one swap that a kill cannot half-do,
+        and its other entries (a training checkpoint/, your own files) stay (`vla_agents.atomic`).
+        config.json records the SHA-256 of the weights and statistics, which `load_agent` checks."""
+        return replace_folder(path, self.write_to)
+
+    def write_to(self, folder: Path) -> None:
+        """Fill the empty `folder` with the agent's files, as part of a larger folder swapped in whole
+        (a training checkpoint); `save_pretrained` is the one to call otherwise."""
+        state = {k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}
+        save_file(state, str(folder / "model.safetensors"))
+        (folder / "norm_stats.json").write_text(json.dumps(self.stats.to_dict() if self.stats else None, indent=2))
+        self.tokenizer.save_pretrained(str(folder / "tokenizer"))
+        config = {**self.config(), "sha256": digests(folder, list(CHECKSUMMED))}
+        (folder / "config.json").write_text(json.dumps(config, indent=2, default=str))
 
 
 def make_agent(
@@ -300,9 +351,46 @@ def _read_json(path: Path) -> Any:
         raise ValueError(f"corrupt agent file {path}: {e}") from e
 
 
+def _read_stats(path: Path, config: dict[str, Any]) -> NormStats | None:
+    """norm_stats.json, validated; `null` only from an agent that config.json says was saved without any."""
+    file = path / "norm_stats.json"
+    stats = _read_json(file)
+    if stats is None and config.get("has_norm_stats") is False:
+        warnings.warn(f"{path} was saved without normalization statistics: its actions come out in the policy's "
+                      "normalized units", stacklevel=3)
+        return None
+    if stats is None:
+        raise ValueError(f"{file} is null; expected the 'action' and 'proprio' statistics of the agent's training "
+                         "data, without which its actions would come out unscaled")
+    try:
+        return NormStats.from_dict(stats)
+    except ValueError as e:
+        raise ValueError(f"{file}: {e}") from e
+
+
+def _read_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
+    if not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
+        raise ValueError(f"tokenizer folder {folder} has no tokenizer.json or tokenizer_config.json; expected the "
+                         "files save_pretrained writes there")
+    try:
+        return AutoTokenizer.from_pretrained(str(folder))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read the tokenizer in {folder}: {e}") from e
+
+
+def read_weights(file: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors; one that cannot be parsed fails naming the file."""
+    try:
+        return load_file(str(file))
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{file} is not a readable safetensors file ({e}); it is empty, truncated or damaged") from e
+
+
 def load_agent(path: str | Path, device: str | torch.device | None = None) -> VLAAgent:
-    """Load an agent folder written by `save_pretrained`, with clear errors for bad folders."""
-    path = Path(path)
+    """Load an agent folder written by `save_pretrained`. A bad folder raises FileNotFoundError or
+    ValueError naming the file, the key and what was expected; weights or statistics that differ
+    from the SHA-256 digests in config.json are refused (folders saved without digests load as before)."""
+    path = complete_folder(path)
     if not path.is_dir():
         raise FileNotFoundError(f"agent folder not found: {path}")
     if (path / "residual.json").exists():  # an RL residual on a frozen base agent saved in path/base
@@ -312,27 +400,48 @@ def load_agent(path: str | Path, device: str | torch.device | None = None) -> VL
     for name in ("config.json", "model.safetensors", "norm_stats.json", "tokenizer"):
         if not (path / name).exists():
             raise FileNotFoundError(f"agent folder {path} is missing {name}")
-    config = _read_json(path / "config.json")
+    config_path = path / "config.json"
+    config = _read_json(config_path)
     if not isinstance(config, dict) or "recipe" not in config or "policy" not in config:
-        raise ValueError(f"corrupt agent file {path / 'config.json'}: expected an object with 'policy' and 'recipe'")
-    check_policy(config["policy"])
+        raise ValueError(f"corrupt agent file {config_path}: expected an object with 'policy' and 'recipe'")
+    if not isinstance(config["recipe"], dict):
+        raise ValueError(f"corrupt agent file {config_path}: 'recipe' must be an object, got {config['recipe']!r:.80}")
+    if config.get("format_version", 1) > FORMAT_VERSION:
+        raise ValueError(f"{config_path} has format_version {config['format_version']}; this vla-agents reads up to "
+                         f"{FORMAT_VERSION}: upgrade vla-agents")
+    try:
+        check_policy(config["policy"])
+    except ValueError as e:
+        raise ValueError(f"{config_path}: {e}") from e
+    verify_digests(path, config.get("sha256"), "config.json")
     recipe = config["recipe"]
-    stats_dict = _read_json(path / "norm_stats.json")
-    stats = NormStats.from_dict(stats_dict) if stats_dict else None
+    stats = _read_stats(path, config)
 
     dims = {"config.json action_dim": config.get("action_dim"), "recipe action_dim": recipe.get("action_dim")}
     if stats is not None:
         dims["norm_stats.json action"] = stats.action.dim
+        if stats.proprio.dim != recipe.get("proprio_dim"):
+            raise ValueError(f"proprio-dimension mismatch in {path}: recipe proprio_dim={recipe.get('proprio_dim')}, "
+                             f"norm_stats.json proprio has {stats.proprio.dim}")
     if len(set(dims.values())) > 1:
         raise ValueError(f"action-dimension mismatch in {path}: " + ", ".join(f"{k}={v}" for k, v in dims.items()))
 
-    model = build_model(recipe, config.get("hf_configs"))
-    tokenizer = AutoTokenizer.from_pretrained(str(path / "tokenizer"))
-    agent = VLAAgent(model, tokenizer, recipe, stats, config.get("adapter", "libero"), config.get("overrides"))
-    if config.get("lora"):
-        lora = config["lora"]
-        agent.enable_lora(lora["rank"], lora["alpha"], lora.get("scope", "llm"))  # no scope: saved before issue 37
-    state = load_file(str(path / "model.safetensors"))
+    tokenizer = _read_tokenizer(path / "tokenizer")
+    try:
+        check_recipe(recipe)  # before the builder, whose KeyError or TypeError would not name the key
+        model = build_model(recipe, config.get("hf_configs"))
+        agent = VLAAgent(model, tokenizer, recipe, stats, config.get("adapter", "libero"), config.get("overrides"))
+        lora = config.get("lora")
+        if lora:
+            if not (isinstance(lora, dict) and {"rank", "alpha"} <= set(lora)):
+                raise ValueError(f"'lora' must be an object with 'rank' and 'alpha', got {lora!r}")
+            agent.enable_lora(lora["rank"], lora["alpha"], lora.get("scope", "llm"))  # no scope: saved before issue 37
+    except KeyError as e:
+        raise ValueError(f"{config_path}: the recipe has no key {e.args[0]!r}, which policy {config['policy']!r} "
+                         f"needs; expected the keys of policies/{config['policy']}-{recipe.get('scale')}.yaml") from e
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{config_path}: {e}") from e
+    state = read_weights(path / "model.safetensors")
     expected = model.state_dict()
     bad = [f"{k}: weights {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
            for k, v in state.items() if k in expected and v.shape != expected[k].shape]
@@ -345,7 +454,14 @@ def load_agent(path: str | Path, device: str | torch.device | None = None) -> VL
                          f"missing {missing[:5]}, unexpected {unexpected[:5]}")
     model.load_state_dict(state)
     if config.get("dtp"):
-        agent = DTP(agent, **config["dtp"])
+        known = sorted(load_wrapper_recipe("dtp", {})[0])
+        unknown = sorted(set(config["dtp"]) - set(known)) if isinstance(config["dtp"], dict) else config["dtp"]
+        if unknown:
+            raise ValueError(f"{config_path}: 'dtp' has unknown setting(s) {unknown}; expected some of {known}")
+        try:
+            agent = DTP(agent, **config["dtp"])
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{config_path}: 'dtp': {e}") from e
     if device is not None:
         agent.to(device)
     return agent

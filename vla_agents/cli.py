@@ -12,6 +12,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from vla_agents.atomic import write_file
 from vla_agents.train.rl import RESIDUAL_SCALE
 
 if TYPE_CHECKING:
@@ -51,6 +52,9 @@ def _train_bc(args: argparse.Namespace) -> None:
     from vla_agents.train.bc import train_bc
 
     overrides = dict(json.loads(args.overrides)) if args.overrides else None
+    if bool(args.eval_env) != bool(args.eval_every) or (args.eval_env and args.eval_episodes < 1):
+        raise ValueError("evaluation during training needs --eval-env, --eval-every >= 1 and --eval-episodes >= 1 "
+                         f"together; got {args.eval_env!r}, {args.eval_every} and {args.eval_episodes}")
     eval_fn = None
     if args.eval_env and args.eval_every:
         from vla_agents.eval.rollout import evaluate
@@ -80,37 +84,64 @@ def _train_rl(args: argparse.Namespace) -> None:
 
 def _eval(args: argparse.Namespace) -> None:
     from vla_agents.agent import load_agent
-    from vla_agents.eval.rollout import eval_info, evaluate, slugify
+    from vla_agents.eval.rollout import EvaluationInterrupted, episode_log_path, eval_info, evaluate, slugify
     from vla_agents.sim import expand_spec
 
     specs = expand_spec(args.env)  # before loading the agent: a missing simulator fails at once
     agent = load_agent(args.agent)
+    log = episode_log_path(args.json) if args.json else None
+    if log is not None:
+        log.unlink(missing_ok=True)  # the log of this evaluation only
     reports = []
-    for spec in specs:
-        video_dir = Path(args.video_dir) / slugify(spec) if args.video_dir and len(specs) > 1 else args.video_dir
-        reports.append(evaluate(agent, spec, episodes=args.episodes, seed=args.seed, video_dir=video_dir))
-        if len(specs) > 1:
-            print(f"{spec}: success {reports[-1].metrics()['pc_success']:.1f}%", flush=True)
+    try:
+        for spec in specs:
+            video_dir = Path(args.video_dir) / slugify(spec) if args.video_dir and len(specs) > 1 else args.video_dir
+            reports.append(evaluate(agent, spec, episodes=args.episodes, seed=args.seed, video_dir=video_dir,
+                                    episode_log=log))
+            if len(specs) > 1:
+                print(f"{spec}: success {reports[-1].metrics()['pc_success']:.1f}%", flush=True)
+    except EvaluationInterrupted as interrupt:
+        reports.append(interrupt.report)
+        if args.json:
+            _write_json(Path(args.json), eval_info(reports))
+            print(f"partial results of {sum(len(r.episodes) for r in reports)} finished episodes in {args.json} "
+                  f"and {log}", file=sys.stderr)
+        raise
     info = eval_info(reports)
     if args.json:
         _write_json(Path(args.json), info)
     overall = info["overall"]
-    print(f"{args.env}: success {overall['pc_success']:.1f}% over {overall['n_episodes']} episodes "
-          f"(act p50 {overall['step_ms_p50']:.1f} ms/step, {overall['chunk_ms_p50']:.1f} ms/chunk)"
-          + (f"; videos in {args.video_dir}" if args.video_dir else ""))
+    print(f"{args.env}: success {overall['pc_success']:.1f}% over {overall['n_episodes']} episodes, "
+          f"{overall['n_errors']} raised (act p50 {_ms(overall['step_ms_p50'])} ms/step, "
+          f"{_ms(overall['chunk_ms_p50'])} ms/chunk)" + (f"; videos in {args.video_dir}" if args.video_dir else ""))
+    failed = [f"{report.env_name}: {report.failure}" for report in reports if report.failure]
+    if failed:
+        raise RuntimeError("evaluation failed: " + "; ".join(failed))
+
+
+def _ms(value: float | None) -> str:
+    """A latency in ms, or "-" when nothing was timed (every episode raised before acting)."""
+    return "-" if value is None else f"{value:.1f}"
 
 
 def _compare(args: argparse.Namespace) -> None:
     from vla_agents.agent import load_agent
     from vla_agents.eval.compare import compare, render_table, table_console
+    from vla_agents.eval.rollout import episode_log_path
 
     agents = [(Path(path).name, partial(load_agent, path)) for path in args.agents]
+    log = None
+    if args.json:
+        log = episode_log_path(args.json)
+        log.unlink(missing_ok=True)  # the log of this comparison only
     result = compare(agents, args.env, episodes=args.episodes, seed=args.seed, video_dir=args.video_dir,
-                     workers=args.workers)
+                     workers=args.workers, episode_log=log)
     table_console().print(render_table(result))
     if args.json:
-        result.save(Path(args.json).with_suffix(""))
-        print(f"wrote {Path(args.json).with_suffix('.json')} and {Path(args.json).with_suffix('.csv')}")
+        written = [*result.save(args.json), *([log] if log.exists() else [])]
+        print("wrote " + ", ".join(map(str, written)))
+    if result.interrupted:
+        raise KeyboardInterrupt
     _raise_if_failed(result)
 
 
@@ -122,10 +153,7 @@ def _raise_if_failed(result: ComparisonResult) -> None:
 
 def _write_json(path: Path, payload: dict) -> None:
     """Atomic: a crash mid-write never leaves a truncated results file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, path)
+    write_file(path, json.dumps(payload, indent=2))
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -272,9 +300,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, ImportError, RuntimeError) as error:
+    except (ValueError, FileNotFoundError, ImportError, RuntimeError, OSError) as error:
         print(f"vla-agents {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"vla-agents {args.command}: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -18,6 +18,9 @@ from vla_agents.types import Observation
 IMAGE_KEYS = {"agentview": "agentview_image", "eye_in_hand": "robot0_eye_in_hand_image"}
 VECTOR_KEYS = {"robot0_eef_pos": 3, "robot0_eef_quat": 4, "robot0_gripper_qpos": 2}
 EXPECTED_KEYS = (*IMAGE_KEYS.values(), *VECTOR_KEYS)
+MIN_IMAGE_PX = 2  # a 1x1 "image" is one colour: a camera or cropping error
+MAX_INSTRUCTION_CHARS = 512  # LIBERO's longest is about 100; a longer one is a paste error, not a task
+QUAT_NORM_TOLERANCE = 1e-3
 
 
 def quat2axisangle(quat_xyzw: np.ndarray) -> np.ndarray:
@@ -55,11 +58,17 @@ class LiberoAdapter:
 
     def observation(self, raw: Mapping, instruction: str | None = None, task_id: int | None = None) -> Observation:
         """The instruction comes from `raw["language_instruction"]` when present, else `instruction`."""
+        if not isinstance(raw, Mapping):
+            raise ObservationError(f"the raw observation must be a mapping with keys {list(EXPECTED_KEYS)}, "
+                                   f"got {type(raw).__name__}")
         missing = [k for k in EXPECTED_KEYS if k not in raw]
         if missing:
             raise ObservationError(f"raw LIBERO observation is missing key(s) {missing}; expected keys {list(EXPECTED_KEYS)}")
         images = {view: _image(raw, key) for view, key in IMAGE_KEYS.items()}
         pos, quat, gripper = (_vector(raw, key, n) for key, n in VECTOR_KEYS.items())
+        if abs(np.linalg.norm(quat) - 1.0) > QUAT_NORM_TOLERANCE:
+            raise ObservationError(f"'robot0_eef_quat' must be a unit quaternion (x, y, z, w), got {quat.tolist()} "
+                                   f"of length {np.linalg.norm(quat):.4g}")
         proprio = np.concatenate([pos, quat2axisangle(quat), gripper]).astype(np.float32)
         text = raw.get("language_instruction", instruction)
         if isinstance(text, bytes):
@@ -67,6 +76,11 @@ class LiberoAdapter:
         if not isinstance(text, str) or not text:
             raise ObservationError("no instruction: the raw observation has no 'language_instruction' str "
                                    "and no instruction= argument was given")
+        if not text.strip():
+            raise ObservationError(f"the instruction {text!r} is only white space; expected a task in words")
+        if len(text) > MAX_INSTRUCTION_CHARS:
+            raise ObservationError(f"the instruction is {len(text)} characters ({text[:40]!r}...); expected at most "
+                                   f"{MAX_INSTRUCTION_CHARS}, a task in a sentence")
         return Observation(images=images, proprio=proprio, instruction=text, task_id=task_id)
 
     def action(self, action: np.ndarray) -> np.ndarray:
@@ -91,11 +105,17 @@ def _image(raw: Mapping, key: str) -> np.ndarray:
         raise ObservationError(f"{key!r} must be an image of shape (H, W, 3), got {img.shape}")
     if img.dtype != np.uint8:
         raise ObservationError(f"{key!r} must have dtype uint8, got {img.dtype}")
+    if min(img.shape[:2]) < MIN_IMAGE_PX:
+        raise ObservationError(f"{key!r} is {img.shape[0]}x{img.shape[1]} px; expected an image of at least "
+                               f"{MIN_IMAGE_PX}x{MIN_IMAGE_PX}")
     return np.ascontiguousarray(img[::-1, ::-1])
 
 
 def _vector(raw: Mapping, key: str, length: int) -> np.ndarray:
-    vec = np.asarray(raw[key], dtype=np.float64)
+    try:
+        vec = np.asarray(raw[key], dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise ObservationError(f"{key!r} must be a vector of {length} numbers, got {raw[key]!r:.60}") from e
     if vec.shape != (length,):
         raise ObservationError(f"{key!r} must be a vector of length {length}, got shape {vec.shape}")
     if not np.all(np.isfinite(vec)):

@@ -19,6 +19,8 @@ from typing import Any
 import h5py
 import numpy as np
 
+from vla_agents.atomic import recover, temp_path
+
 IMAGE_OBS = ("agentview_rgb", "eye_in_hand_rgb")
 VECTOR_OBS = {"ee_pos": 3, "ee_ori": 3, "gripper_states": 2, "joint_states": 7}
 OBS_KEYS = (*IMAGE_OBS, *VECTOR_OBS)
@@ -42,7 +44,8 @@ class Episode:
 
 
 class DemoWriter:
-    """Write episodes of one task to `path`, atomically: to `path.tmp`, renamed on a clean exit.
+    """Write episodes of one task to `path`, atomically: to a hidden `.NAME.tmp-<id>` beside it, renamed
+    onto `path` on a clean exit (so `--data runs/data/*` never picks up the file of a killed run).
 
     A LIBERO file holds one task, named in `problem_info`. Tasks whose wording changes per episode
     (e.g. "pick up the {target} cube") pass the template here and each episode's instruction to
@@ -52,7 +55,7 @@ class DemoWriter:
     def __init__(self, path: str | Path, instruction: str | None = None, env_name: str = "", env_kwargs: dict[str, Any] | None = None,
                  problem_name: str | None = None, bddl_file_name: str = "") -> None:
         self.path = Path(path)
-        self.tmp_path = Path(f"{self.path}.tmp")
+        self.tmp_path = temp_path(self.path)
         self.instruction = instruction
         self.env_name = env_name
         self.env_kwargs = dict(env_kwargs or {})
@@ -64,6 +67,7 @@ class DemoWriter:
 
     def __enter__(self) -> DemoWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        recover(self.path)  # the unfinished file of a killed earlier run
         self._file = h5py.File(self.tmp_path, "w")
         self._data = self._file.create_group("data")
         return self
@@ -138,6 +142,20 @@ class DemoWriter:
 def read_demos(path: str | Path) -> list[Episode]:
     """All episodes of one file (ours or LIBERO's), in demo index order; extra keys are ignored."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory; expected a demonstration .hdf5 file (pass the files inside it)")
+    if not path.exists():
+        raise FileNotFoundError(f"demonstration file not found: {path}")
+    if path.name.endswith(".tmp") or path.name.startswith(".") and ".tmp-" in path.name:
+        raise ValueError(f"{path} is the unfinished file of an interrupted `collect`; delete it and collect again")
+    try:
+        return _read_episodes(path)
+    except OSError as e:  # h5py's errors name no file
+        raise ValueError(f"{path} is not a readable HDF5 file ({e}); it is empty, truncated or of another format. "
+                         "Expected a LIBERO/robomimic demonstration file, as `vla-agents collect` writes") from e
+
+
+def _read_episodes(path: Path) -> list[Episode]:
     with h5py.File(path, "r") as f:
         if "data" not in f:
             raise ValueError(f"{path}: no 'data' group; not a LIBERO/robomimic demonstration file")

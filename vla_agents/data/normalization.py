@@ -6,6 +6,7 @@ that a few outlier demos do not squash everything else. The gripper is left unno
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +14,10 @@ import numpy as np
 
 STAT_KEYS = ("q01", "q99", "mean", "std", "min", "max", "mask")
 EPS = 1e-8
+ORDER_TOLERANCE = 1e-6  # float rounding in min <= q01 <= q99 <= max
+# How far outside the training data's [min, max], in widths of that range, a value is "far": a
+# quaternion given as w,x,y,z moves the axis-angle of a downward gripper by about 30 widths.
+FAR_WIDTHS = 3.0
 
 
 @dataclass
@@ -68,7 +73,15 @@ class FieldStats:
                 raise ValueError(f"norm stats {name!r}.{k} must have length {dim} like {name}.q01, got shape {v.shape}")
             if not np.all(np.isfinite(v)):
                 raise ValueError(f"norm stats {name!r}.{k} contains NaN or inf")
+        _check_order(values, name)
         return cls(**values)
+
+    def far_outside(self, x: np.ndarray) -> np.ndarray:
+        """Indices of the dims of `x` beyond the data's [min, max] by more than FAR_WIDTHS times its
+        width (1e-3 for a constant dim)."""
+        x = self._check(x)
+        margin = FAR_WIDTHS * np.maximum(self.max - self.min, 1e-3)
+        return np.flatnonzero((x < self.min - margin) | (x > self.max + margin))
 
     def _check(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float64)
@@ -102,10 +115,31 @@ class NormStats:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> NormStats:
+        if not isinstance(d, dict):
+            raise ValueError(f"norm stats must be an object with 'action' and 'proprio', got {type(d).__name__}")
         missing = [k for k in ("action", "proprio") if k not in d]
         if missing:
             raise ValueError(f"norm stats missing key(s) {missing}; expected 'action' and 'proprio'")
         return cls(action=FieldStats.from_dict(d["action"], "action"), proprio=FieldStats.from_dict(d["proprio"], "proprio"))
+
+
+def _check_order(values: dict[str, np.ndarray], name: str) -> None:
+    """Statistics of real data satisfy min <= q01 <= q99 <= max and std >= 0; q01 == q99 on a dim whose
+    data varied leaves the agent a constant action there, which a file edited by hand can cause."""
+    chain = ("min", "q01", "q99", "max")
+    for low, high in zip(chain, chain[1:]):
+        bad = np.flatnonzero(values[low] > values[high] + ORDER_TOLERANCE)
+        if bad.size:
+            raise ValueError(f"norm stats {name!r}: {low} > {high} at dim(s) {bad.tolist()} ({low} "
+                             f"{values[low][bad].tolist()}, {high} {values[high][bad].tolist()}); "
+                             f"expected min <= q01 <= q99 <= max")
+    if np.any(values["std"] < 0):
+        raise ValueError(f"norm stats {name!r}.std is negative at dim(s) {np.flatnonzero(values['std'] < 0).tolist()}")
+    flat = np.flatnonzero(values["mask"] & (values["q01"] == values["q99"]) & (values["min"] < values["max"]))
+    if flat.size:
+        warnings.warn(f"norm stats {name!r}: q01 == q99 at dim(s) {flat.tolist()} although the data ranged over "
+                      f"[{values['min'][flat].tolist()}, {values['max'][flat].tolist()}]: normalization maps that "
+                      "dim to a constant", stacklevel=3)
 
 
 def compute_norm_stats(actions: np.ndarray, proprio: np.ndarray) -> NormStats:

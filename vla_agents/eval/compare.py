@@ -7,6 +7,7 @@ failed and the comparison goes on: one bad agent must not cost the evaluations o
 from __future__ import annotations
 
 import csv
+import io
 import json
 import multiprocessing
 import pickle
@@ -22,7 +23,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from vla_agents.eval.rollout import EvalReport, episode_metrics, error_summary, evaluate, slugify
+from vla_agents.atomic import write_file
+from vla_agents.eval.rollout import EvalReport, EvaluationInterrupted, episode_metrics, error_summary, evaluate, slugify
 from vla_agents.progress import LoggedProgress
 
 OVERALL = "overall"
@@ -56,13 +58,15 @@ class ComparisonRow:
 
     @property
     def errors(self) -> dict[str, str]:
-        """Task -> why its evaluation could not start, for the tasks that failed."""
-        return {task: report.error for task, report in self.reports.items() if report.error is not None}
+        """Task -> why its evaluation failed (`EvalReport.failure`: could not start, every episode
+        raised, or interrupted), for the tasks that failed."""
+        return {task: report.failure for task, report in self.reports.items() if report.failure is not None}
 
 
 @dataclass
 class ComparisonResult:
     rows: list[ComparisonRow] = field(default_factory=list)
+    interrupted: bool = False  # Ctrl-C stopped the comparison; the evaluations it cut short read failed
 
     def add(self, name: str, reports: Iterable[EvalReport], num_parameters: int | None = None) -> ComparisonRow:
         """Add an agent from evaluations already run (e.g. by `evaluate`)."""
@@ -79,7 +83,7 @@ class ComparisonResult:
 
     @property
     def failures(self) -> list[tuple[str, str, str]]:
-        """(agent, task, error) for every evaluation that could not start."""
+        """(agent, task, error) for every evaluation that failed (see `ComparisonRow.errors`)."""
         return [(row.name, task, error) for row in self.rows for task, error in row.errors.items()]
 
     @property
@@ -95,31 +99,28 @@ class ComparisonResult:
         }
 
     def to_json(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2))
-        return path
+        return write_file(path, json.dumps(self.to_dict(), indent=2))
 
     def to_csv(self, path: str | Path) -> Path:
         """One line per (policy, task), plus a pooled 'overall' line per policy; percentages in %."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=_CSV_FIELDS)
-            writer.writeheader()
-            for row in self.rows:
-                errors = row.errors
-                for task, m in row.metrics().items():
-                    low, high = m["pc_success_ci95"]
-                    writer.writerow({"policy": row.name, "num_parameters": row.num_parameters, "task": task,
-                                     "ci95_low": low, "ci95_high": high, "error": errors.get(task, ""),
-                                     **{k: m[k] for k in _CSV_FIELDS if k in m}})
-        return path
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=_CSV_FIELDS)
+        writer.writeheader()
+        for row in self.rows:
+            errors = row.errors
+            for task, m in row.metrics().items():
+                low, high = m["pc_success_ci95"]
+                writer.writerow({"policy": row.name, "num_parameters": row.num_parameters, "task": task,
+                                 "ci95_low": low, "ci95_high": high, "error": errors.get(task, ""),
+                                 **{k: m[k] for k in _CSV_FIELDS if k in m}})
+        return write_file(path, text.getvalue())
 
     def save(self, path: str | Path) -> tuple[Path, Path]:
-        """Write `<path>.json` and `<path>.csv` beside each other."""
+        """Write the JSON to `path` (`.json` added when it has another suffix or none: "results.v2" ->
+        "results.v2.json") and the CSV beside it with `.csv` in place of `.json`; returns both paths."""
         path = Path(path)
-        return self.to_json(path.with_suffix(".json")), self.to_csv(path.with_suffix(".csv"))
+        json_path = path if path.suffix == ".json" else path.with_name(f"{path.name}.json")
+        return self.to_json(json_path), self.to_csv(json_path.with_suffix(".csv"))
 
 
 def _cell(m: dict[str, Any]) -> str:
@@ -174,7 +175,7 @@ def render_table(result: ComparisonResult, title: str = "Agent comparison") -> T
 
 def compare(agents: Sequence[tuple[str, Callable[[], Any]]], envs: Sequence[str] | Mapping[str, Callable[[], gym.Env]],
             episodes: int, seed: int = 0, video_dir: str | Path | None = None, progress: bool = True,
-            max_steps: int | None = None, workers: int = 1) -> ComparisonResult:
+            max_steps: int | None = None, workers: int = 1, episode_log: str | Path | None = None) -> ComparisonResult:
     """Evaluate every agent on every environment with the same seeds.
 
     `envs` is a list of `make_env` specs or a mapping name -> env factory. With one worker each
@@ -185,32 +186,50 @@ def compare(agents: Sequence[tuple[str, Callable[[], Any]]], envs: Sequence[str]
     evaluation calls its agent factory afresh.
 
     An agent or env that cannot be built does not stop the comparison: its evaluations are recorded as failed
-    (`ComparisonResult.failures`) and the others go on. Failed episodes are recorded by `evaluate`."""
+    (`ComparisonResult.failures`) and the others go on. Failed episodes are recorded by `evaluate`, and
+    appended to `episode_log` as they finish. Ctrl-C returns what finished, with `interrupted` set: the
+    evaluations it cut short or never started read failed."""
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     if episodes < 1:  # checked here: inside an evaluation it would be recorded as a failure of every agent
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     sources: dict[str, str | Callable[[], gym.Env]] = dict(envs) if isinstance(envs, Mapping) else {spec: spec for spec in envs}
-    options = dict(episodes=episodes, seed=seed, max_steps=max_steps)
-    if workers == 1:
-        reports = {}
-        for name, factory in agents:
-            start = time.perf_counter()
+    options = dict(episodes=episodes, seed=seed, max_steps=max_steps, episode_log=episode_log)
+    reports: dict[tuple[str, str], EvalReport] = {}
+    interrupted = False
+    try:
+        if workers == 1:
+            _evaluate_here(agents, sources, progress, video_dir, options, reports)
+        else:
+            jobs = [(name, factory, task, source) for name, factory in agents for task, source in sources.items()]
+            _evaluate_in_processes(jobs, workers, progress, video_dir, options, reports)
+    except KeyboardInterrupt:
+        interrupted = True
+    result = ComparisonResult(interrupted=interrupted)
+    for name, _ in agents:
+        result.add(name, [reports.get((name, task)) or _failed(name, task, KeyboardInterrupt("interrupted before it ran"),
+                                                               time.perf_counter()) for task in sources])
+    return result
+
+
+def _evaluate_here(agents: Sequence[tuple[str, Callable[[], Any]]], sources: Mapping[str, Any], progress: bool,
+                   video_dir: str | Path | None, options: dict[str, Any],
+                   reports: dict[tuple[str, str], EvalReport]) -> None:
+    """One process: each agent factory is called once, and its agent reset between episodes."""
+    for name, factory in agents:
+        start = time.perf_counter()
+        try:
+            agent = factory()
+        except Exception as error:  # noqa: BLE001 - recorded in the report, and in the table
+            reports.update({(name, task): _failed(name, task, error, start) for task in sources})
+            continue
+        for task, source in sources.items():
             try:
-                agent = factory()
-            except Exception as error:  # noqa: BLE001 - recorded in the report, and in the table
-                reports.update({(name, task): _failed(name, task, error, start) for task in sources})
-                continue
-            for task, source in sources.items():
                 reports[name, task] = evaluate_or_record(name, agent, task, source, progress=progress,
                                                          video_dir=_videos(video_dir, name, task), **options)
-    else:
-        jobs = [(name, factory, task, source) for name, factory in agents for task, source in sources.items()]
-        reports = _evaluate_in_processes(jobs, workers, progress, video_dir, options)
-    result = ComparisonResult()
-    for name, _ in agents:
-        result.add(name, [reports[name, task] for task in sources])
-    return result
+            except EvaluationInterrupted as interrupt:
+                reports[name, task] = interrupt.report  # the episodes that finished
+                raise
 
 
 def _videos(video_dir: str | Path | None, name: str, task: str) -> Path | None:
@@ -232,7 +251,7 @@ def _failed(name: str, task: str, error: Exception, start: float) -> EvalReport:
 
 
 def _evaluate_in_processes(jobs: list[tuple], workers: int, progress: bool, video_dir: str | Path | None,
-                           options: dict[str, Any]) -> dict[tuple[str, str], EvalReport]:
+                           options: dict[str, Any], reports: dict[tuple[str, str], EvalReport]) -> None:
     for name, factory, task, source in jobs:
         try:
             pickle.dumps((factory, source))
@@ -240,7 +259,6 @@ def _evaluate_in_processes(jobs: list[tuple], workers: int, progress: bool, vide
             raise ValueError(f"compare(workers > 1) sends each factory to another process, but the one for {name!r} "
                              f"on {task!r} cannot be pickled ({error}); use a top-level function or "
                              "functools.partial, or workers=1") from error
-    reports = {}
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_one_thread) as pool, \
             LoggedProgress(*columns, disable=not progress, log_every=1 / len(jobs)) as bar:
@@ -255,7 +273,6 @@ def _evaluate_in_processes(jobs: list[tuple], workers: int, progress: bool, vide
             outcome = f"failed: {report.error}" if report.error else f"{wins}/{len(report.episodes)} success"
             bar.console.print(f"{name} on {task}: {outcome} ({report.eval_s:.0f} s)", markup=False)
             bar.advance(bar_task)
-    return reports
 
 
 def _one_thread() -> None:

@@ -2,6 +2,7 @@
 that survives crashing episodes and reports in LeRobot's `eval_info.json` shape."""
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -177,6 +178,19 @@ class EvalReport:
     eval_s: float
     num_parameters: int | None = None
     error: str | None = None  # the evaluation could not start (building its agent or env raised); no episodes
+    interrupted: bool = False  # stopped (Ctrl-C) before its last episode: `episodes` holds those that finished
+
+    @property
+    def failure(self) -> str | None:
+        """Why these results do not measure the agent: it could not start, every episode raised, or it was
+        interrupted. A comparison shows such a cell as failed rather than as a success rate."""
+        if self.error is not None:
+            return self.error
+        if self.episodes and all(ep.error is not None for ep in self.episodes):
+            return f"all {len(self.episodes)} episodes raised an error; the first: {self.episodes[0].error}"
+        if self.interrupted:
+            return f"interrupted after {len(self.episodes)} episodes"
+        return None
 
     def metrics(self) -> dict[str, Any]:
         n = len(self.episodes)
@@ -213,6 +227,7 @@ def eval_info(reports: Sequence[EvalReport]) -> dict[str, Any]:
         groups.setdefault(group or task, []).append(report)
         per_task.append({"task_group": group or task, "task_id": task, "metrics": report.metrics()})
     return {
+        **({"interrupted": True} if any(report.interrupted for report in reports) else {}),
         "per_episode": [
             {"episode_ix": i, **({"task": report.env_name} if len(reports) > 1 else {}), "sum_reward": ep.sum_reward,
              "max_reward": ep.max_reward, "success": ep.success, "seed": ep.seed, "length": ep.length, "error": ep.error}
@@ -222,6 +237,30 @@ def eval_info(reports: Sequence[EvalReport]) -> dict[str, Any]:
         "per_group": {group: _pooled_metrics(members) for group, members in groups.items()},
         "overall": _pooled_metrics(reports),
     }
+
+
+class EvaluationInterrupted(KeyboardInterrupt):
+    """Ctrl-C during `evaluate`; `report` holds the episodes that finished (`report.interrupted`)."""
+
+    def __init__(self, report: EvalReport) -> None:
+        super().__init__(report)
+        self.report = report
+
+
+def episode_log_path(json_path: str | Path) -> Path:
+    """Where the per-episode log of results saved to `json_path` goes: eval_info.json -> eval_info.episodes.jsonl."""
+    json_path = Path(json_path)
+    return json_path.with_name(f"{json_path.stem}.episodes.jsonl")
+
+
+def _log_episode(path: Path, task: str, policy: str, index: int, result: EpisodeResult) -> None:
+    """One JSON line per finished episode, appended at once: a killed evaluation keeps every episode it finished."""
+    row = {"task": task, "policy": policy, "episode_ix": index, "seed": result.seed, "success": result.success,
+           "length": result.length, "sum_reward": result.sum_reward, "max_reward": result.max_reward,
+           "error": result.error, "instruction": result.instruction, "video_path": result.video_path}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(json.dumps(row) + "\n")
 
 
 def _agent_name(agent: Any) -> str:
@@ -242,14 +281,15 @@ def _close_quietly(env: gym.Env) -> None:
 
 def evaluate(agent: Any, env: str | Callable[[], gym.Env], episodes: int, seed: int = 0,
              video_dir: str | Path | None = None, progress: bool = True, max_steps: int | None = None,
-             env_name: str | None = None, fps: int = 20) -> EvalReport:
+             env_name: str | None = None, fps: int = 20, episode_log: str | Path | None = None) -> EvalReport:
     """Run `episodes` episodes with seeds seed, seed+1, ... and reset option `episode_index` 0, 1, ...
     (environments with fixed initial conditions, like LIBERO's init states, take episode i's from it).
 
     `agent` is an agent or a zero-argument factory; `env` is a `make_env` spec or a zero-argument
     env factory. A failed episode is recorded (see `EpisodeResult.error`) and the evaluation goes
     on, on a fresh environment when the env itself raised. Videos are written to `video_dir` as
-    `episode=<i>--success=<bool>--task=<slug>.mp4`."""
+    `episode=<i>--success=<bool>--task=<slug>.mp4`. Each finished episode is appended to `episode_log`
+    (JSON lines) when given; Ctrl-C raises `EvaluationInterrupted` with the episodes that finished."""
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     if isinstance(agent, type) or not hasattr(agent, "act"):  # a class is a factory, not an agent
@@ -280,11 +320,17 @@ def evaluate(agent: Any, env: str | Callable[[], gym.Env], episodes: int, seed: 
                 result = run_episode(instance, agent, seed + i, max_steps=max_steps, video_path=path, fps=fps,
                                      options={"episode_index": i})
                 results.append(result)
+                if episode_log is not None:
+                    _log_episode(Path(episode_log), name, policy, i, result)
                 if result.error_source == "env":
                     _close_quietly(instance)
                     instance = make()
                 wins = sum(r.success for r in results)
                 bar.update(task, advance=1, sr=f"success {wins}/{len(results)}")
+    except KeyboardInterrupt as interrupt:
+        raise EvaluationInterrupted(EvalReport(env_name=name, policy_name=policy, episodes=results,
+                                               eval_s=time.perf_counter() - start, num_parameters=_num_parameters(agent),
+                                               interrupted=True)) from interrupt
     finally:
         _close_quietly(instance)
     return EvalReport(env_name=name, policy_name=policy, episodes=results, eval_s=time.perf_counter() - start,

@@ -11,8 +11,6 @@ tiny scale it loads this folder the same way, so both scales start from pretrain
 from __future__ import annotations
 
 import json
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from vla_agents.atomic import replace_folder
 from vla_agents.resources import resource_dir
 
 FORMAT = "vla-agents-backbone"
@@ -91,13 +90,10 @@ def load_vision_weights(folder: Path, vision: nn.Module, projector: nn.Module) -
 
 def save_backbone(folder: str | Path, vision: nn.Module, projector: nn.Module, llm: nn.Module, tokenizer: Any,
                   architecture: dict[str, Any], provenance: dict[str, Any]) -> Path:
-    """Write a backbone folder atomically (a temp folder beside it, swapped into place); other entries of an
-    existing folder (a pretraining checkpoint/, its log) are kept."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        tmp.mkdir()
+    """Write a backbone folder in one swap a kill cannot half-do (`vla_agents.atomic`); other entries of
+    an existing folder (a pretraining checkpoint/, its log) are kept."""
+
+    def write(tmp: Path) -> None:
         state = {f"vision.{k}": v.detach().contiguous().cpu() for k, v in vision.state_dict().items()}
         state |= {f"projector.{k}": v.detach().contiguous().cpu() for k, v in projector.state_dict().items()}
         save_file(state, str(tmp / "vision.safetensors"))
@@ -105,17 +101,5 @@ def save_backbone(folder: str | Path, vision: nn.Module, projector: nn.Module, l
         tokenizer.save_pretrained(str(tmp / "tokenizer"))
         info = {"format": FORMAT, "version": VERSION, "architecture": architecture, **provenance}
         (tmp / "backbone.json").write_text(json.dumps(info, indent=2))
-        if folder.exists():
-            for entry in folder.iterdir():
-                if not (tmp / entry.name).exists():
-                    entry.rename(tmp / entry.name)
-            old = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:8]}"
-            folder.rename(old)
-            tmp.rename(folder)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return folder
+
+    return replace_folder(folder, write)

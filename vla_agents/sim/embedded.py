@@ -163,6 +163,7 @@ class EmbeddedEnv(gym.Env):
         self.instruction = self.spec_.instruction
         self.elapsed_steps = 0
         self._last_raw: dict[str, Any] = {}
+        self._reset_done = self._closed = False
 
     # -- task ------------------------------------------------------------------------------------
     @property
@@ -188,15 +189,20 @@ class EmbeddedEnv(gym.Env):
 
     # -- gymnasium API ---------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict | None = None):
+        self._check_open("reset")
         super().reset(seed=seed)
         make_render_context_current(self.sim.sim)
         self.sim.rng = np.random.default_rng(self.np_random.integers(2**63))
         self._choose_task()
         raw = self.sim.reset()
         self.elapsed_steps = 0
+        self._reset_done = True
         return self._observation(raw), self._info(success=False)
 
     def step(self, action):
+        self._check_open("step")
+        if not self._reset_done:  # the scene and, on templated tasks, the instruction are chosen by reset
+            raise gym.error.ResetNeeded(f"{self.task_name}: call reset() before step()")
         make_render_context_current(self.sim.sim)
         raw, _, _, _ = self.sim.step(osc_action(action))
         self.elapsed_steps += 1
@@ -212,7 +218,13 @@ class EmbeddedEnv(gym.Env):
         return frame[::-1].copy()
 
     def close(self):
-        self.sim.close()
+        if not self._closed:
+            self.sim.close()
+        self._closed = True
+
+    def _check_open(self, method: str) -> None:
+        if self._closed:
+            raise gym.error.ClosedEnvironmentError(f"{self.task_name}: {method}() after close(); make a new env")
 
     # -- helpers ---------------------------------------------------------------------------------
     def _observation(self, raw: dict[str, Any]) -> dict[str, Any]:

@@ -4,11 +4,13 @@ The same loop runs on a 2-core CPU (tiny scale) and on 1..N GPUs (`accelerate la
 autocast wherever the hardware multiplies bf16 natively (GPUs, CPUs with AVX512-BF16 or AMX). Tiny
 recipes add the auxiliary grounding loss (`train.auxiliary`) when the demonstrations record the target. Paper scale fine-tunes the language model with LoRA (r=64, alpha=128 from the recipe).
 Resuming is exact: the data order is a function of (seed, step) only, and the checkpoint holds
-the optimizer, scheduler and RNG states.
+the optimizer, scheduler and RNG states and the loss history. A resume with other settings than the
+checkpoint's is refused.
 """
 from __future__ import annotations
 
 import json
+import logging
 import random
 import time
 from dataclasses import dataclass, field
@@ -24,16 +26,19 @@ from torch.optim.lr_scheduler import LRScheduler, MultiStepLR
 from transformers import get_cosine_schedule_with_warmup
 
 from vla_agents.agent import VLAAgent, load_agent, make_agent
+from vla_agents.atomic import check_target, recover, write_file
 from vla_agents.data.dataset import DemoDataset
 from vla_agents.data.hdf5 import PRIVILEGED_OBS
 from vla_agents.models.blocks import action_loss
 from vla_agents.policies import load_recipe, split_name
 from vla_agents.progress import LoggedProgress
+from vla_agents.train.arguments import at_least
 from vla_agents.train.auxiliary import TargetProbe, target_loss
-from vla_agents.train.checkpoint import CHECKPOINT, write_checkpoint
+from vla_agents.train.checkpoint import CHECKPOINT, load_trainer_state, write_checkpoint
 
 TRAINER_STATE = "trainer_state.pt"
 AUX_PROBE = "aux_probe.safetensors"  # the auxiliary grounding probe's weights, kept for an exact --resume
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -60,7 +65,9 @@ def cpu_autocast_dtype() -> torch.dtype | None:
 
 
 def _rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Plain values and tensors only (numpy's key as a list), so the state loads with weights_only."""
+    name, key, *rest = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": (name, key.tolist(), *rest), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -68,7 +75,8 @@ def _rng_state() -> dict[str, Any]:
 
 def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, key, *rest = state["numpy"]
+    np.random.set_state((name, np.asarray(key, np.uint32), *rest))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -92,12 +100,25 @@ def save_checkpoint(agent: VLAAgent, out_dir: Path, trainer_state: dict[str, Any
     """`out_dir/checkpoint/`: the agent plus trainer_state.pt (and the auxiliary probe), swapped into place atomically."""
 
     def write(folder: Path) -> None:
-        agent.save_pretrained(folder)
+        agent.write_to(folder)
         torch.save(trainer_state, folder / TRAINER_STATE)
         if probe is not None:
             save_file({k: v.detach().contiguous() for k, v in probe.state_dict().items()}, str(folder / AUX_PROBE))
 
     return write_checkpoint(out_dir, write)
+
+
+def _check_resume(checkpoint: Path, agent: VLAAgent, state: dict[str, Any], asked: dict[str, Any],
+                  overrides: dict[str, Any]) -> None:
+    """Refuse a resume whose settings differ from the checkpoint's: it would go on training the saved
+    run (its policy, data order, optimizer) while reporting the new settings."""
+    saved = {"policy": agent.policy_name, "scale": agent.recipe["scale"],
+             **{k: state[k] for k in ("seed", "batch_size", "lr", "warmup_steps") if k in state}}
+    differ = [f"{k}={saved[k]!r} (asked: {v!r})" for k, v in asked.items() if v is not None and k in saved and v != saved[k]]
+    differ += [f"{k}={agent.recipe.get(k)!r} (asked: {v!r})" for k, v in overrides.items() if agent.recipe.get(k) != v]
+    if differ:
+        raise ValueError(f"--resume: the checkpoint in {checkpoint} was trained with {', '.join(differ)}; resume with "
+                         "its settings, or train into another --out without --resume")
 
 
 def train_bc(
@@ -120,20 +141,37 @@ def train_bc(
 ) -> BCResult:
     """Train `policy` on demonstration files; the final agent is written to `out_dir`.
     `mixed_precision`: "bf16" or "no"; None picks bf16 on a GPU or a CPU that multiplies bf16 natively."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    at_least(1, steps=steps, batch_size=batch_size)
+    at_least(0, save_every=save_every, eval_every=eval_every, warmup_steps=warmup_steps, lr=lr)
     if mixed_precision not in (None, "bf16", "no"):
         raise ValueError(f"mixed_precision must be 'bf16', 'no' or None (automatic), got {mixed_precision!r}")
+    out_dir = check_target(out_dir)  # before training: "." or its parents cannot take the final swap
     cuda = torch.cuda.is_available()
     accelerator = Accelerator(mixed_precision="no" if mixed_precision == "no" or not cuda else "bf16")
     # on a CPU, autocast directly: accelerate's process-wide state would pin one precision per process
     cpu_bf16 = not cuda and mixed_precision != "no" and cpu_autocast_dtype() is not None
     checkpoint = out_dir / CHECKPOINT
+    if accelerator.is_main_process:  # a save or checkpoint a kill interrupted is completed, not lost
+        recover(out_dir)
+        recover(checkpoint)
+    accelerator.wait_for_everyone()
+    out_dir.mkdir(parents=True, exist_ok=True)
     resuming = resume and (checkpoint / TRAINER_STATE).is_file()
+    if resume and not resuming:
+        logger.warning("--resume: no checkpoint in %s; training starts at step 0", checkpoint)
 
     torch.manual_seed(seed)
+    history: list[dict[str, float]] = []
     if resuming:
         agent = load_agent(checkpoint)
+        state = load_trainer_state(checkpoint / TRAINER_STATE)
+        asked = {"policy": split_name(policy, scale)[0], "scale": split_name(policy, scale)[1], "seed": seed,
+                 "batch_size": batch_size, "lr": lr, "warmup_steps": warmup_steps}
+        _check_resume(checkpoint, agent, state, asked, overrides or {})
+        batch_size, lr = batch_size or state["batch_size"], lr if lr is not None else state.get("lr")
+        warmup_steps = warmup_steps if warmup_steps is not None else state.get("warmup_steps")
+        history = list(state.get("history", []))
+        logger.warning("--resume: continuing from step %d of the checkpoint in %s", state["step"], checkpoint)
         dataset = DemoDataset(data, chunk_size=agent.chunk, stats=agent.stats)
     else:
         dataset = DemoDataset(data, chunk_size=load_recipe(*split_name(policy, scale), overrides)["chunk"])
@@ -160,7 +198,6 @@ def train_bc(
     scheduler = make_scheduler(optimizer, recipe, warmup_steps, steps)
     start = 0
     if resuming:
-        state = torch.load(checkpoint / TRAINER_STATE, weights_only=False)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         _set_rng_state(state["rng"])
@@ -168,7 +205,6 @@ def train_bc(
     agent.model.to(accelerator.device)
     model, optimizer, scheduler = accelerator.prepare(agent.model, optimizer, scheduler)
 
-    history: list[dict[str, float]] = []
     columns = [TextColumn("[bold]bc {task.fields[policy]}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}  {task.fields[sps]:.1f} samples/s"),
                TimeRemainingColumn()]
@@ -202,11 +238,11 @@ def train_bc(
             if save_every and (step + 1) % save_every == 0 and accelerator.is_main_process:
                 save_checkpoint(agent, out_dir, {
                     "step": step + 1, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "rng": _rng_state(), "seed": seed, "batch_size": batch_size,
+                    "rng": _rng_state(), "seed": seed, "batch_size": batch_size, "lr": lr,
+                    "warmup_steps": warmup_steps, "history": history,
                 }, probe)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         agent.save_pretrained(out_dir)
-        with open(out_dir / "train_log.jsonl", "a") as f:
-            f.writelines(json.dumps(r) + "\n" for r in history)
+        write_file(out_dir / "train_log.jsonl", "".join(json.dumps(r) + "\n" for r in history))
     return BCResult(agent, history)

@@ -209,7 +209,6 @@ def pretrain_backbone(
 def _save_checkpoint(out_dir: Path, model: GroundingModel, optimizer, scheduler, step: int, seed: int, tokenizer: str,
                      base: str) -> None:
     def write(folder: Path) -> None:
-        folder.mkdir()
         save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state()},
                    folder / "optimizer.pt")

@@ -18,6 +18,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from vla_agents.atomic import check_target, recover, write_file
+from vla_agents.train.arguments import at_least, check_device
 from vla_agents.train.checkpoint import write_checkpoint
 
 MODES = ("residual", "full")
@@ -182,7 +184,13 @@ def train_rl(agent_dir: str | Path, env_spec: str, algo: str | None = None, mode
     for name, value in (("eval_every", eval_every), ("save_every", save_every)):
         if value < 0:
             raise ValueError(f"{name} is a period in env steps, 0 for never; got {value}")
-    agent_dir, out_dir, env_kwargs = str(agent_dir), Path(out_dir), dict(env_kwargs or {})
+    at_least(1, steps=steps, n_envs=n_envs, feature_dim=feature_dim)
+    at_least(0, eval_episodes=eval_episodes, progressive_explore=progressive_explore, lr=lr, bc_weight=bc_weight)
+    if not scale > 0:
+        raise ValueError(f"scale (of the residual's correction) must be > 0, got {scale}")
+    check_device(device)
+    agent_dir, out_dir, env_kwargs = str(agent_dir), check_target(out_dir), dict(env_kwargs or {})
+    recover(out_dir)  # a save or checkpoint a kill interrupted is completed, not lost
     common = dict(agent_dir=agent_dir, env_spec=env_spec, env_kwargs=env_kwargs, steps=steps, n_envs=n_envs,
                   seed=seed, reward=reward, lr=lr, device=device)
     if mode == "residual":
@@ -222,7 +230,7 @@ def train_rl(agent_dir: str | Path, env_spec: str, algo: str | None = None, mode
 
     def save_checkpoint(step: int) -> None:
         def write(folder: Path) -> None:
-            run.agent.save_pretrained(folder)
+            run.agent.write_to(folder)
             (folder / "rl_log.json").write_text(json.dumps({**log, "env_steps": step}, indent=2))
 
         write_checkpoint(out_dir, write)
@@ -242,6 +250,6 @@ def train_rl(agent_dir: str | Path, env_spec: str, algo: str | None = None, mode
         record_eval(recorder.env_steps)
     log.update(env_steps=recorder.env_steps, wall_s=time.perf_counter() - start, eval_s=eval_s)
     run.agent.save_pretrained(out_dir)
-    (out_dir / "rl_log.json").write_text(json.dumps(log, indent=2))
+    write_file(out_dir / "rl_log.json", json.dumps(log, indent=2))
     plot_curve(log, out_dir / "curve.png")
     return run.agent
