@@ -134,12 +134,12 @@ def test_a_kill_at_any_step_of_the_checkpoint_swap_resumes_from_a_checkpoint(dem
         out = tmp_path / f"kill{k}"
         real_save = bc.save_checkpoint
 
-        def save_checkpoint(agent, out_dir, state):
+        def save_checkpoint(agent, out_dir, state, *probe):
             if state["step"] < 6:
-                return real_save(agent, out_dir, state)
+                return real_save(agent, out_dir, state, *probe)
             with monkeypatch.context() as patch:
                 KillAt(patch, k)
-                return real_save(agent, out_dir, state)
+                return real_save(agent, out_dir, state, *probe)
 
         monkeypatch.setattr(bc, "save_checkpoint", save_checkpoint)
         with pytest.raises(Killed):
