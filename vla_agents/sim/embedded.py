@@ -102,16 +102,20 @@ def make_render_context_current(mj_sim) -> None:
 
 class EmbeddedEnv(gym.Env):
     """A task of the embedded suite. Success terminates the episode and is reported in
-    `info["success"]`; the step limit (from the suite spec) truncates it."""
+    `info["success"]`; the step limit (`max_episode_steps`, default the suite spec's) truncates it.
+    `render()` returns the agentview frame, upright, when `render_mode="rgb_array"`."""
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
 
-    def __init__(self, task: str, image_size: int = 128, use_cameras: bool = True, render_mode: str | None = "rgb_array"):
+    def __init__(self, task: str, image_size: int = 128, use_cameras: bool = True, render_mode: str | None = None,
+                 max_episode_steps: int | None = None):
         suite = load_suite()
         if task not in suite:
             raise ValueError(f"unknown embedded task {task!r}; expected one of {sorted(suite)}")
         if image_size < 32:
             raise ValueError(f"image_size must be at least 32 px, got {image_size}")
+        if render_mode not in (None, *self.metadata["render_modes"]):
+            raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
         from robosuite.controllers import load_composite_controller_config
 
         from vla_agents.sim.tabletop import TabletopCubes
@@ -121,7 +125,7 @@ class EmbeddedEnv(gym.Env):
         self.image_size = int(image_size)
         self.use_cameras = use_cameras
         self.render_mode = render_mode
-        self.max_episode_steps = self.spec_.max_episode_steps
+        self.max_episode_steps = max_episode_steps or self.spec_.max_episode_steps  # None: no limit of its own (gym.make's TimeLimit)
         self.sim = TabletopCubes(
             colors=list(self.spec_.cubes),
             **self.spec_.scene,
@@ -195,10 +199,13 @@ class EmbeddedEnv(gym.Env):
         raw, _, _, _ = self.sim.step(osc_action(action))
         self.elapsed_steps += 1
         success = self.success()
-        truncated = not success and self.elapsed_steps >= self.max_episode_steps
+        truncated = not success and self.max_episode_steps is not None and self.elapsed_steps >= self.max_episode_steps
         return self._observation(raw), float(success), success, truncated, self._info(success)
 
     def render(self):
+        if self.render_mode is None:
+            gym.logger.warn("render() needs a render_mode; build the env with render_mode='rgb_array'")
+            return None
         if self.use_cameras:
             return self._last_raw["agentview_image"][::-1].copy()
         make_render_context_current(self.sim.sim)
