@@ -26,6 +26,7 @@ import numpy as np
 import yaml
 
 from vla_agents.resources import resource_dir
+from vla_agents.sim.instruction import InstructionSpace
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 # robosuite logs to the console at INFO in every process that imports it (advice on private macro
@@ -100,6 +101,23 @@ def make_render_context_current(mj_sim) -> None:
         context.gl_ctx.make_current()
 
 
+_RENDERING_PID: int | None = None  # the process that built an offscreen renderer; a forked child inherits it
+
+
+def claim_offscreen_rendering() -> None:
+    """Fail fast where robosuite would hang: in a process forked from one that had already built an
+    offscreen renderer (EGL and OSMesa state does not survive fork()). Gymnasium's AsyncVectorEnv
+    forks by default, after building a first env in the parent to read its spaces."""
+    global _RENDERING_PID
+    if _RENDERING_PID not in (None, os.getpid()):
+        raise RuntimeError(
+            f"this process was forked from process {_RENDERING_PID}, which had already rendered with "
+            f"MUJOCO_GL={os.environ.get('MUJOCO_GL')}: GL state does not survive fork() and rendering here would hang. "
+            "Start vector-env workers with 'forkserver' or 'spawn': AsyncVectorEnv(env_fns, context='forkserver') or "
+            "gym.make_vec(env_id, num_envs, vectorization_mode='async', vector_kwargs={'context': 'forkserver'})")
+    _RENDERING_PID = os.getpid()
+
+
 class EmbeddedEnv(gym.Env):
     """A task of the embedded suite. Success terminates the episode and is reported in
     `info["success"]`; the step limit (`max_episode_steps`, default the suite spec's) truncates it.
@@ -126,6 +144,8 @@ class EmbeddedEnv(gym.Env):
         self.use_cameras = use_cameras
         self.render_mode = render_mode
         self.max_episode_steps = max_episode_steps or self.spec_.max_episode_steps  # None: no limit of its own (gym.make's TimeLimit)
+        if use_cameras or render_mode == "rgb_array":
+            claim_offscreen_rendering()
         self.sim = TabletopCubes(
             colors=list(self.spec_.cubes),
             **self.spec_.scene,
@@ -152,7 +172,7 @@ class EmbeddedEnv(gym.Env):
             "robot0_gripper_qpos": gym.spaces.Box(-np.inf, np.inf, (2,), np.float64),
             "robot0_joint_pos": gym.spaces.Box(-np.inf, np.inf, (7,), np.float64),
             "object-state": gym.spaces.Box(-np.inf, np.inf, (OBJECT_STATE_PER_CUBE * len(self.state_cubes),), np.float64),
-            "language_instruction": gym.spaces.Text(INSTRUCTION_MAX_CHARS, charset=INSTRUCTION_CHARSET),
+            "language_instruction": InstructionSpace(INSTRUCTION_MAX_CHARS, charset=INSTRUCTION_CHARSET),
         }
         if use_cameras:
             spaces |= {f"{cam}_image": image for cam in CAMERAS}

@@ -22,7 +22,9 @@ import numpy as np
 import yaml
 
 from vla_agents.sim import INSTALL
-from vla_agents.sim.embedded import INSTRUCTION_CHARSET, INSTRUCTION_MAX_CHARS, make_render_context_current, osc_action
+from vla_agents.sim.embedded import (INSTRUCTION_CHARSET, INSTRUCTION_MAX_CHARS, claim_offscreen_rendering,
+                                     make_render_context_current, osc_action)
+from vla_agents.sim.instruction import InstructionSpace
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
@@ -150,12 +152,13 @@ class LiberoEnv(gym.Env):
         self.num_steps_wait = num_steps_wait
         self.image_size = int(image_size)
         self.render_mode = render_mode
+        claim_offscreen_rendering()
         # The wrapper owns the step limit, so robosuite's horizon never ends an episode.
         self.env = _offscreen_env_class()(bddl_file_name=tasks.get_task_bddl_file_path(task_id), camera_heights=self.image_size,
                                  camera_widths=self.image_size, ignore_done=True)
         self.observation_space = gym.spaces.Dict({
             **{key: _space(value) for key, value in self.env.env.observation_spec().items()},
-            "language_instruction": gym.spaces.Text(INSTRUCTION_MAX_CHARS, charset=INSTRUCTION_CHARSET),
+            "language_instruction": InstructionSpace(INSTRUCTION_MAX_CHARS, charset=INSTRUCTION_CHARSET),
         })
         self.action_space = gym.spaces.Box(-1.0, 1.0, (7,), np.float32)
         self.init_state = 0
