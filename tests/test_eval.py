@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from rich.console import Console
 
+import vla_agents
 from vla_agents.cli import main
-from vla_agents.eval import (ComparisonResult, compare, compose_frame, diff_interval, evaluate, mcnemar_exact,
+from vla_agents.eval import (ComparisonResult, compare, compose_frame, diff_interval, eval_info, evaluate, mcnemar_exact,
                              overlay_heatmap, paired_diff_interval, render_table, run_episode, table_console, wilson_interval)
 from vla_agents.types import AttentionMaps
 
@@ -162,20 +163,42 @@ def test_crashing_agent_and_env_are_recorded_and_evaluation_goes_on():
     assert len(made) == 2 and report.episodes[2].success
 
 
-def test_eval_info_shape_and_latencies():
+def lerobot_reader(info: dict) -> dict:
+    """What a script written for `lerobot-eval`'s eval_info.json reads: per-episode lists per task."""
+    per_task = {}
+    for task in info["per_task"]:
+        m = task["metrics"]
+        per_task[f"{task['task_group']}/{task['task_id']}"] = {
+            "success_rate": sum(m["successes"]) / len(m["successes"]), "mean_return": float(np.mean(m["sum_rewards"])),
+            "best_reward": max(m["max_rewards"]), "videos": list(m["video_paths"])}
+    overall = info["overall"]
+    return {"per_task": per_task, "overall": (overall["pc_success"], overall["n_episodes"], overall["avg_sum_reward"])}
+
+
+def test_eval_info_shape_and_latencies(tmp_path):
     report = evaluate(lambda: TinyAgent(speed=0.5, chunk=4), ReachEnv, episodes=3, seed=0,
-                      progress=False, env_name="reach/target")
+                      progress=False, env_name="reach/target", video_dir=tmp_path)
     info = json.loads(json.dumps(report.to_eval_info()))
     assert set(info) == {"per_episode", "per_task", "per_group", "overall"}
+    assert lerobot_reader(info) == {
+        "per_task": {"reach/target": {"success_rate": 2 / 3, "mean_return": 2 / 3, "best_reward": 1.0,
+                                      "videos": [ep.video_path for ep in report.episodes]}},
+        "overall": (pytest.approx(200 / 3), 3, pytest.approx(2 / 3))}
+    metrics = info["per_task"][0]["metrics"]
+    assert metrics["successes"] == [True, True, False] and metrics["n_successes"] == 2
+    assert metrics["sum_rewards"] == metrics["max_rewards"] == [1.0, 1.0, 0.0]
     assert [ep["seed"] for ep in info["per_episode"]] == [0, 1, 2]
-    assert set(info["per_episode"][0]) == {"episode_ix", "sum_reward", "max_reward", "success", "seed", "length", "error"}
+    assert set(info["per_episode"][0]) == {"episode_ix", "sum_reward", "max_reward", "success", "seed", "length", "error",
+                                           "instruction", "video_path"}
+    assert info["per_episode"][2]["instruction"] == "reach the target, please"
+    assert info["per_episode"][2]["video_path"].endswith("episode=2--success=False--task=reach_the_target_please.mp4")
     # speed 0.5 needs 4, 6, 8 steps for targets 2, 3, 4; the limit is 6.
     assert [ep["length"] for ep in info["per_episode"]] == [4, 6, 6]
     assert [ep["success"] for ep in info["per_episode"]] == [True, True, False]
     assert info["per_task"][0]["task_group"] == "reach" and info["per_task"][0]["task_id"] == "target"
     overall = info["overall"]
     for key in ("avg_sum_reward", "avg_max_reward", "pc_success", "n_episodes", "eval_s", "eval_ep_s", "video_paths",
-                "step_ms_p50", "step_ms_p95", "chunk_ms_p50", "chunk_ms_p95", "mean_length"):
+                "step_ms_p50", "step_ms_p95", "chunk_ms_p50", "chunk_ms_p95", "mean_length", "n_successes"):
         assert key in overall
     assert overall["pc_success"] == pytest.approx(200 / 3) and overall["n_episodes"] == 3
     assert overall["mean_length"] == pytest.approx(16 / 3) and overall["avg_max_reward"] == pytest.approx(2 / 3)
@@ -183,6 +206,21 @@ def test_eval_info_shape_and_latencies():
     # One model call per 4 steps: chunk latencies only where the model ran.
     assert [len(ep.chunk_latency_s) for ep in report.episodes] == [1, 2, 2]
     assert [len(ep.step_latency_s) for ep in report.episodes] == [4, 6, 6]
+
+
+def test_provenance_names_the_agent_code_envs_and_seeds():
+    from vla_agents.agent import make_agent
+    from vla_agents.eval.provenance import provenance, recipe_sha256
+
+    agent = make_agent("oft+dtp", image_size=32, vit_depth=1, llm_layers=2)
+    block = provenance(agent, "runs/oft", ["embedded/lift", "reach/target"], seed=1000, episodes=3, n_envs=2)
+    info = json.loads(json.dumps(eval_info([evaluate(TinyAgent(), ReachEnv, episodes=1, progress=False)], block)))
+    got = info["provenance"]
+    assert (got["agent"], got["policy"], got["seeds"], got["n_envs"]) == ("runs/oft", "oft+dtp", [1000, 1001, 1002], 2)
+    assert got["envs"] == [{"spec": "embedded/lift", "gym_id": "vla_agents/lift-v0"}, {"spec": "reach/target", "gym_id": None}]
+    assert got["recipe_sha256"] == recipe_sha256(agent.recipe) != recipe_sha256({**agent.recipe, "chunk": 4})
+    assert got["dtp"]["tau"] == agent.model.tau and got["vla_agents_version"] == vla_agents.__version__
+    assert got["git"] is None or len(got["git"]["commit"]) == 40
 
 
 def test_wilson_and_newcombe_intervals():

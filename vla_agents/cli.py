@@ -61,6 +61,7 @@ def _train_rl(args: argparse.Namespace) -> None:
 
 def _eval(args: argparse.Namespace) -> None:
     from vla_agents.agent import load_agent
+    from vla_agents.eval.provenance import provenance
     from vla_agents.eval.rollout import eval_info, evaluate, slugify
     from vla_agents.sim import expand_spec
 
@@ -72,7 +73,7 @@ def _eval(args: argparse.Namespace) -> None:
         reports.append(evaluate(agent, spec, episodes=args.episodes, seed=args.seed, video_dir=video_dir))
         if len(specs) > 1:
             print(f"{spec}: success {reports[-1].metrics()['pc_success']:.1f}%", flush=True)
-    info = eval_info(reports)
+    info = eval_info(reports, provenance(agent, args.agent, specs, args.seed, args.episodes))
     if args.json:
         _write_json(Path(args.json), info)
     overall = info["overall"]

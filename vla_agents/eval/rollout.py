@@ -193,35 +193,52 @@ class EvalReport:
 
 
 def _pooled_metrics(reports: Sequence[EvalReport]) -> dict[str, Any]:
+    """Summary metrics over the reports' episodes; in eval_info the count of successes is `n_successes`,
+    since `successes` is LeRobot's per-episode list there."""
     if len(reports) == 1:
-        return reports[0].metrics()
-    episodes = [ep for report in reports for ep in report.episodes]
-    eval_s = sum(report.eval_s for report in reports)
-    return {**episode_metrics(episodes), "eval_s": eval_s, "eval_ep_s": eval_s / len(episodes) if episodes else 0.0,
-            "video_paths": [ep.video_path for ep in episodes if ep.video_path]}
+        metrics = reports[0].metrics()
+    else:
+        episodes = [ep for report in reports for ep in report.episodes]
+        eval_s = sum(report.eval_s for report in reports)
+        metrics = {**episode_metrics(episodes), "eval_s": eval_s, "eval_ep_s": eval_s / len(episodes) if episodes else 0.0,
+                   "video_paths": [ep.video_path for ep in episodes if ep.video_path]}
+    metrics["n_successes"] = metrics.pop("successes")
+    return metrics
 
 
-def eval_info(reports: Sequence[EvalReport]) -> dict[str, Any]:
+def task_metrics(report: EvalReport) -> dict[str, Any]:
+    """A `per_task` entry's metrics: the per-episode lists `lerobot-eval` writes (`sum_rewards`,
+    `max_rewards`, `successes`, `video_paths`), then the summary (`pc_success`, intervals, latencies)."""
+    return {"sum_rewards": [ep.sum_reward for ep in report.episodes],
+            "max_rewards": [ep.max_reward for ep in report.episodes],
+            "successes": [ep.success for ep in report.episodes],
+            **_pooled_metrics([report])}
+
+
+def eval_info(reports: Sequence[EvalReport], provenance: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Several tasks' reports (e.g. a LIBERO suite) in LeRobot's `eval_info.json` layout: the group
     of "libero/libero_spatial/3" is "libero/libero_spatial", its task id "3"; groups and overall pool
     their episodes. Episode rows name their task only when there are several (LeRobot's single-task
-    rows have no such key)."""
+    rows have no such key), and carry the instruction and video. `provenance` (which agent, code,
+    environments and seeds: `vla_agents.eval.provenance`) is written as its own top-level block."""
     groups: dict[str, list[EvalReport]] = {}
     per_task = []
     for report in reports:
         group, _, task = report.env_name.rpartition("/")
         groups.setdefault(group or task, []).append(report)
-        per_task.append({"task_group": group or task, "task_id": task, "metrics": report.metrics()})
-    return {
+        per_task.append({"task_group": group or task, "task_id": task, "metrics": task_metrics(report)})
+    info = {
         "per_episode": [
             {"episode_ix": i, **({"task": report.env_name} if len(reports) > 1 else {}), "sum_reward": ep.sum_reward,
-             "max_reward": ep.max_reward, "success": ep.success, "seed": ep.seed, "length": ep.length, "error": ep.error}
+             "max_reward": ep.max_reward, "success": ep.success, "seed": ep.seed, "length": ep.length, "error": ep.error,
+             "instruction": ep.instruction, "video_path": ep.video_path}
             for report in reports for i, ep in enumerate(report.episodes)
         ],
         "per_task": per_task,
         "per_group": {group: _pooled_metrics(members) for group, members in groups.items()},
         "overall": _pooled_metrics(reports),
     }
+    return info | ({"provenance": dict(provenance)} if provenance is not None else {})
 
 
 def _agent_name(agent: Any) -> str:
