@@ -11,17 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import vla_agents
+from vla_agents.eval.rollout import agent_recipe
 from vla_agents.sim.registration import gym_id
 
 _PACKAGE_DIR = Path(vla_agents.__file__).resolve().parent
-
-
-def agent_recipe(agent: Any) -> dict[str, Any] | None:
-    """The policy recipe behind an agent (a residual agent's is its frozen base's); None for other agents."""
-    recipe = getattr(agent, "recipe", None)
-    if recipe is None and hasattr(agent, "base"):
-        recipe = getattr(agent.base, "recipe", None)
-    return recipe
 
 
 def recipe_sha256(recipe: dict[str, Any]) -> str:
