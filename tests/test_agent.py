@@ -78,10 +78,16 @@ def test_act_batch_equals_one_act_per_env(policy: str) -> None:
     calls = count_predict(agent)
     batched = {key: np.stack([env[key] for env in envs]) for key in envs[0] if key != "language_instruction"}
     batched["language_instruction"] = tuple(env["language_instruction"] for env in envs)  # as a vector env batches Text
-    actions = np.stack([agent.act_batch(batched, episode_start=np.array([False, t == 5, False])) for t in range(10)], axis=1)
+    actions, queried = [], {}
+    for t in range(10):
+        actions.append(agent.act_batch(batched, episode_start=np.array([False, t == 5, False])))
+        if agent.batch_queried.any():
+            queried[t] = agent.batch_queried.tolist()
+    actions = np.stack(actions, axis=1)
+    assert queried == {0: [True] * 3, 5: [False, True, False], 8: [True, False, True]}
     expected = np.stack(single)
     expected[1, 5:] = single[1][:5]  # env 1 restarted: its queue was emptied and refilled from the same observation
-    assert actions.shape == (3, 10, 7) and calls[0] == 3  # steps 0 (all envs), 5 (env 1), 8 (envs 0 and 2)
+    assert actions.shape == (3, 10, 7) and calls[0] == 3  # one model call per step that needs one
     np.testing.assert_array_equal(actions[..., 6], expected[..., 6])
     np.testing.assert_allclose(actions, expected, rtol=0, atol=1e-4)
     assert np.abs(expected[0] - expected[2]).max() > 1e-2  # the envs' actions differ: a mix-up would show

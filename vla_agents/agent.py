@@ -116,6 +116,7 @@ class VLAAgent:
         self._t = 0
         self._batch_queues: list[deque[np.ndarray]] = []  # act_batch: one queue per env
         self.batch_attention: list[AttentionMaps] = []  # act_batch: each env's latest maps
+        self.batch_queried = np.zeros(0, dtype=bool)  # act_batch: the envs the model ran for at the last call
 
     def act(self, raw_obs: Mapping, instruction: str | None = None) -> np.ndarray:
         """One env-ready action. The model runs only when the queue is empty (open-loop chunks, as
@@ -137,7 +138,7 @@ class VLAAgent:
         """One env-ready action per env of a vector env's batched observation, (N, A): the same
         actions as N agents' `act`, with one model call for the envs whose chunk queue is empty.
         `episode_start[i]` (as in SB3's `predict`) empties env i's queue first; `reset()` empties all.
-        Each env's attention maps are in `batch_attention`."""
+        Each env's attention maps are in `batch_attention`; `batch_queried` marks the envs it just ran for."""
         if self.recipe.get("temporal_ensemble"):
             raise NotImplementedError("act_batch runs open-loop chunks; with temporal_ensemble call act() per env")
         envs = [{key: value[i] for key, value in raw_obs.items()} for i in range(len(raw_obs["language_instruction"]))]
@@ -147,6 +148,7 @@ class VLAAgent:
         for i in np.flatnonzero(episode_start) if episode_start is not None else ():
             self._batch_queues[i].clear()
         due = [i for i, queue in enumerate(self._batch_queues) if not queue]
+        self.batch_queried = np.isin(np.arange(len(envs)), due)
         if due:
             self.model_calls += 1
             items = []

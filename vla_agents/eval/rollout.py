@@ -301,7 +301,7 @@ def _close_quietly(env: gym.Env) -> None:
 
 def evaluate(agent: Any, env: str | Callable[[], gym.Env], episodes: int, seed: int = 0,
              video_dir: str | Path | None = None, progress: bool = True, max_steps: int | None = None,
-             env_name: str | None = None, fps: int = 20, first_episode: int = 0,
+             env_name: str | None = None, fps: int = 20, first_episode: int = 0, n_envs: int = 1,
              overlay: OverlayStyle = OverlayStyle()) -> EvalReport:
     """Run episodes i = first_episode, ..., first_episode + episodes - 1, with seed `seed + i` and
     reset option `episode_index` i (environments with fixed initial conditions, like LIBERO's init
@@ -311,9 +311,12 @@ def evaluate(agent: Any, env: str | Callable[[], gym.Env], episodes: int, seed: 
     `agent` is an agent or a zero-argument factory; `env` is a `make_env` spec or a zero-argument
     env factory. A failed episode is recorded (see `EpisodeResult.error`) and the evaluation goes
     on, on a fresh environment when the env itself raised. Videos are written to `video_dir` as
-    `episode=<i>--success=<bool>--task=<slug>.mp4`."""
+    `episode=<i>--success=<bool>--task=<slug>.mp4`. `n_envs` > 1 runs that many envs in worker
+    processes and the agent's `act_batch` (`vla_agents.eval.batched`)."""
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
+    if n_envs < 1:
+        raise ValueError(f"n_envs must be >= 1, got {n_envs}")
     if isinstance(agent, type) or not hasattr(agent, "act"):  # a class is a factory, not an agent
         if not callable(agent):
             raise TypeError(f"expected an agent with act() or a factory returning one, got {type(agent).__name__}")
@@ -327,6 +330,12 @@ def evaluate(agent: Any, env: str | Callable[[], gym.Env], episodes: int, seed: 
         make = env
     else:
         raise TypeError(f"env must be a make_env spec string or an env factory, got {type(env).__name__}")
+    if n_envs > 1:
+        from vla_agents.eval.batched import evaluate_batched
+
+        return evaluate_batched(agent, make, episodes, n_envs, seed=seed, first_episode=first_episode, video_dir=video_dir,
+                                progress=progress, max_steps=max_steps, env_name=env_name or (env if isinstance(env, str) else None),
+                                fps=fps, overlay=overlay)
     instance = make()
     name = env_name or (env if isinstance(env, str) else getattr(instance.unwrapped, "task_name", type(instance.unwrapped).__name__))
     policy = _agent_name(agent)
