@@ -67,6 +67,42 @@ def test_queue_runs_model_once_per_chunk(policy: str) -> None:
     assert agent.act_chunk(raw_obs()).shape == (8, 7)
 
 
+@pytest.mark.parametrize("policy", ["oft", "vla_adapter+dtp"])
+def test_act_batch_equals_one_act_per_env(policy: str) -> None:
+    """Three envs with different images, proprio and instructions (so prompts are padded); env 1
+    starts a new episode at step 5. Each env's actions are those of its own `act` sequence, from one
+    model call per step that needs one. Arm actions agree to float32 rounding, not bit for bit: a CPU
+    matrix product's rounding depends on the batch size (1 vs 3 rows differ by ~1e-7, amplified to ~1e-5)."""
+    agent = make_agent(policy, stats=stats(), **SMALL)
+    envs = [raw_obs(seed=i) for i in range(3)]
+    for env, text in zip(envs, ("pick up the red cube", "lift it", "put the red cube on the green cube")):
+        env["language_instruction"] = text
+    single = []
+    for env in envs:
+        agent.reset()
+        single.append(np.stack([agent.act(env) for _ in range(10)]))
+    agent.reset()
+    calls = count_predict(agent)
+    batched = {key: np.stack([env[key] for env in envs]) for key in envs[0] if key != "language_instruction"}
+    batched["language_instruction"] = tuple(env["language_instruction"] for env in envs)  # as a vector env batches Text
+    actions, queried = [], {}
+    for t in range(10):
+        actions.append(agent.act_batch(batched, episode_start=np.array([False, t == 5, False])))
+        if agent.batch_queried.any():
+            queried[t] = agent.batch_queried.tolist()
+    actions = np.stack(actions, axis=1)
+    assert queried == {0: [True] * 3, 5: [False, True, False], 8: [True, False, True]}
+    expected = np.stack(single)
+    expected[1, 5:] = single[1][:5]  # env 1 restarted: its queue was emptied and refilled from the same observation
+    assert actions.shape == (3, 10, 7) and calls[0] == 3  # one model call per step that needs one
+    np.testing.assert_array_equal(actions[..., 6], expected[..., 6])
+    np.testing.assert_allclose(actions, expected, rtol=0, atol=1e-4)
+    assert np.abs(expected[0] - expected[2]).max() > 1e-2  # the envs' actions differ: a mix-up would show
+    assert set(agent.batch_attention[1].heatmaps) == {"agentview", "eye_in_hand"}
+    with pytest.raises(NotImplementedError, match="temporal_ensemble"):
+        make_agent("oft", stats=stats(), temporal_ensemble=True, **SMALL).act_batch(batched)
+
+
 def test_temporal_ensembling_queries_every_step() -> None:
     agent = make_agent("oft", stats=stats(), temporal_ensemble=True, **SMALL)
     calls = count_predict(agent)

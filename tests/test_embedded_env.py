@@ -1,13 +1,18 @@
-"""The embedded suite: LIBERO-format observations, success semantics, seeding, experts."""
+"""The embedded suite: Gymnasium ids, LIBERO-format observations, success semantics, seeding, experts."""
 import gc
+import subprocess
+import sys
 
+import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
 import vla_agents
+from vla_agents.sim import INSTALL
 from vla_agents.sim.embedded import load_suite
 from vla_agents.sim.experts import ScriptedExpert
+from vla_agents.sim.registration import gym_id, registered_specs
 
 TASKS = ["lift", "pick_color", "stack", "pick_color_clutter", "lift_clutter", "lift_lookalikes"]
 
@@ -18,8 +23,12 @@ def test_list_envs_names_every_task():
 
 
 @pytest.mark.parametrize("task", TASKS)
-def test_task_renders_libero_format_and_passes_check_env(task):
-    env = vla_agents.make_env(f"embedded/{task}")
+def test_registered_id_renders_libero_format_and_passes_check_env(task):
+    """gym.make on each embedded task's id. check_env's render and close checks build the env twice more
+    through its spec, in each render mode: done for one task, to keep CI short."""
+    env = gym.make(f"vla_agents/{task}-v0")
+    assert env.spec.id == f"vla_agents/{task}-v0" and env.spec.max_episode_steps == load_suite()[task].max_episode_steps
+    assert env.render_mode is None  # Gymnasium's default
     obs, info = env.reset(seed=3)
     for cam in ("agentview_image", "robot0_eye_in_hand_image"):
         img = obs[cam]
@@ -29,9 +38,42 @@ def test_task_renders_libero_format_and_passes_check_env(task):
     assert obs["robot0_gripper_qpos"].shape == (2,) and obs["robot0_joint_pos"].shape == (7,)
     assert np.isclose(np.linalg.norm(obs["robot0_eef_quat"]), 1.0, atol=1e-6)
     assert obs["language_instruction"] == info["instruction"] == env.unwrapped.language_instruction
-    assert env.spec_.max_episode_steps == load_suite()[task].max_episode_steps
-    check_env(env, skip_render_check=True)
+    full = task == "lift"
+    check_env(env.unwrapped, skip_render_check=not full, skip_close_check=not full)
     env.close()
+
+
+def test_every_spec_has_a_gymnasium_id_and_registering_imports_no_simulator():
+    ids = {env_id for env_id in gym.registry if env_id.startswith("vla_agents/")}
+    assert ids == {gym_id(spec) for spec in registered_specs()}
+    assert {gym_id(spec) for spec in vla_agents.list_envs()} <= ids  # every spec that runs here
+    assert gym_id("libero/libero_10/3") == "vla_agents/libero_10_task3-v0" and len(ids) == 6 + 130 + len(
+        [s for s in registered_specs() if s.startswith("simpler/")])
+    for env_id, suite in (("vla_agents/libero_spatial_task0-v0", "libero"), ("vla_agents/simpler_widowx_stack_cube-v0", "simpler")):
+        with pytest.raises(ImportError) as missing:
+            gym.make(env_id)
+        assert INSTALL[suite] in str(missing.value)
+    loaded = subprocess.run([sys.executable, "-c", "import sys, vla_agents, gymnasium as gym; "
+                             "assert 'vla_agents/lift-v0' in gym.registry; "
+                             "print(sorted({'torch', 'mujoco', 'robosuite', 'libero', 'simpler_env'} & set(sys.modules)))"],
+                            capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]"
+
+
+def test_step_limits_follow_gym_make_and_make_env():
+    """A registered env's limit is Gymnasium's TimeLimit (longer or shorter than the task's 100);
+    make_env's env truncates itself, at the task's limit or `max_episode_steps`."""
+    def truncated_at(env, steps):
+        env.reset(seed=0)
+        flags = [env.step(np.zeros(7))[3] for _ in range(steps)]
+        env.close()
+        return [i + 1 for i, flag in enumerate(flags) if flag]
+
+    assert truncated_at(gym.make("vla_agents/lift-v0", use_cameras=False, max_episode_steps=103), 103) == [103]
+    assert truncated_at(gym.make("vla_agents/lift-v0", use_cameras=False, max_episode_steps=3), 3) == [3]
+    assert truncated_at(vla_agents.make_env("embedded/lift", use_cameras=False, max_episode_steps=4), 4) == [4]
+    with pytest.raises(ValueError, match="render_mode must be None or one of"):
+        vla_agents.make_env("embedded/lift", render_mode="human")
 
 
 def test_images_are_upside_down_like_robosuite_opengl():

@@ -7,16 +7,19 @@ import io
 import json
 import math
 from functools import partial
+from pathlib import Path
 
 import gymnasium as gym
 import imageio
 import numpy as np
 import pytest
+from PIL import Image
 from rich.console import Console
 
+import vla_agents
 from vla_agents.cli import main
-from vla_agents.eval import (ComparisonResult, compare, compose_frame, diff_interval, evaluate, mcnemar_exact,
-                             overlay_heatmap, paired_diff_interval, render_table, run_episode, table_console, wilson_interval)
+from vla_agents.eval import (ComparisonResult, compare, compose_frame, diff_interval, eval_info, evaluate, mcnemar_exact,
+                             paired_diff_interval, render_table, run_episode, table_console, wilson_interval)
 from vla_agents.types import AttentionMaps
 
 SIZE = 64
@@ -65,7 +68,7 @@ class ReachEnv(gym.Env):
 
 
 class TinyAgent:
-    """Queues `chunk` identical actions per model call; attention is hot in the policy-view top-left."""
+    """Queues `chunk` identical actions per model call; attention is hot in the policy view's bottom-left cell."""
 
     policy_name = "tiny"
 
@@ -91,7 +94,7 @@ class TinyAgent:
             self.queue = [np.array([self.speed, 0.0], np.float32)] * self.chunk
             if self.attention:
                 heat = np.zeros((4, 4))
-                heat[0, 0] = 1.0
+                heat[3, 0] = 1.0
                 self.last_attention = AttentionMaps(heatmaps={"agentview": heat})
         return self.queue.pop()
 
@@ -99,21 +102,6 @@ class TinyAgent:
 def _read_video(path) -> list[np.ndarray]:
     with imageio.get_reader(path) as reader:
         return [np.asarray(frame) for frame in reader]
-
-
-def _redness(region: np.ndarray) -> float:
-    return float(region[..., 0].astype(float).mean() - region[..., 2].astype(float).mean())
-
-
-def test_overlay_heatmap_colors_hot_and_cold_regions():
-    frame = np.full((32, 32, 3), 100, np.uint8)
-    heat = np.zeros((2, 2))
-    heat[0, 0] = 5.0
-    out = overlay_heatmap(frame, heat)
-    assert out.shape == frame.shape and out.dtype == np.uint8
-    assert _redness(out[:4, :4]) > 40 and _redness(out[-4:, -4:]) < -40
-    with pytest.raises(ValueError, match="colormap"):
-        overlay_heatmap(frame, heat, colormap="viridis_missing")
 
 
 def test_rollout_video_carries_overlay_and_policy_orientation(tmp_path):
@@ -126,21 +114,40 @@ def test_rollout_video_carries_overlay_and_policy_orientation(tmp_path):
 
     hot_frames, plain_frames = _read_video(hot.video_path), _read_video(plain.video_path)
     assert len(hot_frames) == hot.length + 1
-    expected = compose_frame({"agentview": np.zeros((SIZE, SIZE, 3), np.uint8), "eye_in_hand": np.zeros((SIZE, SIZE, 3), np.uint8)},
-                             None, ["a", "b", "c"]).shape
-    height, width = expected[0] + expected[0] % 2, expected[1]
-    assert hot_frames[0].shape == (height, width, 3)
+    views = {"agentview": np.zeros((SIZE, SIZE, 3), np.uint8), "eye_in_hand": np.zeros((SIZE, SIZE, 3), np.uint8)}
+    lines = ["a", "b", "c"]
+    for frames, attention in ((hot_frames, AttentionMaps({"agentview": np.ones((4, 4))})), (plain_frames, None)):
+        expected = compose_frame(views, attention, lines).shape  # the colour bar only where there is attention
+        assert frames[0].shape == (expected[0] + expected[0] % 2, expected[1], 3)
 
     hot0, plain0 = hot_frames[0].astype(float), plain_frames[0].astype(float)
     # Rotated 180 degrees: the raw top-left marker is at the policy-view bottom-right.
     assert plain0[SIZE - 8 + 2:SIZE - 2, SIZE - 8 + 2:SIZE - 2].mean() > 200
-    assert plain0[2:6, 2:6].mean() < 130
-    # The heatmap is hot in agentview's top-left, cold elsewhere; the wrist view has none.
-    assert _redness(hot0[1:7, 1:7]) > 40 and abs(_redness(plain0[1:7, 1:7])) < 15
-    assert _redness(hot0[28:40, 36:48]) < -40
-    assert abs(_redness(hot0[8:56, SIZE + 8:2 * SIZE - 8])) < 15
+    assert plain0[SIZE - 14:SIZE - 2, 2:14].mean() < 130
+    # The heatmap is hot in agentview's bottom-left cell; elsewhere, and in the wrist view, the frame is as it was.
+    assert np.abs(hot0[SIZE - 14:SIZE - 2, 2:14] - plain0[SIZE - 14:SIZE - 2, 2:14]).mean() > 40
+    assert np.abs(hot0[24:40, 36:60] - plain0[24:40, 36:60]).mean() < 4  # up to H.264's rounding
+    assert np.abs(hot0[24:SIZE, SIZE + 4:2 * SIZE - 4] - plain0[24:SIZE, SIZE + 4:2 * SIZE - 4]).mean() < 4
     # The last frame shows the final observation without a stale overlay.
-    assert abs(_redness(hot_frames[-1].astype(float)[1:7, 1:7])) < 15
+    last = hot_frames[-1].astype(float)[SIZE - 14:SIZE - 2, 2:14]
+    assert np.abs(last - plain0[SIZE - 14:SIZE - 2, 2:14]).mean() < 6
+
+
+def test_index_page_shows_each_episodes_first_and_last_frames_outcome_and_instruction(tmp_path):
+    from vla_agents.eval.index import first_and_last_frames, write_index
+
+    report = evaluate(lambda: TinyAgent(speed=0.5), ReachEnv, episodes=3, progress=False, video_dir=tmp_path / "videos")
+    page = write_index([report], tmp_path, labels=["tiny on reach"]).read_text()
+    assert "tiny on reach: 2/3 successes" in page and page.count("reach the target, please") == 3
+    assert page.count('class="ok">success') == 2 and page.count('class="fail">failure') == 1
+    for episode in report.episodes:
+        assert f'href="videos/{Path(episode.video_path).name}"' in page
+    thumbs = sorted((tmp_path / "thumbs").iterdir())
+    assert len(thumbs) == 6 and all(f'src="thumbs/{t.name}"' in page for t in thumbs)
+    first, last = first_and_last_frames(report.episodes[2].video_path)
+    assert not np.array_equal(first, last)  # the caption's step and outcome change
+    thumb = np.asarray(Image.open(thumbs[4]))
+    assert thumb.shape[1] == min(360, first.shape[1]) and thumb.shape[0] == first.shape[0] * thumb.shape[1] // first.shape[1]
 
 
 def test_crashing_agent_and_env_are_recorded_and_evaluation_goes_on():
@@ -162,20 +169,42 @@ def test_crashing_agent_and_env_are_recorded_and_evaluation_goes_on():
     assert len(made) == 2 and report.episodes[2].success
 
 
-def test_eval_info_shape_and_latencies():
+def lerobot_reader(info: dict) -> dict:
+    """What a script written for `lerobot-eval`'s eval_info.json reads: per-episode lists per task."""
+    per_task = {}
+    for task in info["per_task"]:
+        m = task["metrics"]
+        per_task[f"{task['task_group']}/{task['task_id']}"] = {
+            "success_rate": sum(m["successes"]) / len(m["successes"]), "mean_return": float(np.mean(m["sum_rewards"])),
+            "best_reward": max(m["max_rewards"]), "videos": list(m["video_paths"])}
+    overall = info["overall"]
+    return {"per_task": per_task, "overall": (overall["pc_success"], overall["n_episodes"], overall["avg_sum_reward"])}
+
+
+def test_eval_info_shape_and_latencies(tmp_path):
     report = evaluate(lambda: TinyAgent(speed=0.5, chunk=4), ReachEnv, episodes=3, seed=0,
-                      progress=False, env_name="reach/target")
+                      progress=False, env_name="reach/target", video_dir=tmp_path)
     info = json.loads(json.dumps(report.to_eval_info()))
     assert set(info) == {"per_episode", "per_task", "per_group", "overall"}
+    assert lerobot_reader(info) == {
+        "per_task": {"reach/target": {"success_rate": 2 / 3, "mean_return": 2 / 3, "best_reward": 1.0,
+                                      "videos": [ep.video_path for ep in report.episodes]}},
+        "overall": (pytest.approx(200 / 3), 3, pytest.approx(2 / 3))}
+    metrics = info["per_task"][0]["metrics"]
+    assert metrics["successes"] == [True, True, False] and metrics["n_successes"] == 2
+    assert metrics["sum_rewards"] == metrics["max_rewards"] == [1.0, 1.0, 0.0]
     assert [ep["seed"] for ep in info["per_episode"]] == [0, 1, 2]
-    assert set(info["per_episode"][0]) == {"episode_ix", "sum_reward", "max_reward", "success", "seed", "length", "error"}
+    assert set(info["per_episode"][0]) == {"episode_ix", "sum_reward", "max_reward", "success", "seed", "length", "error",
+                                           "instruction", "video_path"}
+    assert info["per_episode"][2]["instruction"] == "reach the target, please"
+    assert info["per_episode"][2]["video_path"].endswith("episode=2--success=False--task=reach_the_target_please.mp4")
     # speed 0.5 needs 4, 6, 8 steps for targets 2, 3, 4; the limit is 6.
     assert [ep["length"] for ep in info["per_episode"]] == [4, 6, 6]
     assert [ep["success"] for ep in info["per_episode"]] == [True, True, False]
     assert info["per_task"][0]["task_group"] == "reach" and info["per_task"][0]["task_id"] == "target"
     overall = info["overall"]
     for key in ("avg_sum_reward", "avg_max_reward", "pc_success", "n_episodes", "eval_s", "eval_ep_s", "video_paths",
-                "step_ms_p50", "step_ms_p95", "chunk_ms_p50", "chunk_ms_p95", "mean_length"):
+                "step_ms_p50", "step_ms_p95", "chunk_ms_p50", "chunk_ms_p95", "mean_length", "n_successes"):
         assert key in overall
     assert overall["pc_success"] == pytest.approx(200 / 3) and overall["n_episodes"] == 3
     assert overall["mean_length"] == pytest.approx(16 / 3) and overall["avg_max_reward"] == pytest.approx(2 / 3)
@@ -183,6 +212,21 @@ def test_eval_info_shape_and_latencies():
     # One model call per 4 steps: chunk latencies only where the model ran.
     assert [len(ep.chunk_latency_s) for ep in report.episodes] == [1, 2, 2]
     assert [len(ep.step_latency_s) for ep in report.episodes] == [4, 6, 6]
+
+
+def test_provenance_names_the_agent_code_envs_and_seeds():
+    from vla_agents.agent import make_agent
+    from vla_agents.eval.provenance import provenance, recipe_sha256
+
+    agent = make_agent("oft+dtp", image_size=32, vit_depth=1, llm_layers=2)
+    block = provenance(agent, "runs/oft", ["embedded/lift", "reach/target"], seed=1000, episodes=3, n_envs=2)
+    info = json.loads(json.dumps(eval_info([evaluate(TinyAgent(), ReachEnv, episodes=1, progress=False)], block)))
+    got = info["provenance"]
+    assert (got["agent"], got["policy"], got["seeds"], got["n_envs"]) == ("runs/oft", "oft+dtp", [1000, 1001, 1002], 2)
+    assert got["envs"] == [{"spec": "embedded/lift", "gym_id": "vla_agents/lift-v0"}, {"spec": "reach/target", "gym_id": None}]
+    assert got["recipe_sha256"] == recipe_sha256(agent.recipe) != recipe_sha256({**agent.recipe, "chunk": 4})
+    assert got["dtp"]["tau"] == agent.model.tau and got["vla_agents_version"] == vla_agents.__version__
+    assert got["git"] is None or len(got["git"]["commit"]) == 40
 
 
 def test_wilson_and_newcombe_intervals():

@@ -29,6 +29,13 @@ from vla_agents.adapters import LiberoAdapter
 from vla_agents.eval.rollout import evaluate
 
 facts = {"specs": vla_agents.list_envs()}
+import gymnasium as gym
+from vla_agents.sim.libero import SUITE_SIZES, suite_tasks
+facts["suite_sizes"] = {suite: [size, len(suite_tasks(suite))] for suite, size in SUITE_SIZES.items()}
+registered = gym.make("vla_agents/libero_spatial_task0-v0")
+facts["registered"] = [registered.spec.id, registered.spec.max_episode_steps,
+                       registered.reset(options={"init_state": 0})[0]["language_instruction"]]
+registered.close()
 try:
     vla_agents.make_env("embedded/lift")
 except ImportError as exc:
@@ -96,6 +103,12 @@ def test_real_libero_observation_keys_shapes_and_instruction(libero_facts):
     assert libero_facts["instruction"] == ("pick up the black bowl between the plate and the ramekin "
                                            "and place it on the plate")
     assert len(libero_facts["proprio"]) == 8
+
+
+@pytest.mark.slow
+def test_every_libero_task_has_a_gymnasium_id_that_makes_it(libero_facts):
+    assert all(registered == actual for registered, actual in libero_facts["suite_sizes"].values())
+    assert libero_facts["registered"] == ["vla_agents/libero_spatial_task0-v0", 220, libero_facts["instruction"]]
 
 
 @pytest.mark.slow

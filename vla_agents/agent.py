@@ -144,6 +144,9 @@ class VLAAgent:
         self._history: deque[tuple[int, np.ndarray]] = deque()
         self._t = 0
         self._episode_start = True
+        self._batch_queues: list[deque[np.ndarray]] = []  # act_batch: one queue per env
+        self.batch_attention: list[AttentionMaps] = []  # act_batch: each env's latest maps
+        self.batch_queried = np.zeros(0, dtype=bool)  # act_batch: the envs the model ran for at the last call
 
     def act(self, raw_obs: Mapping, instruction: str | None = None) -> np.ndarray:
         """One env-ready action. The model runs only when the queue is empty (open-loop chunks, as
@@ -159,6 +162,42 @@ class VLAAgent:
         if not self._queue:
             self._queue.extend(self._predict(raw_obs, instruction)[: self.recipe["n_open_loop"]])
         return self.adapter.action(self._queue.popleft())
+
+    @torch.inference_mode()
+    def act_batch(self, raw_obs: Mapping, episode_start: np.ndarray | None = None) -> np.ndarray:
+        """One env-ready action per env of a vector env's batched observation, (N, A): the same
+        actions as N agents' `act`, with one model call for the envs whose chunk queue is empty.
+        `episode_start[i]` (as in SB3's `predict`) empties env i's queue first; `reset()` empties all.
+        Each env's attention maps are in `batch_attention`; `batch_queried` marks the envs it just ran for."""
+        if self.recipe.get("temporal_ensemble"):
+            raise NotImplementedError("act_batch runs open-loop chunks; with temporal_ensemble call act() per env")
+        envs = [{key: value[i] for key, value in raw_obs.items()} for i in range(len(raw_obs["language_instruction"]))]
+        if len(self._batch_queues) != len(envs):
+            self._batch_queues = [deque() for _ in envs]
+            self.batch_attention = [AttentionMaps(heatmaps={}) for _ in envs]
+        for i in np.flatnonzero(episode_start) if episode_start is not None else ():
+            self._batch_queues[i].clear()
+        due = [i for i, queue in enumerate(self._batch_queues) if not queue]
+        self.batch_queried = np.isin(np.arange(len(envs)), due)
+        if due:
+            self.model_calls += 1
+            items = []
+            for i in due:
+                obs = self.adapter.observation(envs[i])
+                proprio = obs.proprio if self.stats is None else self.stats.normalize_proprio(obs.proprio)
+                items.append({"images": obs.images, "proprio": np.asarray(proprio, np.float32),
+                              "instruction": obs.instruction, "task_index": obs.task_id})
+            self.model.eval()
+            out = self.model.predict(self.collate(items, train=False))
+            actions = out.actions.float().cpu().numpy()
+            actions = actions if self.stats is None else self.stats.unnormalize_action(actions).astype(np.float32)
+            for row, i in enumerate(due):
+                self._batch_queues[i].extend(actions[row, : self.recipe["n_open_loop"]])
+                self.batch_attention[i] = AttentionMaps(
+                    {v: a[row].float().cpu().numpy() for v, a in out.attention.items()},
+                    {name: {v: m[row].cpu().numpy() for v, m in per_view.items()}
+                     for name, per_view in getattr(out, "masks", {}).items()})
+        return np.stack([self.adapter.action(queue.popleft()) for queue in self._batch_queues])
 
     def act_chunk(self, raw_obs: Mapping, instruction: str | None = None) -> np.ndarray:
         """The whole predicted chunk, env-ready, (T, A)."""

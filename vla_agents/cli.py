@@ -84,36 +84,59 @@ def _train_rl(args: argparse.Namespace) -> None:
 
 def _eval(args: argparse.Namespace) -> None:
     from vla_agents.agent import load_agent
+    from vla_agents.eval.index import write_index
+    from vla_agents.eval.provenance import provenance
     from vla_agents.eval.rollout import EvaluationInterrupted, episode_log_path, eval_info, evaluate, slugify
+    from vla_agents.eval.video import OverlayStyle
     from vla_agents.sim import expand_spec
 
     specs = expand_spec(args.env)  # before loading the agent: a missing simulator fails at once
     agent = load_agent(args.agent)
-    log = episode_log_path(args.json) if args.json else None
-    if log is not None:
-        log.unlink(missing_ok=True)  # the log of this evaluation only
-    reports = []
-    try:
-        for spec in specs:
-            video_dir = Path(args.video_dir) / slugify(spec) if args.video_dir and len(specs) > 1 else args.video_dir
-            reports.append(evaluate(agent, spec, episodes=args.episodes, seed=args.seed, video_dir=video_dir,
-                                    episode_log=log))
-            if len(specs) > 1:
-                print(f"{spec}: success {reports[-1].metrics()['pc_success']:.1f}%", flush=True)
-    except EvaluationInterrupted as interrupt:
-        reports.append(interrupt.report)
-        if args.json:
-            _write_json(Path(args.json), eval_info(reports))
-            print(f"partial results of {sum(len(r.episodes) for r in reports)} finished episodes in {args.json} "
-                  f"and {log}", file=sys.stderr)
-        raise
-    info = eval_info(reports)
+    options = dict(episodes=args.episodes, seed=args.seed, max_steps=args.max_steps, n_envs=args.n_envs,
+                   overlay=OverlayStyle(args.overlay_scale, args.colormap))
+
+    def video_dir(spec: str) -> Path | None:
+        if not args.video_dir:
+            return None
+        return Path(args.video_dir).resolve() / slugify(spec) if len(specs) > 1 else Path(args.video_dir).resolve()
+
+    def info_of(reports: list) -> dict:
+        return eval_info(reports, provenance(agent, args.agent, specs, args.seed, args.episodes, max_steps=args.max_steps,
+                                             n_envs=args.n_envs, backend=args.backend))
+
+    if args.backend == "ray":
+        from vla_agents.eval.ray_backend import evaluate_on_ray
+
+        name, factory = Path(args.agent).name, partial(load_agent, Path(args.agent).resolve())
+        by_task = evaluate_on_ray([(name, factory, spec, spec) for spec in specs], args.episodes, args.shard_episodes,
+                                  True, lambda _, spec: video_dir(spec), **{k: v for k, v in options.items() if k != "episodes"})
+        reports = [by_task[name, spec] for spec in specs]
+    else:
+        log = episode_log_path(args.json) if args.json else None
+        if log is not None:
+            log.unlink(missing_ok=True)  # the log of this evaluation only
+        reports = []
+        try:
+            for spec in specs:
+                reports.append(evaluate(agent, spec, video_dir=video_dir(spec), episode_log=log, **options))
+                if len(specs) > 1:
+                    print(f"{spec}: success {reports[-1].metrics()['pc_success']:.1f}%", flush=True)
+        except EvaluationInterrupted as interrupt:
+            reports.append(interrupt.report)
+            if args.json:
+                _write_json(Path(args.json), info_of(reports))
+                print(f"partial results of {sum(len(r.episodes) for r in reports)} finished episodes in {args.json} "
+                      f"and {log}", file=sys.stderr)
+            raise
+    info = info_of(reports)
     if args.json:
         _write_json(Path(args.json), info)
+    if args.video_dir:
+        write_index(reports, args.video_dir, title=f"{args.agent} on {args.env}")
     overall = info["overall"]
     print(f"{args.env}: success {overall['pc_success']:.1f}% over {overall['n_episodes']} episodes, "
           f"{overall['n_errors']} raised (act p50 {_ms(overall['step_ms_p50'])} ms/step, "
-          f"{_ms(overall['chunk_ms_p50'])} ms/chunk)" + (f"; videos in {args.video_dir}" if args.video_dir else ""))
+          f"{_ms(overall['chunk_ms_p50'])} ms/chunk)" + (f"; videos and index.html in {args.video_dir}" if args.video_dir else ""))
     failed = [f"{report.env_name}: {report.failure}" for report in reports if report.failure]
     if failed:
         raise RuntimeError("evaluation failed: " + "; ".join(failed))
@@ -127,19 +150,27 @@ def _ms(value: float | None) -> str:
 def _compare(args: argparse.Namespace) -> None:
     from vla_agents.agent import load_agent
     from vla_agents.eval.compare import compare, render_table, table_console
+    from vla_agents.eval.index import write_index
     from vla_agents.eval.rollout import episode_log_path
+    from vla_agents.eval.video import OverlayStyle
 
-    agents = [(Path(path).name, partial(load_agent, path)) for path in args.agents]
+    agents = [(Path(path).name, partial(load_agent, Path(path).resolve())) for path in args.agents]
+    video_dir = Path(args.video_dir).resolve() if args.video_dir else None
     log = None
     if args.json:
         log = episode_log_path(args.json)
         log.unlink(missing_ok=True)  # the log of this comparison only
-    result = compare(agents, args.env, episodes=args.episodes, seed=args.seed, video_dir=args.video_dir,
-                     workers=args.workers, episode_log=log)
+    result = compare(agents, args.env, episodes=args.episodes, seed=args.seed, video_dir=video_dir,
+                     max_steps=args.max_steps, workers=args.workers, backend=args.backend,
+                     shard_episodes=args.shard_episodes, n_envs=args.n_envs,
+                     overlay=OverlayStyle(args.overlay_scale, args.colormap), episode_log=log)
     table_console().print(render_table(result))
     if args.json:
         written = [*result.save(args.json), *([log] if log.exists() else [])]
         print("wrote " + ", ".join(map(str, written)))
+    if video_dir:
+        cells = [(row.name, report) for row in result.rows for report in row.reports.values()]
+        print(f"videos: {write_index([r for _, r in cells], video_dir, [f'{n} on {r.env_name}' for n, r in cells])}")
     if result.interrupted:
         raise KeyboardInterrupt
     _raise_if_failed(result)
@@ -163,20 +194,105 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _envs(args: argparse.Namespace) -> None:
-    import vla_agents
+    from rich.table import Table
 
-    print("\n".join(vla_agents.list_envs()))
+    from vla_agents.adapters.simpler import SIMPLER_TASKS
+    from vla_agents.eval.compare import table_console
+    from vla_agents.sim import INSTALL, SUITES, suite_installed
+    from vla_agents.sim.embedded import load_suite
+    from vla_agents.sim.libero import SUITE_MAX_STEPS, SUITE_SIZES
+    from vla_agents.sim.registration import gym_id
+
+    installed = {suite: suite_installed(suite) for suite in SUITES}
+    table = Table(title="Environments: make_env(spec) or gymnasium.make(id)", caption="`import vla_agents` registers the ids")
+    for name in ("spec", "Gymnasium id", "steps", "installed", "description"):
+        table.add_column(name, overflow="fold")
+    mark = {True: "[green]yes[/green]", False: "[red]no[/red]"}
+    for task, spec in load_suite().items():
+        table.add_row(f"embedded/{task}", gym_id(f"embedded/{task}"), str(spec.max_episode_steps), mark[installed["embedded"]],
+                      " ".join(spec.description.split()))
+    for suite, size in SUITE_SIZES.items():
+        table.add_row(f"libero/{suite}/0..{size - 1}", f"vla_agents/{suite}_task0..{size - 1}-v0", str(SUITE_MAX_STEPS[suite]),
+                      mark[installed["libero"]], f"LIBERO {suite}, {size} tasks; the spec libero/{suite} evaluates them all")
+    for task, spec in SIMPLER_TASKS.items():
+        table.add_row(f"simpler/{task}", gym_id(f"simpler/{task}"), str(spec.max_episode_steps), mark[installed["simpler"]],
+                      f"SIMPLER {spec.robot}: {spec.env_id}")
+    table.add_row("robotwin/<task>", "-", "-", mark[installed["robotwin"]],
+                  "RoboTwin 2.0 runs policies through its own script/eval_policy.py (vla_agents.adapters.robotwin_policy)")
+    console = table_console()
+    console.print(table)
+    for suite in SUITES:
+        if not installed[suite]:
+            console.print(f"{suite} is not installed here: {INSTALL[suite]}", markup=False)
 
 
 def _policies(args: argparse.Namespace) -> None:
-    import vla_agents
+    from rich.table import Table
 
-    print("\n".join(vla_agents.list_policies()))
+    from vla_agents.eval.compare import table_console
+    from vla_agents.models.dtp import can_wrap
+    from vla_agents.policies import SCALES, WRAPPERS, build_model, list_policies, load_recipe, recipes_dir
+
+    def summary(recipe: str) -> str:
+        """A recipe file's header comment up to its first line ending a sentence: what the policy or wrapper is."""
+        header = []
+        for line in (recipes_dir() / f"{recipe}.yaml").read_text().splitlines():
+            if not line.startswith("#"):
+                break
+            header.append(line.lstrip("# "))
+            if line.endswith("."):
+                break
+        return " ".join(header)
+
+    table = Table(title="Policies: make_agent(name), train bc --policy name")
+    for name in ("name", "scales", "what it is"):
+        table.add_column(name, overflow="fold")
+    for policy in list_policies():
+        table.add_row(policy, ", ".join(SCALES), summary(f"{policy}-tiny"))
+    wrappable = [policy for policy in list_policies() if can_wrap(build_model(load_recipe(policy, "tiny")))]
+    for wrapper in WRAPPERS:
+        table.add_row(f"<policy>+{wrapper}", "wrapper", f"{summary(wrapper)} Wraps {', '.join(wrappable)} here.")
+    table_console().print(table)
+
+
+def _run_arguments(parser: argparse.ArgumentParser) -> None:
+    """How `eval` and `compare` run episodes and draw their videos."""
+    from vla_agents.eval.compare import BACKENDS
+    from vla_agents.eval.overlay import DEFAULT_COLORMAP, PERCEPTUAL_COLORMAPS
+    from vla_agents.eval.video import SCALES
+
+    parser.add_argument("--max-steps", type=int, default=None, help="step limit per episode (default: the task's)")
+    parser.add_argument("--n-envs", type=int, default=1,
+                        help="envs stepped in parallel worker processes, with one act_batch model call for all of them")
+    parser.add_argument("--backend", choices=BACKENDS, default="local",
+                        help="ray: spread (agent, task, episode shard) work over the Ray cluster at $RAY_ADDRESS "
+                             "(a local Ray instance without it); needs pip install 'vla-agents[ray]'")
+    parser.add_argument("--shard-episodes", type=int, default=10, help="with --backend ray: episodes per Ray task")
+    parser.add_argument("--overlay-scale", choices=SCALES, default=SCALES[0],
+                        help="attention colour scale in videos: one per episode (frames compare) or one per frame")
+    parser.add_argument("--colormap", choices=PERCEPTUAL_COLORMAPS, default=DEFAULT_COLORMAP,
+                        help="matplotlib colormap of the attention overlay")
+
+
+class _DefaultsInHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default, except where the default is None or off (its help
+    says what then happens)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vla-agents", description="VLA policies as Gymnasium agents.")
+    from vla_agents import __version__
+
+    parser = argparse.ArgumentParser(prog="vla-agents", description="VLA policies as Gymnasium agents.",
+                                     formatter_class=_DefaultsInHelp)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    add_parser = sub.add_parser
+    sub.add_parser = lambda *a, **kw: add_parser(*a, formatter_class=_DefaultsInHelp, **kw)  # every subcommand
 
     p = sub.add_parser("demo", help="roll out the shipped agents on the embedded suite: videos + comparison table")
     p.add_argument("--out", default="runs/demo", help="where videos and tables go")
@@ -188,8 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("env", help="environment spec, e.g. embedded/pick_color")
     p.add_argument("--episodes", "-n", type=int, default=50, help="successful episodes to write")
     p.add_argument("--out", required=True, help="output .hdf5 file")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0, help="seed of the first attempt; each attempt takes the next")
+    p.add_argument("--image-size", type=int, default=128, help="camera resolution in pixels")
     p.add_argument("--noise", type=float, default=0.0,
                    help="std of Gaussian noise on the executed translation; the expert's clean action is stored (DART)")
     p.set_defaults(func=_collect)
@@ -220,18 +336,18 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="fine-tune an agent").add_subparsers(dest="mode", required=True)
     p = train.add_parser("bc", help="behaviour cloning from demonstration files")
     p.add_argument("--policy", required=True, help="registered policy name (see `vla-agents policies`)")
-    p.add_argument("--scale", choices=["tiny", "paper"], default="tiny")
+    p.add_argument("--scale", choices=["tiny", "paper"], default="tiny", help="recipe size (tiny: CPU, minutes)")
     p.add_argument("--data", nargs="+", required=True, help="LIBERO/robomimic HDF5 files")
-    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--steps", type=int, default=2000, help="optimizer steps")
     p.add_argument("--batch-size", type=int, default=None, help="default: the recipe's")
     p.add_argument("--lr", type=float, default=None, help="default: the recipe's")
     p.add_argument("--save-every", type=int, default=500, help="checkpoint period in steps")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint exactly")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of initialization, data order and augmentation")
     p.add_argument("--overrides", default=None, help='JSON recipe overrides, e.g. \'{"gate_mode": "output_scale"}\'')
     p.add_argument("--eval-env", default=None, help="run evaluation rollouts on this env spec during training")
     p.add_argument("--eval-every", type=int, default=0, help="evaluation period in steps (0: never)")
-    p.add_argument("--eval-episodes", type=int, default=5)
+    p.add_argument("--eval-episodes", type=int, default=5, help="episodes per evaluation")
     p.add_argument("--out", required=True, help="output folder (the trained agent)")
     p.set_defaults(func=_train_bc)
 
@@ -264,8 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, default=0, help="evaluation period in env steps (0: start and end only)")
     p.add_argument("--save-every", type=int, default=0,
                    help="write the agent so far to OUT/checkpoint every N env steps (0: only at the end)")
-    p.add_argument("--eval-episodes", type=int, default=5)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-episodes", type=int, default=5, help="seeded episodes per evaluation")
+    p.add_argument("--seed", type=int, default=0, help="seed of the SB3 algorithm and the envs")
     p.add_argument("--device", default="cpu", help="device of the SB3 policy (full: of the VLA too)")
     p.add_argument("--out", required=True, help="output folder (the agent, rl_log.json, curve.png)")
     p.set_defaults(func=_train_rl)
@@ -276,23 +392,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="environment spec, or a whole LIBERO suite (libero/libero_spatial: every task)")
     p.add_argument("--episodes", type=int, default=50, help="per task; LIBERO episode i starts from init state i")
     p.add_argument("--seed", type=int, default=1000, help="first episode seed (demos use 0..)")
-    p.add_argument("--video-dir", default=None)
+    p.add_argument("--video-dir", default=None, help="write one overlay video per episode, and index.html, here")
     p.add_argument("--json", default=None, help="write LeRobot-style eval_info.json here")
+    _run_arguments(p)
     p.set_defaults(func=_eval)
 
     p = sub.add_parser("compare", help="evaluate several agents and print a comparison table")
     p.add_argument("agents", nargs="+", help="agent folders")
     p.add_argument("--env", nargs="+", required=True, help="environment specs")
-    p.add_argument("--episodes", type=int, default=20)
-    p.add_argument("--seed", type=int, default=1000)
-    p.add_argument("--video-dir", default=None)
+    p.add_argument("--episodes", type=int, default=20, help="per agent and task, the same seeds for every agent")
+    p.add_argument("--seed", type=int, default=1000, help="first episode seed")
+    p.add_argument("--video-dir", default=None, help="write videos to VIDEO_DIR/<agent>/<task>/ and index.html to VIDEO_DIR")
     p.add_argument("--json", default=None, help="write the table as JSON (and CSV beside it)")
     p.add_argument("--workers", type=int, default=1,
                    help="evaluate (agent, task) pairs in this many processes, one core each (the simulator is the bottleneck)")
+    _run_arguments(p)
     p.set_defaults(func=_compare)
 
-    sub.add_parser("envs", help="list environment specs").set_defaults(func=_envs)
-    sub.add_parser("policies", help="list registered policies").set_defaults(func=_policies)
+    sub.add_parser("envs", help="list environment specs, their Gymnasium ids and whether their simulator is installed"
+                   ).set_defaults(func=_envs)
+    sub.add_parser("policies", help="list registered policies and wrappers").set_defaults(func=_policies)
     return parser
 
 

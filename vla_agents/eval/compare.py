@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +26,11 @@ from rich.table import Table
 
 from vla_agents.atomic import write_file
 from vla_agents.eval.rollout import EvalReport, EvaluationInterrupted, episode_metrics, error_summary, evaluate, slugify
+from vla_agents.eval.video import OverlayStyle
 from vla_agents.progress import LoggedProgress
 
 OVERALL = "overall"
+BACKENDS = ("local", "ray")
 _CSV_FIELDS = ["policy", "num_parameters", "task", "successes", "n_episodes", "pc_success", "ci95_low", "ci95_high",
                "mean_length", "n_errors", "step_ms_p50", "step_ms_p95", "chunk_ms_p50", "chunk_ms_p95", "error"]
 
@@ -175,7 +178,9 @@ def render_table(result: ComparisonResult, title: str = "Agent comparison") -> T
 
 def compare(agents: Sequence[tuple[str, Callable[[], Any]]], envs: Sequence[str] | Mapping[str, Callable[[], gym.Env]],
             episodes: int, seed: int = 0, video_dir: str | Path | None = None, progress: bool = True,
-            max_steps: int | None = None, workers: int = 1, episode_log: str | Path | None = None) -> ComparisonResult:
+            max_steps: int | None = None, workers: int = 1, backend: str = "local", shard_episodes: int = 10,
+            n_envs: int = 1, overlay: OverlayStyle = OverlayStyle(), episode_log: str | Path | None = None
+            ) -> ComparisonResult:
     """Evaluate every agent on every environment with the same seeds.
 
     `envs` is a list of `make_env` specs or a mapping name -> env factory. With one worker each
@@ -185,20 +190,33 @@ def compare(agents: Sequence[tuple[str, Callable[[], Any]]], envs: Sequence[str]
     factories must then be picklable (top-level functions or `functools.partial`), and each
     evaluation calls its agent factory afresh.
 
+    `backend="ray"` runs each (agent, task, shard of `shard_episodes` episodes) as a Ray task on the
+    cluster `RAY_ADDRESS` names, or on a local Ray instance (`vla_agents.eval.ray_backend`); the
+    factories then travel with cloudpickle and `workers` does not apply. `n_envs` and `overlay` go to
+    `evaluate`.
+
     An agent or env that cannot be built does not stop the comparison: its evaluations are recorded as failed
     (`ComparisonResult.failures`) and the others go on. Failed episodes are recorded by `evaluate`, and
     appended to `episode_log` as they finish. Ctrl-C returns what finished, with `interrupted` set: the
     evaluations it cut short or never started read failed."""
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
     if episodes < 1:  # checked here: inside an evaluation it would be recorded as a failure of every agent
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     sources: dict[str, str | Callable[[], gym.Env]] = dict(envs) if isinstance(envs, Mapping) else {spec: spec for spec in envs}
-    options = dict(episodes=episodes, seed=seed, max_steps=max_steps, episode_log=episode_log)
+    options = dict(episodes=episodes, seed=seed, max_steps=max_steps, episode_log=episode_log, n_envs=n_envs, overlay=overlay)
     reports: dict[tuple[str, str], EvalReport] = {}
     interrupted = False
     try:
-        if workers == 1:
+        if backend == "ray":
+            from vla_agents.eval.ray_backend import evaluate_on_ray
+
+            jobs = [(name, factory, task, source) for name, factory in agents for task, source in sources.items()]
+            reports.update(evaluate_on_ray(jobs, episodes, shard_episodes, progress, partial(_videos, video_dir),
+                                           seed=seed, max_steps=max_steps, n_envs=n_envs, overlay=overlay))
+        elif workers == 1:
             _evaluate_here(agents, sources, progress, video_dir, options, reports)
         else:
             jobs = [(name, factory, task, source) for name, factory in agents for task, source in sources.items()]

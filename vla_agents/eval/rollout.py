@@ -18,7 +18,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, SpinnerColumn, TextCol
                            TimeElapsedColumn, TimeRemainingColumn)
 
 from vla_agents.eval.stats import wilson_interval
-from vla_agents.eval.video import VideoWriter, compose_frame
+from vla_agents.eval.video import EpisodeVideo, OverlayStyle
 from vla_agents.progress import LoggedProgress
 
 logger = logging.getLogger(__name__)
@@ -66,35 +66,73 @@ def error_summary(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}{where}"
 
 
-def _policy_views(obs: dict[str, Any], views: Mapping[str, str], min_px: int) -> dict[str, np.ndarray]:
+def policy_views(obs: Mapping[str, Any], views: Mapping[str, str]) -> dict[str, np.ndarray]:
     """Raw LIBERO images are upside down (OpenGL); policies and viewers see them rotated 180 degrees."""
     images = {}
     for view, key in views.items():
         if key not in obs:
             raise KeyError(f"observation has no {key!r} for video view {view!r}; keys: {sorted(obs)}")
-        image = np.asarray(obs[key])[::-1, ::-1]
-        factor = max(1, min_px // image.shape[0])
-        images[view] = np.ascontiguousarray(image.repeat(factor, 0).repeat(factor, 1))
+        images[view] = np.ascontiguousarray(np.asarray(obs[key])[::-1, ::-1])
     return images
 
 
-def _caption_lines(result: EpisodeResult, step: int) -> list[str]:
-    return [result.instruction, f"step {step}", f"success: {result.success}"]
+def caption_lines(result: EpisodeResult, step: int, map_step: int | None, has_map: bool, final: bool = False) -> list[str]:
+    """The instruction, step and outcome so far, and which step's observation the attention map comes from."""
+    if final:
+        where = "final observation"
+    elif not has_map:
+        where = "no attention map"
+    elif map_step == step:
+        where = "attention map: new, the model ran on this frame"
+    else:
+        where = f"attention map: from step {map_step}, the model runs once per action chunk"
+    return [result.instruction, f"step {step}   success: {result.success}", where]
+
+
+def agent_recipe(agent: Any) -> dict[str, Any] | None:
+    """The policy recipe behind an agent (a residual agent's is its frozen base's); None for other agents."""
+    recipe = getattr(agent, "recipe", None)
+    if recipe is None and hasattr(agent, "base"):
+        recipe = getattr(agent.base, "recipe", None)
+    return recipe
+
+
+def episode_video(path: str | Path | None, agent: Any, fps: int, overlay: OverlayStyle, min_view_px: int) -> EpisodeVideo | None:
+    """The episode's video, with the attention grid laid over the centre crop the agent's policy saw."""
+    if path is None:
+        return None
+    crop_area = (agent_recipe(agent) or {}).get("crop_area", 1.0)
+    return EpisodeVideo(path, fps=fps, style=overlay, crop_area=crop_area, min_view_px=min_view_px)
+
+
+def finish_video(video: EpisodeVideo | None, result: EpisodeResult) -> None:
+    """Name the file after the outcome (`{success}`, `{task}`) and write it; a failure here is the episode's error."""
+    if video is None:
+        return
+    video.path = Path(str(video.path).replace("{success}", str(result.success)).replace("{task}", slugify(result.instruction)))
+    try:
+        final = video.close()
+    except Exception as exc:  # noqa: BLE001 - the episode ran; only its video failed
+        result.error, result.error_source = result.error or error_summary(exc), result.error_source or "video"
+        logger.warning("the video of the episode with seed %d failed: %s", result.seed, result.error, exc_info=True)
+        return
+    result.video_path = str(final) if final is not None else None
 
 
 def run_episode(env: gym.Env, agent: Any, seed: int, max_steps: int | None = None,
                 video_path: str | Path | None = None, views: Mapping[str, str] = DEFAULT_VIEWS,
-                min_view_px: int = MIN_VIDEO_VIEW_PX,
-                fps: int = 20, options: dict[str, Any] | None = None) -> EpisodeResult:
+                min_view_px: int = MIN_VIDEO_VIEW_PX, fps: int = 20, options: dict[str, Any] | None = None,
+                overlay: OverlayStyle = OverlayStyle()) -> EpisodeResult:
     """Play one episode; exceptions from the agent or env end it and are recorded, not raised.
 
     `options` go to `env.reset` (e.g. `{"init_state": 3}` for LIBERO).
     The video has one frame per observation (length + 1): frame t shows observation t with the
-    attention the agent computed while acting on it. `{success}` and `{task}` in `video_path`
-    are filled in at the end, so file names can carry the outcome."""
+    attention map the agent acted with, marked where the model ran (`vla_agents.eval.video`).
+    `{success}` and `{task}` in `video_path` are filled in at the end, so file names can carry the outcome."""
     result = EpisodeResult(seed=seed)
     limit = max_steps if max_steps is not None else _step_limit(env)
-    writer = VideoWriter(video_path, fps=fps) if video_path is not None else None
+    video = episode_video(video_path, agent, fps, overlay, min_view_px)
+    map_step: int | None = None
     stage = "agent"
     try:
         agent.reset()
@@ -108,12 +146,15 @@ def run_episode(env: gym.Env, agent: Any, seed: int, max_steps: int | None = Non
             action = np.asarray(agent.act(obs))
             elapsed = time.perf_counter() - start
             result.step_latency_s.append(elapsed)
-            if calls_before is None or agent.model_calls != calls_before:
+            refreshed = calls_before is None or agent.model_calls != calls_before
+            if refreshed:
                 result.chunk_latency_s.append(elapsed)
-            if writer is not None:
+                map_step = result.length
+            if video is not None:
                 stage = "video"
-                writer.append(compose_frame(_policy_views(obs, views, min_view_px), getattr(agent, "last_attention", None),
-                                            _caption_lines(result, result.length)))
+                attention = getattr(agent, "last_attention", None)
+                video.add(policy_views(obs, views), attention,
+                          caption_lines(result, result.length, map_step, attention is not None), refreshed)
             stage = "env"
             obs, reward, terminated, truncated, info = env.step(action)
             result.sum_reward += float(reward)
@@ -122,21 +163,17 @@ def run_episode(env: gym.Env, agent: Any, seed: int, max_steps: int | None = Non
             result.success = result.success or bool(info.get("success", False))
             if terminated or truncated:
                 break
-        if writer is not None:
+        if video is not None:
             stage = "video"
-            writer.append(compose_frame(_policy_views(obs, views, min_view_px), None, _caption_lines(result, result.length)))
+            video.add(policy_views(obs, views), None, caption_lines(result, result.length, map_step, False, final=True))
     except Exception as exc:  # noqa: BLE001 - one bad episode must not end an evaluation
         result.error, result.error_source = error_summary(exc), stage
         logger.warning("episode with seed %d failed in the %s: %s", seed, stage, result.error, exc_info=True)
     except BaseException:
-        if writer is not None:
-            writer.close(keep=False)
+        if video is not None:
+            video.close(keep=False)
         raise
-    if writer is not None:
-        name = str(video_path).replace("{success}", str(result.success)).replace("{task}", slugify(result.instruction))
-        writer.path = Path(name)
-        final = writer.close()
-        result.video_path = str(final) if final is not None else None
+    finish_video(video, result)
     return result
 
 
@@ -207,36 +244,53 @@ class EvalReport:
 
 
 def _pooled_metrics(reports: Sequence[EvalReport]) -> dict[str, Any]:
+    """Summary metrics over the reports' episodes; in eval_info the count of successes is `n_successes`,
+    since `successes` is LeRobot's per-episode list there."""
     if len(reports) == 1:
-        return reports[0].metrics()
-    episodes = [ep for report in reports for ep in report.episodes]
-    eval_s = sum(report.eval_s for report in reports)
-    return {**episode_metrics(episodes), "eval_s": eval_s, "eval_ep_s": eval_s / len(episodes) if episodes else 0.0,
-            "video_paths": [ep.video_path for ep in episodes if ep.video_path]}
+        metrics = reports[0].metrics()
+    else:
+        episodes = [ep for report in reports for ep in report.episodes]
+        eval_s = sum(report.eval_s for report in reports)
+        metrics = {**episode_metrics(episodes), "eval_s": eval_s, "eval_ep_s": eval_s / len(episodes) if episodes else 0.0,
+                   "video_paths": [ep.video_path for ep in episodes if ep.video_path]}
+    metrics["n_successes"] = metrics.pop("successes")
+    return metrics
 
 
-def eval_info(reports: Sequence[EvalReport]) -> dict[str, Any]:
+def task_metrics(report: EvalReport) -> dict[str, Any]:
+    """A `per_task` entry's metrics: the per-episode lists `lerobot-eval` writes (`sum_rewards`,
+    `max_rewards`, `successes`, `video_paths`), then the summary (`pc_success`, intervals, latencies)."""
+    return {"sum_rewards": [ep.sum_reward for ep in report.episodes],
+            "max_rewards": [ep.max_reward for ep in report.episodes],
+            "successes": [ep.success for ep in report.episodes],
+            **_pooled_metrics([report])}
+
+
+def eval_info(reports: Sequence[EvalReport], provenance: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Several tasks' reports (e.g. a LIBERO suite) in LeRobot's `eval_info.json` layout: the group
     of "libero/libero_spatial/3" is "libero/libero_spatial", its task id "3"; groups and overall pool
     their episodes. Episode rows name their task only when there are several (LeRobot's single-task
-    rows have no such key)."""
+    rows have no such key), and carry the instruction and video. `provenance` (which agent, code,
+    environments and seeds: `vla_agents.eval.provenance`) is written as its own top-level block."""
     groups: dict[str, list[EvalReport]] = {}
     per_task = []
     for report in reports:
         group, _, task = report.env_name.rpartition("/")
         groups.setdefault(group or task, []).append(report)
-        per_task.append({"task_group": group or task, "task_id": task, "metrics": report.metrics()})
-    return {
+        per_task.append({"task_group": group or task, "task_id": task, "metrics": task_metrics(report)})
+    info = {
         **({"interrupted": True} if any(report.interrupted for report in reports) else {}),
         "per_episode": [
             {"episode_ix": i, **({"task": report.env_name} if len(reports) > 1 else {}), "sum_reward": ep.sum_reward,
-             "max_reward": ep.max_reward, "success": ep.success, "seed": ep.seed, "length": ep.length, "error": ep.error}
+             "max_reward": ep.max_reward, "success": ep.success, "seed": ep.seed, "length": ep.length, "error": ep.error,
+             "instruction": ep.instruction, "video_path": ep.video_path}
             for report in reports for i, ep in enumerate(report.episodes)
         ],
         "per_task": per_task,
         "per_group": {group: _pooled_metrics(members) for group, members in groups.items()},
         "overall": _pooled_metrics(reports),
     }
+    return info | ({"provenance": dict(provenance)} if provenance is not None else {})
 
 
 class EvaluationInterrupted(KeyboardInterrupt):
@@ -272,6 +326,11 @@ def _num_parameters(agent: Any) -> int | None:
     return int(count()) if callable(count) else None
 
 
+def video_path(video_dir: str | Path | None, episode: int) -> Path | None:
+    """OpenVLA's video name; `run_episode` fills in the outcome and task."""
+    return Path(video_dir) / f"episode={episode}--success={{success}}--task={{task}}.mp4" if video_dir else None
+
+
 def _close_quietly(env: gym.Env) -> None:
     try:
         env.close()
@@ -281,17 +340,24 @@ def _close_quietly(env: gym.Env) -> None:
 
 def evaluate(agent: Any, env: str | Callable[[], gym.Env], episodes: int, seed: int = 0,
              video_dir: str | Path | None = None, progress: bool = True, max_steps: int | None = None,
-             env_name: str | None = None, fps: int = 20, episode_log: str | Path | None = None) -> EvalReport:
-    """Run `episodes` episodes with seeds seed, seed+1, ... and reset option `episode_index` 0, 1, ...
-    (environments with fixed initial conditions, like LIBERO's init states, take episode i's from it).
+             env_name: str | None = None, fps: int = 20, first_episode: int = 0, n_envs: int = 1,
+             overlay: OverlayStyle = OverlayStyle(), episode_log: str | Path | None = None) -> EvalReport:
+    """Run episodes i = first_episode, ..., first_episode + episodes - 1, with seed `seed + i` and
+    reset option `episode_index` i (environments with fixed initial conditions, like LIBERO's init
+    states, take episode i's from it), so a range of episodes gives the same results alone as inside
+    a longer evaluation.
 
     `agent` is an agent or a zero-argument factory; `env` is a `make_env` spec or a zero-argument
     env factory. A failed episode is recorded (see `EpisodeResult.error`) and the evaluation goes
     on, on a fresh environment when the env itself raised. Videos are written to `video_dir` as
     `episode=<i>--success=<bool>--task=<slug>.mp4`. Each finished episode is appended to `episode_log`
-    (JSON lines) when given; Ctrl-C raises `EvaluationInterrupted` with the episodes that finished."""
+    (JSON lines) when given; Ctrl-C raises `EvaluationInterrupted` with the episodes that finished.
+    `n_envs` > 1 runs that many envs in worker processes and the agent's `act_batch`
+    (`vla_agents.eval.batched`)."""
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
+    if n_envs < 1:
+        raise ValueError(f"n_envs must be >= 1, got {n_envs}")
     if isinstance(agent, type) or not hasattr(agent, "act"):  # a class is a factory, not an agent
         if not callable(agent):
             raise TypeError(f"expected an agent with act() or a factory returning one, got {type(agent).__name__}")
@@ -305,6 +371,12 @@ def evaluate(agent: Any, env: str | Callable[[], gym.Env], episodes: int, seed: 
         make = env
     else:
         raise TypeError(f"env must be a make_env spec string or an env factory, got {type(env).__name__}")
+    if n_envs > 1:
+        from vla_agents.eval.batched import evaluate_batched
+
+        return evaluate_batched(agent, make, episodes, n_envs, seed=seed, first_episode=first_episode, video_dir=video_dir,
+                                progress=progress, max_steps=max_steps, env_name=env_name or (env if isinstance(env, str) else None),
+                                fps=fps, overlay=overlay)
     instance = make()
     name = env_name or (env if isinstance(env, str) else getattr(instance.unwrapped, "task_name", type(instance.unwrapped).__name__))
     policy = _agent_name(agent)
@@ -315,10 +387,9 @@ def evaluate(agent: Any, env: str | Callable[[], gym.Env], episodes: int, seed: 
     try:
         with LoggedProgress(*columns, transient=True, disable=not progress, log_every=0.25) as bar:
             task = bar.add_task(f"{policy} on {name}", total=episodes, sr="")
-            for i in range(episodes):
-                path = Path(video_dir) / f"episode={i}--success={{success}}--task={{task}}.mp4" if video_dir else None
-                result = run_episode(instance, agent, seed + i, max_steps=max_steps, video_path=path, fps=fps,
-                                     options={"episode_index": i})
+            for i in range(first_episode, first_episode + episodes):
+                result = run_episode(instance, agent, seed + i, max_steps=max_steps, video_path=video_path(video_dir, i),
+                                     fps=fps, options={"episode_index": i}, overlay=overlay)
                 results.append(result)
                 if episode_log is not None:
                     _log_episode(Path(episode_log), name, policy, i, result)

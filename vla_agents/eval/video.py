@@ -1,123 +1,188 @@
-"""Rollout videos: attention heatmaps blended over camera frames, a caption bar, atomic MP4 files.
+"""Rollout videos: camera views side by side with the policy's attention drawn over them
+(`vla_agents.eval.overlay`), view labels, a colour bar, a caption with a legend, atomic MP4 files.
 
-No OpenCV or matplotlib: the colormap is a NumPy lookup table, resizing uses SciPy, and text
-uses Pillow (already required by imageio)."""
+Each frame shows one observation and the attention map the agent acted with. The map refreshes
+only when the model runs (once per action chunk), so frames where it did are marked "new map" and
+the caption says from which step the map shown comes. The colour scale is one per episode (the
+default: frames compare) or one per frame; an episode-scaled video is drawn when its episode ends,
+so it keeps the episode's camera frames in memory until then."""
 from __future__ import annotations
 
 import os
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 import imageio
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
-from scipy import ndimage
+from PIL import Image, ImageDraw
 
+from vla_agents.eval.overlay import (CROP_LEGEND, DEFAULT_COLORMAP, check_frame, centre_crop_box, colorbar, font,
+                                     mask_color, mask_label, outline_crop, outline_mask, overlay_heatmap)
 from vla_agents.types import AttentionMaps
 
-
-def _jet_lut() -> np.ndarray:
-    """The classic piecewise-linear jet map (blue -> cyan -> yellow -> red), 256 x 3 uint8."""
-    x = np.linspace(0.0, 1.0, 256)
-    channels = [np.clip(1.5 - np.abs(4.0 * x - c), 0.0, 1.0) for c in (3.0, 2.0, 1.0)]
-    return np.round(255 * np.stack(channels, axis=1)).astype(np.uint8)
+SCALES = ("episode", "frame")
+_PAD = 4
 
 
-_COLORMAPS = {
-    "jet": _jet_lut(),
-    "gray": np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1),
-}
-# Outline colours for named patch masks, assigned in the order the masks appear.
-_MASK_COLORS = [(255, 255, 255), (255, 0, 255), (0, 255, 0), (255, 255, 0)]
-_CAPTION_PAD = 3
+@dataclass(frozen=True)
+class OverlayStyle:
+    """How attention is drawn: one colour scale per `episode` or per `frame`, and the colormap."""
+
+    scale: str = "episode"
+    colormap: str = DEFAULT_COLORMAP
+
+    def __post_init__(self) -> None:
+        if self.scale not in SCALES:
+            raise ValueError(f"overlay scale must be one of {SCALES}, got {self.scale!r}")
 
 
-def _check_frame(frame: np.ndarray) -> None:
-    if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
-        raise ValueError(f"expected a uint8 (H, W, 3) frame, got {frame.dtype} {frame.shape}")
+def _label(panel: np.ndarray, text: str, corner: str = "left", color: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
+    """`text` on a dark box in the panel's top-left (or top-right) corner."""
+    image = Image.fromarray(panel)
+    draw = ImageDraw.Draw(image)
+    face = font(13)
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=face)
+    x = _PAD if corner == "left" else panel.shape[1] - (right - left) - 3 * _PAD
+    draw.rectangle([x, _PAD, x + right - left + 2 * _PAD, _PAD + bottom + _PAD], fill=(0, 0, 0))
+    draw.text((x + _PAD, _PAD + 1), text, fill=color, font=face)
+    return np.asarray(image)
 
 
-def _resize_bilinear(grid: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear resize with pixel-centre alignment, so each patch cell lands over its own pixels."""
-    h, w = grid.shape
-    rows = (np.arange(height) + 0.5) * h / height - 0.5
-    cols = (np.arange(width) + 0.5) * w / width - 0.5
-    coords = np.meshgrid(rows, cols, indexing="ij")
-    return ndimage.map_coordinates(grid, coords, order=1, mode="nearest")
+def _legend_rows(legend: list[str], width: int, draw: ImageDraw.ImageDraw, face) -> list[list[tuple[str, int, int]]]:
+    """Legend entries as rows of (name, index, x), wrapped to fit `width`."""
+    rows: list[list[tuple[str, int, int]]] = [[]] if legend else []
+    x = _PAD
+    for k, name in enumerate(legend):
+        size = 16 + int(draw.textlength(mask_label(name), font=face)) + 3 * _PAD
+        if rows[-1] and x + size > width:
+            rows.append([])
+            x = _PAD
+        rows[-1].append((name, k, x))
+        x += size
+    return rows
 
 
-def overlay_heatmap(frame: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45, colormap: str = "jet") -> np.ndarray:
-    """Blend a patch-grid heatmap over `frame`: min-max normalise, upsample, colour, alpha-blend.
-
-    A constant heatmap carries no "where", so it renders as the colormap's low end everywhere."""
-    _check_frame(frame)
-    if heatmap.ndim != 2:
-        raise ValueError(f"heatmap must be a 2-D patch grid, got shape {heatmap.shape}")
-    if colormap not in _COLORMAPS:
-        raise ValueError(f"unknown colormap {colormap!r}; available: {sorted(_COLORMAPS)}")
-    grid = np.nan_to_num(heatmap.astype(np.float64))
-    span = grid.max() - grid.min()
-    grid = (grid - grid.min()) / span if span > 0 else np.zeros_like(grid)
-    upsampled = _resize_bilinear(grid, frame.shape[0], frame.shape[1])
-    colors = _COLORMAPS[colormap][np.clip(np.round(upsampled * 255), 0, 255).astype(np.uint8)]
-    blended = (1.0 - alpha) * frame.astype(np.float32) + alpha * colors.astype(np.float32)
-    return np.clip(np.round(blended), 0, 255).astype(np.uint8)
-
-
-def outline_mask(frame: np.ndarray, mask: np.ndarray, color: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
-    """Draw a 1-pixel border around every patch cell where `mask` is True (e.g. kept top-K tokens)."""
-    _check_frame(frame)
-    if mask.ndim != 2:
-        raise ValueError(f"mask must be a 2-D patch grid, got shape {mask.shape}")
-    out = frame.copy()
-    height, width = frame.shape[:2]
-    row_edges = np.round(np.linspace(0, height, mask.shape[0] + 1)).astype(int)
-    col_edges = np.round(np.linspace(0, width, mask.shape[1] + 1)).astype(int)
-    for i, j in zip(*np.nonzero(mask)):
-        top, bottom = row_edges[i], max(row_edges[i + 1] - 1, row_edges[i])
-        left, right = col_edges[j], max(col_edges[j + 1] - 1, col_edges[j])
-        out[top, left : right + 1] = color
-        out[bottom, left : right + 1] = color
-        out[top : bottom + 1, left] = color
-        out[top : bottom + 1, right] = color
-    return out
-
-
-def _caption(lines: list[str], width: int) -> np.ndarray:
-    """A black bar with one white text line per entry (Pillow's built-in font; long lines clip)."""
-    font = ImageFont.load_default()
-    left, top, right, bottom = font.getbbox("Ag|")
-    line_height = bottom - top + 2
-    bar = Image.new("RGB", (width, 2 * _CAPTION_PAD + line_height * len(lines)))
+def _caption(lines: list[str], legend: list[str], width: int) -> np.ndarray:
+    """A black bar: one text line per entry, then the legend of the outlines (a swatch and a name each)."""
+    face = font(13)
+    line_height = 18
+    rows = _legend_rows(legend, width, ImageDraw.Draw(Image.new("RGB", (1, 1))), face)
+    bar = Image.new("RGB", (width, 2 * _PAD + line_height * (len(lines) + len(rows))))
     draw = ImageDraw.Draw(bar)
     for k, line in enumerate(lines):
-        draw.text((_CAPTION_PAD, _CAPTION_PAD + k * line_height - top), line, fill=(255, 255, 255), font=font)
+        draw.text((_PAD, _PAD + k * line_height), line, fill=(255, 255, 255), font=face)
+    for r, row in enumerate(rows):
+        y = _PAD + (len(lines) + r) * line_height
+        for name, k, x in row:
+            draw.rectangle([x, y + 3, x + 11, y + 14], outline=mask_color(name, k), width=2)
+            draw.text((x + 16, y), mask_label(name), fill=(255, 255, 255), font=face)
     return np.asarray(bar)
 
 
+def frame_vmax(attention: AttentionMaps | None) -> float:
+    """The largest attention in a frame's maps (0 without maps)."""
+    if attention is None or not attention.heatmaps:
+        return 0.0
+    return float(max(np.nan_to_num(np.asarray(h, dtype=np.float64)).max() for h in attention.heatmaps.values()))
+
+
 def compose_frame(views: dict[str, np.ndarray], attention: AttentionMaps | None = None,
-                  text_lines: list[str] | None = None, alpha: float = 0.45) -> np.ndarray:
-    """One video frame: the views side by side (with any heatmap / mask of the same view name drawn
-    over them), then a caption bar. Views must already be in policy orientation."""
+                  text_lines: list[str] | None = None, style: OverlayStyle = OverlayStyle(), vmax: float | None = None,
+                  crop_area: float = 1.0, min_view_px: int = 0, refreshed: bool = False,
+                  with_colorbar: bool | None = None, legend: list[str] | None = None) -> np.ndarray:
+    """One video frame: the views side by side, each labelled, with its heatmap and mask outlines laid
+    over the centre crop of `crop_area` the policy saw; a colour bar for [0, vmax] (default: this
+    frame's largest attention); then a caption with the mask legend.
+
+    Views must be in policy orientation; smaller than `min_view_px` they are enlarged (nearest
+    neighbour) to stay legible. `with_colorbar` and `legend` default to what `attention` has; a video
+    fixes them for all its frames, which must share one size."""
     if not views:
         raise ValueError("compose_frame needs at least one view")
+    vmax = frame_vmax(attention) if vmax is None else vmax
+    with_colorbar = bool(attention and attention.heatmaps) if with_colorbar is None else with_colorbar
+    legend = list(attention.masks) if legend is None and attention is not None else list(legend or [])
+    if crop_area < 1 and CROP_LEGEND not in legend:
+        legend.insert(0, CROP_LEGEND)
     panels = []
     for name, frame in views.items():
-        _check_frame(frame)
-        if attention is not None:
-            if name in attention.heatmaps:
-                frame = overlay_heatmap(frame, attention.heatmaps[name], alpha=alpha)
-            for k, per_view in enumerate(attention.masks.values()):
-                if name in per_view:
-                    frame = outline_mask(frame, np.asarray(per_view[name], dtype=bool), _MASK_COLORS[k % len(_MASK_COLORS)])
+        check_frame(frame)
+        factor = max(1, min_view_px // frame.shape[0])
+        top, left, height, width = centre_crop_box(*frame.shape[:2], crop_area)
+        box = (top * factor, left * factor, height * factor, width * factor)
+        frame = np.ascontiguousarray(frame.repeat(factor, 0).repeat(factor, 1))
+        if crop_area < 1:
+            frame = outline_crop(frame, box)
+        heatmap = attention.heatmaps.get(name) if attention is not None else None
+        if heatmap is not None and vmax > 0:
+            frame = overlay_heatmap(frame, np.asarray(heatmap), vmax=vmax, colormap=style.colormap, box=box)
+        for k, (mask_name, per_view) in enumerate(attention.masks.items() if attention is not None else ()):
+            if name in per_view:
+                frame = outline_mask(frame, np.asarray(per_view[name], dtype=bool), mask_color(mask_name, k), box)
+        frame = _label(frame, name)
+        if refreshed and heatmap is not None:
+            frame = _label(frame, "new map", corner="right", color=(57, 255, 20))
         panels.append(frame)
     height = max(p.shape[0] for p in panels)
     panels = [np.pad(p, ((0, height - p.shape[0]), (0, 0), (0, 0))) for p in panels]
+    if with_colorbar:
+        panels.append(colorbar(height, vmax, style.scale, style.colormap))
     image = np.concatenate(panels, axis=1)
-    if text_lines:
-        image = np.concatenate([image, _caption(text_lines, image.shape[1])], axis=0)
+    if text_lines or legend:
+        image = np.concatenate([image, _caption(list(text_lines or []), legend, image.shape[1])], axis=0)
     return image
+
+
+class EpisodeVideo:
+    """One episode's video, drawn with one colour scale for the whole episode or one per frame.
+
+    With the episode's scale, frames are kept (camera views at their own size, and the maps) and
+    drawn at `close`, once the episode's largest attention is known. The layout (colour bar, legend)
+    is fixed by the first frame. `path` may be reassigned before closing, as with `VideoWriter`."""
+
+    def __init__(self, path: str | os.PathLike, fps: int = 20, style: OverlayStyle = OverlayStyle(),
+                 crop_area: float = 1.0, min_view_px: int = 0):
+        self.writer = VideoWriter(path, fps=fps)
+        self.style, self.crop_area, self.min_view_px = style, crop_area, min_view_px
+        self._layout: dict | None = None
+        self._pending: list[tuple] = []
+        self._vmax = 0.0
+
+    @property
+    def path(self) -> Path:
+        return self.writer.path
+
+    @path.setter
+    def path(self, value: Path) -> None:
+        self.writer.path = value
+
+    def add(self, views: dict[str, np.ndarray], attention: AttentionMaps | None, text_lines: list[str],
+            refreshed: bool = False) -> None:
+        if self._layout is None:
+            self._layout = {"with_colorbar": bool(attention and attention.heatmaps),
+                            "legend": list(attention.masks) if attention is not None else []}
+        if self.style.scale == "episode":
+            self._pending.append((views, attention, text_lines, refreshed))
+            self._vmax = max(self._vmax, frame_vmax(attention))
+        else:
+            self.writer.append(self._draw(views, attention, text_lines, refreshed, frame_vmax(attention)))
+
+    def _draw(self, views, attention, text_lines, refreshed, vmax) -> np.ndarray:
+        return compose_frame(views, attention, text_lines, self.style, vmax, self.crop_area, self.min_view_px,
+                             refreshed, **self._layout)
+
+    def close(self, keep: bool = True) -> Path | None:
+        """Draw what is pending and finish the file; returns its path, or None when nothing was kept."""
+        pending, self._pending = self._pending, []
+        try:
+            for frame in pending if keep else ():
+                self.writer.append(self._draw(*frame, self._vmax))
+        except BaseException:
+            self.writer.close(keep=False)
+            raise
+        return self.writer.close(keep=keep)
 
 
 class VideoWriter:
@@ -137,7 +202,7 @@ class VideoWriter:
         self._shape: tuple[int, ...] | None = None
 
     def append(self, frame: np.ndarray) -> None:
-        _check_frame(frame)
+        check_frame(frame)
         frame = np.pad(frame, ((0, frame.shape[0] % 2), (0, frame.shape[1] % 2), (0, 0)))
         if self._writer is None:
             self._tmp.parent.mkdir(parents=True, exist_ok=True)

@@ -40,6 +40,15 @@ def _module_available(name: str) -> bool:
         return False
 
 
+def suite_installed(suite: str) -> bool:
+    """Whether `suite`'s simulator is installed here (checked without importing it)."""
+    if suite not in SUITES:
+        raise ValueError(f"unknown suite {suite!r}; expected one of {list(SUITES)}")
+    if suite == "embedded":
+        return (_robosuite_version() or "").startswith("1.5.")
+    return _module_available({"libero": "libero", "simpler": "simpler_env", "robotwin": "envs._base_task"}[suite])
+
+
 def list_envs() -> list[str]:
     """Every environment spec that runs in this Python environment."""
     specs = []

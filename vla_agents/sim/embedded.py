@@ -26,6 +26,7 @@ import numpy as np
 import yaml
 
 from vla_agents.resources import resource_dir
+from vla_agents.sim.instruction import InstructionSpace
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 # robosuite logs to the console at INFO in every process that imports it (advice on private macro
@@ -100,12 +101,31 @@ def make_render_context_current(mj_sim) -> None:
         context.gl_ctx.make_current()
 
 
+_RENDERING_PID: int | None = None  # the process that built an offscreen renderer; a forked child inherits it
+
+
+def claim_offscreen_rendering() -> None:
+    """Fail fast where robosuite would hang: in a process forked from one that had already built an
+    offscreen renderer (EGL and OSMesa state does not survive fork()). Gymnasium's AsyncVectorEnv
+    forks by default, after building a first env in the parent to read its spaces."""
+    global _RENDERING_PID
+    if _RENDERING_PID not in (None, os.getpid()):
+        raise RuntimeError(
+            f"this process was forked from process {_RENDERING_PID}, which had already rendered with "
+            f"MUJOCO_GL={os.environ.get('MUJOCO_GL')}: GL state does not survive fork() and rendering here would hang. "
+            "Start vector-env workers with 'forkserver' or 'spawn': AsyncVectorEnv(env_fns, context='forkserver') or "
+            "gym.make_vec(env_id, num_envs, vectorization_mode='async', vector_kwargs={'context': 'forkserver'})")
+    _RENDERING_PID = os.getpid()
+
+
 def build_tabletop(cubes: list[str], scene: dict[str, Any], image_size: int, use_cameras: bool, offscreen: bool):
     """The suite's robosuite scene (Panda, OSC pose control at 20 Hz, both cameras at `image_size`)."""
     from robosuite.controllers import load_composite_controller_config
 
     from vla_agents.sim.tabletop import TabletopCubes
 
+    if offscreen:
+        claim_offscreen_rendering()
     return TabletopCubes(
         colors=cubes,
         **scene,
@@ -127,22 +147,26 @@ def build_tabletop(cubes: list[str], scene: dict[str, Any], image_size: int, use
 
 class EmbeddedEnv(gym.Env):
     """A task of the embedded suite. Success terminates the episode and is reported in
-    `info["success"]`; the step limit (from the suite spec) truncates it."""
+    `info["success"]`; the step limit (`max_episode_steps`, default the suite spec's) truncates it.
+    `render()` returns the agentview frame, upright, when `render_mode="rgb_array"`."""
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
 
-    def __init__(self, task: str, image_size: int = 128, use_cameras: bool = True, render_mode: str | None = "rgb_array"):
+    def __init__(self, task: str, image_size: int = 128, use_cameras: bool = True, render_mode: str | None = None,
+                 max_episode_steps: int | None = None):
         suite = load_suite()
         if task not in suite:
             raise ValueError(f"unknown embedded task {task!r}; expected one of {sorted(suite)}")
         if image_size < 32:
             raise ValueError(f"image_size must be at least 32 px, got {image_size}")
+        if render_mode not in (None, *self.metadata["render_modes"]):
+            raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
         self.spec_ = suite[task]
         self.task_name = task
         self.image_size = int(image_size)
         self.use_cameras = use_cameras
         self.render_mode = render_mode
-        self.max_episode_steps = self.spec_.max_episode_steps
+        self.max_episode_steps = max_episode_steps or self.spec_.max_episode_steps  # None: no limit of its own (gym.make's TimeLimit)
         self.sim = build_tabletop(list(self.spec_.cubes), self.spec_.scene, self.image_size, use_cameras,
                                   offscreen=use_cameras or render_mode == "rgb_array")
         self.target = self.spec_.target
@@ -154,7 +178,7 @@ class EmbeddedEnv(gym.Env):
             "robot0_gripper_qpos": gym.spaces.Box(-np.inf, np.inf, (2,), np.float64),
             "robot0_joint_pos": gym.spaces.Box(-np.inf, np.inf, (7,), np.float64),
             "object-state": gym.spaces.Box(-np.inf, np.inf, (OBJECT_STATE_PER_CUBE * len(self.state_cubes),), np.float64),
-            "language_instruction": gym.spaces.Text(INSTRUCTION_MAX_CHARS, charset=INSTRUCTION_CHARSET),
+            "language_instruction": InstructionSpace(INSTRUCTION_MAX_CHARS, charset=INSTRUCTION_CHARSET),
         }
         if use_cameras:
             spaces |= {f"{cam}_image": image for cam in CAMERAS}
@@ -207,10 +231,13 @@ class EmbeddedEnv(gym.Env):
         raw, _, _, _ = self.sim.step(osc_action(action))
         self.elapsed_steps += 1
         success = self.success()
-        truncated = not success and self.elapsed_steps >= self.max_episode_steps
+        truncated = not success and self.max_episode_steps is not None and self.elapsed_steps >= self.max_episode_steps
         return self._observation(raw), float(success), success, truncated, self._info(success)
 
     def render(self):
+        if self.render_mode is None:
+            gym.logger.warn("render() needs a render_mode; build the env with render_mode='rgb_array'")
+            return None
         if self.use_cameras:
             return self._last_raw["agentview_image"][::-1].copy()
         make_render_context_current(self.sim.sim)

@@ -22,12 +22,16 @@ import numpy as np
 import yaml
 
 from vla_agents.sim import INSTALL
-from vla_agents.sim.embedded import INSTRUCTION_CHARSET, INSTRUCTION_MAX_CHARS, make_render_context_current, osc_action
+from vla_agents.sim.embedded import (INSTRUCTION_CHARSET, INSTRUCTION_MAX_CHARS, claim_offscreen_rendering,
+                                     make_render_context_current, osc_action)
+from vla_agents.sim.instruction import InstructionSpace
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 SUITE_MAX_STEPS = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520, "libero_90": 400}
 """OpenVLA-OFT's `TASK_MAX_STEPS` (LeRobot uses 280 for spatial: pass `max_episode_steps` to match it)."""
+SUITE_SIZES = {"libero_spatial": 10, "libero_object": 10, "libero_goal": 10, "libero_10": 10, "libero_90": 90}
+"""Tasks per suite (LIBERO's `libero_task_map`), so their Gymnasium ids register without importing LIBERO."""
 NUM_STEPS_WAIT = 10
 WAIT_ACTION = np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float64)
 CACHE_DIR = Path("~/.cache/vla-agents/libero").expanduser()
@@ -135,7 +139,7 @@ class LiberoEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
 
     def __init__(self, suite: str, task_id: int, image_size: int = 256, max_episode_steps: int | None = None,
-                 num_steps_wait: int = NUM_STEPS_WAIT, render_mode: str | None = "rgb_array"):
+                 num_steps_wait: int = NUM_STEPS_WAIT, render_mode: str | None = None):
         check_suite(suite)
         tasks = _benchmark().get_benchmark(suite)()
         if not 0 <= task_id < tasks.get_num_tasks():
@@ -148,12 +152,13 @@ class LiberoEnv(gym.Env):
         self.num_steps_wait = num_steps_wait
         self.image_size = int(image_size)
         self.render_mode = render_mode
+        claim_offscreen_rendering()
         # The wrapper owns the step limit, so robosuite's horizon never ends an episode.
         self.env = _offscreen_env_class()(bddl_file_name=tasks.get_task_bddl_file_path(task_id), camera_heights=self.image_size,
                                  camera_widths=self.image_size, ignore_done=True)
         self.observation_space = gym.spaces.Dict({
             **{key: _space(value) for key, value in self.env.env.observation_spec().items()},
-            "language_instruction": gym.spaces.Text(INSTRUCTION_MAX_CHARS, charset=INSTRUCTION_CHARSET),
+            "language_instruction": InstructionSpace(INSTRUCTION_MAX_CHARS, charset=INSTRUCTION_CHARSET),
         })
         self.action_space = gym.spaces.Box(-1.0, 1.0, (7,), np.float32)
         self.init_state = 0
@@ -191,7 +196,7 @@ class LiberoEnv(gym.Env):
         raw, reward, done, _ = self.env.step(osc_action(action))
         self.elapsed_steps += 1
         success = bool(done)
-        truncated = not success and self.elapsed_steps >= self.max_episode_steps
+        truncated = not success and self.max_episode_steps is not None and self.elapsed_steps >= self.max_episode_steps
         return self._observation(raw), float(reward), success, truncated, self._info(success)
 
     def render(self):
