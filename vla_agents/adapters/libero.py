@@ -18,6 +18,10 @@ from vla_agents.types import Observation
 IMAGE_KEYS = {"agentview": "agentview_image", "eye_in_hand": "robot0_eye_in_hand_image"}
 VECTOR_KEYS = {"robot0_eef_pos": 3, "robot0_eef_quat": 4, "robot0_gripper_qpos": 2}
 EXPECTED_KEYS = (*IMAGE_KEYS.values(), *VECTOR_KEYS)
+# LIBERO's demonstration files (`scripts/create_dataset.py`): the same renders, the orientation already as
+# axis-angle. `joint_states` is part of the layout though no policy input reads it.
+RECORDED_IMAGES = {"agentview": "agentview_rgb", "eye_in_hand": "eye_in_hand_rgb"}
+RECORDED_PROPRIO = ("ee_pos", "ee_ori", "gripper_states")
 
 
 def quat2axisangle(quat_xyzw: np.ndarray) -> np.ndarray:
@@ -47,6 +51,7 @@ class LiberoAdapter:
     views = ("agentview", "eye_in_hand")
     proprio_dim = 8
     action_dim = 7
+    recorded_keys = (*RECORDED_IMAGES.values(), *RECORDED_PROPRIO, "joint_states")
 
     def __init__(self, gripper_convention: Literal["libero", "openvla"] = "libero") -> None:
         if gripper_convention not in ("libero", "openvla"):
@@ -68,6 +73,19 @@ class LiberoAdapter:
             raise ObservationError("no instruction: the raw observation has no 'language_instruction' str "
                                    "and no instruction= argument was given")
         return Observation(images=images, proprio=proprio, instruction=text, task_id=task_id)
+
+    def recorded(self, frame: Mapping[str, np.ndarray], instruction: str) -> Observation:
+        """One step of a LIBERO-layout demonstration: renders stored upside down like the env's, so rotated
+        here the same way (views into the file's arrays, not copies)."""
+        missing = [k for k in (*RECORDED_IMAGES.values(), *RECORDED_PROPRIO) if k not in frame]
+        if missing:
+            raise ObservationError(f"LIBERO demonstration step is missing key(s) {missing}; expected {list(self.recorded_keys)}")
+        images = {view: frame[key][::-1, ::-1] for view, key in RECORDED_IMAGES.items()}
+        proprio = np.concatenate([frame[key] for key in RECORDED_PROPRIO]).astype(np.float32)
+        return Observation(images=images, proprio=proprio, instruction=instruction)
+
+    def reset(self) -> None:
+        """Stateless: nothing carries over between episodes."""
 
     def action(self, action: np.ndarray) -> np.ndarray:
         """One canonical action -> env action: arm clipped to [-1, 1], gripper exactly -1 or +1."""

@@ -6,7 +6,7 @@ import logging
 import re
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,14 +16,14 @@ import numpy as np
 from rich.progress import (BarColumn, MofNCompleteColumn, SpinnerColumn, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 
+from vla_agents.adapters import Adapter, make_adapter
 from vla_agents.eval.stats import wilson_interval
 from vla_agents.eval.video import VideoWriter, compose_frame
 from vla_agents.progress import LoggedProgress
 
 logger = logging.getLogger(__name__)
 
-# view name (as policies and their attention maps name it) -> raw LIBERO camera key
-DEFAULT_VIEWS = {"agentview": "agentview_image", "eye_in_hand": "robot0_eye_in_hand_image"}
+DEFAULT_ADAPTER = "libero"  # for envs that do not name the adapters their observations are for (`env.adapters`)
 MIN_VIDEO_VIEW_PX = 256  # smaller views are enlarged (nearest neighbour) so the overlay is legible
 
 
@@ -44,6 +44,7 @@ class EpisodeResult:
     step_latency_s: list[float] = field(default_factory=list)
     chunk_latency_s: list[float] = field(default_factory=list)
     video_path: str | None = None
+    episode_stats: dict[str, float] = field(default_factory=dict)  # the env's `info["episode_stats"]` at the end (SIMPLER's grasps)
 
 
 def slugify(text: str, max_chars: int = 50) -> str:
@@ -65,13 +66,15 @@ def error_summary(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}{where}"
 
 
-def _policy_views(obs: dict[str, Any], views: Mapping[str, str], min_px: int) -> dict[str, np.ndarray]:
-    """Raw LIBERO images are upside down (OpenGL); policies and viewers see them rotated 180 degrees."""
+def _video_adapter(env: gym.Env) -> Adapter:
+    """Videos show what policies see: the env's observations through the adapter made for them."""
+    return make_adapter((getattr(env.unwrapped, "adapters", None) or (DEFAULT_ADAPTER,))[0])
+
+
+def _policy_views(obs: dict[str, Any], adapter: Adapter, instruction: str, min_px: int) -> dict[str, np.ndarray]:
+    """The adapter's views (e.g. LIBERO's renders rotated 180 degrees), small ones enlarged to `min_px`."""
     images = {}
-    for view, key in views.items():
-        if key not in obs:
-            raise KeyError(f"observation has no {key!r} for video view {view!r}; keys: {sorted(obs)}")
-        image = np.asarray(obs[key])[::-1, ::-1]
+    for view, image in adapter.observation(obs, instruction or None).images.items():
         factor = max(1, min_px // image.shape[0])
         images[view] = np.ascontiguousarray(image.repeat(factor, 0).repeat(factor, 1))
     return images
@@ -82,7 +85,7 @@ def _caption_lines(result: EpisodeResult, step: int) -> list[str]:
 
 
 def run_episode(env: gym.Env, agent: Any, seed: int, max_steps: int | None = None,
-                video_path: str | Path | None = None, views: Mapping[str, str] = DEFAULT_VIEWS,
+                video_path: str | Path | None = None,
                 min_view_px: int = MIN_VIDEO_VIEW_PX,
                 fps: int = 20, options: dict[str, Any] | None = None) -> EpisodeResult:
     """Play one episode; exceptions from the agent or env end it and are recorded, not raised.
@@ -94,6 +97,8 @@ def run_episode(env: gym.Env, agent: Any, seed: int, max_steps: int | None = Non
     result = EpisodeResult(seed=seed)
     limit = max_steps if max_steps is not None else _step_limit(env)
     writer = VideoWriter(video_path, fps=fps) if video_path is not None else None
+    adapter = _video_adapter(env) if writer is not None else None
+    last_step_success = getattr(env.unwrapped, "success_at_last_step", False)  # SIMPLER: the flag at the last step
     stage = "agent"
     try:
         agent.reset()
@@ -111,19 +116,21 @@ def run_episode(env: gym.Env, agent: Any, seed: int, max_steps: int | None = Non
                 result.chunk_latency_s.append(elapsed)
             if writer is not None:
                 stage = "video"
-                writer.append(compose_frame(_policy_views(obs, views, min_view_px), getattr(agent, "last_attention", None),
+                writer.append(compose_frame(_policy_views(obs, adapter, result.instruction, min_view_px), getattr(agent, "last_attention", None),
                                             _caption_lines(result, result.length)))
             stage = "env"
             obs, reward, terminated, truncated, info = env.step(action)
             result.sum_reward += float(reward)
             result.max_reward = float(reward) if result.length == 0 else max(result.max_reward, float(reward))
             result.length += 1
-            result.success = result.success or bool(info.get("success", False))
+            success = bool(info.get("success", False))
+            result.success = success if last_step_success else result.success or success
+            result.episode_stats = dict(info.get("episode_stats", {}))
             if terminated or truncated:
                 break
         if writer is not None:
             stage = "video"
-            writer.append(compose_frame(_policy_views(obs, views, min_view_px), None, _caption_lines(result, result.length)))
+            writer.append(compose_frame(_policy_views(obs, adapter, result.instruction, min_view_px), None, _caption_lines(result, result.length)))
     except Exception as exc:  # noqa: BLE001 - one bad episode must not end an evaluation
         result.error, result.error_source = error_summary(exc), stage
         logger.warning("episode with seed %d failed in the %s: %s", seed, stage, result.error, exc_info=True)
@@ -151,6 +158,7 @@ def episode_metrics(episodes: Sequence[EpisodeResult]) -> dict[str, Any]:
     low, high = wilson_interval(successes, n)
     steps = [s for ep in episodes for s in ep.step_latency_s]
     chunks = [s for ep in episodes for s in ep.chunk_latency_s]
+    stat_keys = sorted({k for ep in episodes for k in ep.episode_stats})
     return {
         "avg_sum_reward": float(np.mean([ep.sum_reward for ep in episodes])) if n else 0.0,
         "avg_max_reward": float(np.mean([ep.max_reward for ep in episodes])) if n else 0.0,
@@ -164,6 +172,8 @@ def episode_metrics(episodes: Sequence[EpisodeResult]) -> dict[str, Any]:
         "step_ms_p95": _percentile_ms(steps, 95),
         "chunk_ms_p50": _percentile_ms(chunks, 50),
         "chunk_ms_p95": _percentile_ms(chunks, 95),
+        **({"episode_stats": {k: float(np.mean([ep.episode_stats.get(k, 0.0) for ep in episodes])) for k in stat_keys}}
+           if stat_keys else {}),
     }
 
 
@@ -215,7 +225,8 @@ def eval_info(reports: Sequence[EvalReport]) -> dict[str, Any]:
     return {
         "per_episode": [
             {"episode_ix": i, **({"task": report.env_name} if len(reports) > 1 else {}), "sum_reward": ep.sum_reward,
-             "max_reward": ep.max_reward, "success": ep.success, "seed": ep.seed, "length": ep.length, "error": ep.error}
+             "max_reward": ep.max_reward, "success": ep.success, "seed": ep.seed, "length": ep.length, "error": ep.error,
+             **({"episode_stats": ep.episode_stats} if ep.episode_stats else {})}
             for report in reports for i, ep in enumerate(report.episodes)
         ],
         "per_task": per_task,
@@ -238,6 +249,15 @@ def _close_quietly(env: gym.Env) -> None:
         env.close()
     except Exception:  # noqa: BLE001 - a broken env may fail to close; we are discarding it anyway
         logger.debug("closing a failed environment raised", exc_info=True)
+
+
+def _check_adapter(agent: Any, env: gym.Env, name: str) -> None:
+    """Fail before the first episode when the agent was made for another benchmark's observations."""
+    accepted = getattr(env.unwrapped, "adapters", None)
+    adapter = getattr(agent, "adapter_name", None)
+    if accepted and adapter and adapter not in accepted:
+        raise ValueError(f"{_agent_name(agent)} was made with adapter {adapter!r}, but {name} gives observations for "
+                         f"adapter {' or '.join(map(repr, accepted))}: evaluate it on its own benchmark")
 
 
 def evaluate(agent: Any, env: str | Callable[[], gym.Env], episodes: int, seed: int = 0,
@@ -273,6 +293,7 @@ def evaluate(agent: Any, env: str | Callable[[], gym.Env], episodes: int, seed: 
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[sr]}"), TimeElapsedColumn(), TimeRemainingColumn())
     try:
+        _check_adapter(agent, instance, name)
         with LoggedProgress(*columns, transient=True, disable=not progress, log_every=0.25) as bar:
             task = bar.add_task(f"{policy} on {name}", total=episodes, sr="")
             for i in range(episodes):

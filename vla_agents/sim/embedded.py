@@ -130,6 +130,7 @@ class EmbeddedEnv(gym.Env):
     `info["success"]`; the step limit (from the suite spec) truncates it."""
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
+    adapters = ("libero", "embedded")  # the agent adapters that read its observations
 
     def __init__(self, task: str, image_size: int = 128, use_cameras: bool = True, render_mode: str | None = "rgb_array"):
         suite = load_suite()
