@@ -157,13 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("collect", help="scripted-expert demonstrations -> LIBERO-layout HDF5")
-    p.add_argument("env", help="environment spec, e.g. embedded/pick_color")
+    p.add_argument("env", help="environment spec, e.g. embedded/pick_color or simpler/widowx_carrot_on_plate")
     p.add_argument("--episodes", "-n", type=int, default=50, help="successful episodes to write")
     p.add_argument("--out", required=True, help="output .hdf5 file")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--image-size", type=int, default=128, help="render size (embedded); stored frame height (simpler)")
     p.add_argument("--noise", type=float, default=0.0,
-                   help="std of Gaussian noise on the executed translation; the expert's clean action is stored (DART)")
+                   help="std of Gaussian noise on the executed translation, in action units (SIMPLER's are metres); "
+                        "the expert's clean action is stored (DART)")
     p.set_defaults(func=_collect)
 
     p = sub.add_parser("corpus", help="grounding corpus: rendered embedded scenes with questions the simulator answers")
