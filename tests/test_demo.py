@@ -57,6 +57,7 @@ def test_demo_writes_videos_and_a_comparison_table(tmp_path):
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "embedded suite" in result.stdout and "videos:" in result.stdout
+    assert "SIMPLER (ManiSkill3)" in result.stdout or "SIMPLER rows skipped" in result.stdout
     table = json.loads((tmp_path / "comparison.json").read_text())
     rows = [row["policy"] for row in table["rows"]]
     assert rows == ["scripted-expert", "oft-tiny-embedded", "oft-tiny-embedded+dtp", "vla_adapter-tiny-embedded",

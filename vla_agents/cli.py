@@ -97,6 +97,7 @@ def _eval(args: argparse.Namespace) -> None:
     overall = info["overall"]
     print(f"{args.env}: success {overall['pc_success']:.1f}% over {overall['n_episodes']} episodes "
           f"(act p50 {overall['step_ms_p50']:.1f} ms/step, {overall['chunk_ms_p50']:.1f} ms/chunk)"
+          + "".join(f"; {key} {value:.2f}" for key, value in overall.get("episode_stats", {}).items() if key.endswith("_ever"))
           + (f"; videos in {args.video_dir}" if args.video_dir else ""))
 
 

@@ -12,6 +12,7 @@ without either, the seed draws one.
 """
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import gymnasium as gym
@@ -19,6 +20,10 @@ import numpy as np
 
 from vla_agents.adapters.simpler import SIMPLER_TASKS, grasp_stats, instruction_of
 from vla_agents.sim import simpler_assets
+
+# ManiSkill warns at every build (no CUDA, the gripper's mimic joint, actors built at the origin); keep its
+# errors only, so progress bars and tables stay readable. Its logger's name ends in a space.
+logging.getLogger("mani_skill ").addFilter(lambda record: record.levelno >= logging.ERROR)
 
 TASKS = ("widowx_carrot_on_plate", "widowx_spoon_on_towel", "widowx_stack_cube")
 """The Bridge tasks ManiSkill3 3.0.1 ports whose assets are public (the eggplant's textured mesh is not)."""
