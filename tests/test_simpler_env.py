@@ -134,7 +134,13 @@ def test_stand_in_expert_succeeds(task, assets):
 
 def test_missing_assets_name_the_file_and_the_download_command(tmp_path, monkeypatch):
     _require_simulator()
-    with pytest.raises(FileNotFoundError, match=r"missing robots/widowx/wx250s.urdf.*download_asset bridge_v2_real2sim -y"):
+    with pytest.raises(FileNotFoundError, match=r"missing bridge_v2_real2sim \(tasks/bridge_v2_real2sim_dataset\), widowx250s "
+                                                r"\(robots/widowx\).*download_asset bridge_v2_real2sim -y"):
+        make_env("simpler/widowx_stack_cube", asset_dir=str(tmp_path))
+    for folder in ("tasks/bridge_v2_real2sim_dataset", "robots/widowx"):
+        (tmp_path / "data" / folder).mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match=r"missing robots/widowx/wx250s.urdf, tasks/bridge_v2_real2sim_dataset/stages/"
+                                                r"bridge_table_1_v1.glb, .*baked_green_cube_3cm/textured.\{obj,dae,glb\}"):
         make_env("simpler/widowx_stack_cube", asset_dir=str(tmp_path))
     monkeypatch.setenv("MS_ASSET_DIR", str(tmp_path / "from-env"))
     with pytest.raises(FileNotFoundError, match=f"not in {tmp_path / 'from-env' / 'data'}"):

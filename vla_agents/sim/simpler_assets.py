@@ -51,22 +51,30 @@ def download_command(root: Path) -> str:
     return " && ".join(f"MS_ASSET_DIR={root} python -m mani_skill.utils.download_asset {uid} -y" for uid in DOWNLOAD_IDS)
 
 
-def required_files(ms3_env_id: str) -> list[tuple[Path, ...]]:
-    """Every file (relative to `<MS_ASSET_DIR>/data`) the task opens, each as its accepted alternatives."""
+def required_files(ms3_env_id: str) -> list[str]:
+    """Every file (relative to `<MS_ASSET_DIR>/data`) the task opens; `{a,b}` lists accepted alternatives."""
     info, *models = MODELS[ms3_env_id]
     custom = BRIDGE / "custom"
-    visuals = [tuple(custom / "models" / m / f"textured.{ext}" for ext in ("obj", "dae", "glb")) for m in models]
-    return [(ROBOT,), (STAGES["flat_table"],), (OVERLAY,), (custom / info,),
-            *((custom / "models" / m / "collision.obj",) for m in models), *visuals]
+    return [str(ROBOT), str(STAGES["flat_table"]), str(OVERLAY), str(custom / info),
+            *(str(custom / "models" / m / "collision.obj") for m in models),
+            *(str(custom / "models" / m / "textured.{obj,dae,glb}") for m in models)]
+
+
+def _exists(root: Path, pattern: str) -> bool:
+    stem, brace, rest = pattern.partition("{")
+    alternatives = [stem + ext + rest.partition("}")[2] for ext in rest.partition("}")[0].split(",")] if brace else [pattern]
+    return any((root / p).exists() for p in alternatives)
 
 
 def check_assets(ms3_env_id: str, root: Path) -> None:
-    """Raise FileNotFoundError naming each missing file and the download command."""
-    missing = [" or ".join(map(str, alternatives)) for alternatives in required_files(ms3_env_id)
-               if not any((root / "data" / p).exists() for p in alternatives)]
+    """Raise FileNotFoundError naming what is missing (whole asset groups, else files) and the download command."""
+    data = root / "data"
+    groups = {uid: folder for uid, folder in zip(DOWNLOAD_IDS, (BRIDGE, ROBOT.parent)) if not (data / folder).is_dir()}
+    missing = [f"{uid} ({folder})" for uid, folder in groups.items()] + [
+        p for p in required_files(ms3_env_id) if not any(p.startswith(str(f)) for f in groups.values()) and not _exists(data, p)]
     if missing:
         raise FileNotFoundError(
-            f"SIMPLER task {ms3_env_id} needs ManiSkill assets that are not in {root / 'data'}: missing {', '.join(missing)}. "
+            f"SIMPLER task {ms3_env_id} needs ManiSkill assets that are not in {data}: missing {', '.join(missing)}. "
             f"Download them with: {download_command(root)} (or point MS_ASSET_DIR / asset_dir= at a folder that has them)")
 
 
