@@ -158,5 +158,5 @@ def test_simpler_specs_are_listed_and_the_others_explained():
     assert {"simpler/widowx_carrot_on_plate", "simpler/widowx_spoon_on_towel", "simpler/widowx_stack_cube"} <= set(list_envs())
     with pytest.raises(ValueError, match="only in the original SIMPLER"):
         make_env("simpler/google_robot_pick_coke_can")
-    with pytest.raises(ValueError, match="not available"):
+    with pytest.raises(ValueError, match="unknown SIMPLER task 'widowx_fold_cloth'"):
         make_env("simpler/widowx_fold_cloth")

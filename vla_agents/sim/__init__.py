@@ -95,10 +95,12 @@ def make_env(spec: str, **kwargs) -> gym.Env:
         from vla_agents.adapters.simpler import SIMPLER_TASKS
         from vla_agents.sim.simpler import TASKS
 
+        runs = [f"simpler/{t}" for t in TASKS]
+        if task not in SIMPLER_TASKS:
+            raise ValueError(f"unknown SIMPLER task {task!r}; expected one of {runs}")
         if task not in TASKS:
-            why = ("it runs only in the original SIMPLER (ManiSkill2, sapien 2.2.2), whose renderer needs a GPU"
-                   if task in SIMPLER_TASKS else f"SIMPLER's tasks are {sorted(SIMPLER_TASKS)}")
-            raise ValueError(f"{spec!r} is not available: ManiSkill3 runs {[f'simpler/{t}' for t in TASKS]}; {why}")
+            raise ValueError(f"{spec!r} runs only in the original SIMPLER (ManiSkill2, sapien 2.2.2), whose renderer needs "
+                             f"a GPU; on ManiSkill3 SIMPLER has {runs}")
         _require(suite, spec, _module_available("mani_skill"))
         from vla_agents.sim.simpler import SimplerEnv
 
