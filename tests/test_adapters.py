@@ -46,7 +46,9 @@ def stats_for(adapter: Adapter):
 
 
 def test_every_registered_adapter_is_tested_here():
-    assert set(list_adapters()) == set(RAW)
+    import vla_agents
+
+    assert set(list_adapters()) == set(RAW) == set(vla_agents.list_adapters())
     with pytest.raises(ValueError, match="unknown adapter 'mujoco'; available: embedded, libero, robotwin"):
         make_adapter("mujoco")
 
