@@ -80,6 +80,7 @@ def test_retrain_trains_each_agent_on_demonstrations_of_its_noise_level(tmp_path
     monkeypatch.setattr("vla_agents.cli.main", lambda args: calls.append(args) or 0)
     monkeypatch.setattr(demo, "CHECKPOINTS", tmp_path / "policies" / "checkpoints")
     demo.CHECKPOINTS.mkdir(parents=True)
+    (demo.CHECKPOINTS / "README.md").write_text(f"old embedded commands\n\n{demo.SIMPLER_HEADING}: made elsewhere\n")
     demo.retrain(tmp_path / "data", Console(quiet=True))
 
     def value(args, flag, default=None):
@@ -101,3 +102,4 @@ def test_retrain_trains_each_agent_on_demonstrations_of_its_noise_level(tmp_path
             assert calls.index(trains[1]) == calls.index(trains[0]) + 1
     recorded = (demo.CHECKPOINTS / "README.md").read_text()
     assert all(f"--noise {a.data_noise}" in recorded for a in SHIPPED if a.data_noise)
+    assert "old embedded commands" not in recorded and recorded.endswith(f"{demo.SIMPLER_HEADING}: made elsewhere\n")

@@ -33,6 +33,7 @@ DEMO_DATA = {"embedded/lift": 200, "embedded/pick_color": 200}  # expert episode
 DEMO_DATA_SEED = 100000  # far from the evaluation seeds (1000 on), so no training scene is evaluated
 SIMPLER_TASK = "simpler/widowx_carrot_on_plate"
 SIMPLER_AGENT = "oft-tiny-simpler"  # trained on SIMPLER_TASK; its commands are in policies/checkpoints/README.md
+SIMPLER_HEADING = "## SIMPLER"  # that README's section on it, which `--retrain` (embedded only) keeps
 
 
 @dataclass(frozen=True)
@@ -91,9 +92,13 @@ def retrain(data_dir: Path, console: Console) -> None:
             raise RuntimeError(f"`vla-agents {shlex.join(args)}` failed")
         shown = [os.path.relpath(a, root) if a.startswith("/") else a for a in args]  # no machine paths in the record
         log.append(f"vla-agents {shlex.join(shown)}    # {time.perf_counter() - start:.0f} s")
-    (CHECKPOINTS / "README.md").write_text(
+    readme = CHECKPOINTS / "README.md"
+    previous = readme.read_text() if readme.exists() else ""
+    simpler = previous[previous.index(SIMPLER_HEADING):] if SIMPLER_HEADING in previous else ""  # not retrained here
+    readme.write_text(
         "# Shipped tiny checkpoints\n\nProduced by `vla-agents demo --retrain`, which ran exactly these commands "
         "(wall time on the machine that made them after `#`):\n\n```\n" + "\n".join(log) + "\n```\n"
+        + (f"\n{simpler}" if simpler else "")
     )
 
 
