@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=50, help="expert episodes per task (0: speed only)")
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     args = parser.parse_args()
-    table = Table(title=f"SIMPLER (ManiSkill3), scripted expert over episodes 0..{args.episodes - 1}")
+    table = Table(title="SIMPLER (ManiSkill3), " + (f"scripted expert over episodes 0..{args.episodes - 1}" if args.episodes else "speed"))
     for column in ("task", "build s", "reset s", "steps/s", "steps/CPU-s", "expert success", "95% Wilson", "grasped", "eval s"):
         table.add_column(column, justify="right")
     for task in args.tasks:
