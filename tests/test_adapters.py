@@ -84,7 +84,7 @@ def recorded_frames(name: str, T: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(1)
     frames = {key: rng.integers(0, 256, (T, 6, 8, 3), dtype=np.uint8) for key in make_adapter(name).recorded_keys
               if key.endswith("_rgb")}
-    vectors = {"ee_pos": 3, "ee_ori": 3, "gripper_states": 2, "joint_states": 7, "joint_action_vector": 14}
+    vectors = {"ee_pos": 3, "ee_ori": 3, "gripper_states": 2, "joint_states": 7, "joint_action_vector": 14, "qpos": 8}
     frames |= {key: rng.normal(size=(T, vectors[key])) for key in make_adapter(name).recorded_keys if key in vectors}
     return frames
 

@@ -115,7 +115,9 @@ def test_stand_in_collect_writes_simpler_demonstrations(carrot, tmp_path, monkey
     dataset = DemoDataset([tmp_path / "carrot.hdf5"], chunk_size=4)
     assert dataset.adapter_name == "simpler_widowx" and dataset.has_target and len(dataset) == 60
     item = dataset[0]
-    assert item["images"]["3rd_view_camera"].shape == (96, 128, 3) and item["proprio"].shape == (0,)
+    assert item["images"]["3rd_view_camera"].shape == (96, 128, 3) and item["proprio"].shape == (8,)
+    np.testing.assert_allclose(dataset.episodes[0].obs["qpos"][0, :6], [-0.0184, 0.0399, 0.2224, -0.0046, 1.3652, 0.0015],
+                               atol=2e-3)  # SIMPLER's initial WidowX joints
     assert item["instruction"] == "put carrot on plate"
     assert set(np.unique(dataset.episodes[0].actions[:, 6])) == {0.0, 1.0}  # the policy's gripper: 1 open, 0 closed
     uv = item["target_uv"]["3rd_view_camera"]

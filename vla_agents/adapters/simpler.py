@@ -20,6 +20,9 @@ RotationFormat = Literal["axis_angle", "rpy"]
 
 CAMERAS: dict[str, str] = {"google_robot": "overhead_camera", "widowx": "3rd_view_camera"}
 """Policy camera per robot (`get_image_from_maniskill{2,3}_obs_dict`)."""
+PROPRIO_DIMS: dict[str, int] = {"google_robot": 0, "widowx": 8}
+"""Proprio per robot: the WidowX's `agent/qpos` (six arm joints, two fingers; checked on ManiSkill3); none
+for the Google Robot, whose state layout cannot be checked here."""
 
 STICKY_GRIPPER_NUM_REPEAT = 15
 STICKY_GRIPPER_THRESHOLD = 0.5
@@ -192,7 +195,6 @@ class SimplerAdapter:
     Registered as `simpler_widowx` and `simpler_google_robot`.
     """
 
-    proprio_dim = 0  # none of SIMPLER's reference policies (RT-1, Octo, OpenVLA) read robot state
     action_dim = ACTION_DIM
 
     def __init__(self, robot: Robot, rotation_format: RotationFormat = "axis_angle",
@@ -207,7 +209,10 @@ class SimplerAdapter:
         self.action_scale = action_scale
         self.camera = CAMERAS[robot]
         self.views = (self.camera,)
-        self.recorded_keys = (f"{self.camera}_rgb",)  # the frame as rendered, at the size `collect` stores
+        # SIMPLER's reference policies (RT-1, Octo, OpenVLA) read no robot state; policies trained here may
+        self.proprio_dim = PROPRIO_DIMS[robot]
+        # the frame as rendered, at the size `collect` stores, and the joint positions
+        self.recorded_keys = (f"{self.camera}_rgb", *(("qpos",) if self.proprio_dim else ()))
         self.gripper = StickyGripper()
 
     def reset(self) -> None:
@@ -219,29 +224,44 @@ class SimplerAdapter:
 
         The image is the raw camera frame, no flip and no resize: SimplerEnv's wrappers feed it as-is
         and each policy resizes it itself (RT-1 pad to 256x320, Octo 256x256, OpenVLA 224x224).
-        `proprio` is empty (shape (0,)). `index` picks the env of a ManiSkill3 batch. The instruction is
+        `proprio` is the WidowX's `agent/qpos` (8,), float32 (empty for the Google Robot). `index` picks the
+        env of a ManiSkill3 batch. The instruction is
         `raw["language_instruction"]` when present (`make_env("simpler/...")` re-reads it into every
         observation), else `instruction` (the caller's `instruction_of(env)`).
         """
         if "sensor_data" in raw:
-            rgb = self._ms3_rgb(raw, index)
+            rgb, qpos = self._ms3_rgb(raw, index), lambda q: _numpy(q)[index]
         elif "image" in raw:
-            rgb = self._ms2_rgb(raw)
+            rgb, qpos = self._ms2_rgb(raw), _numpy
         else:
             raise ObservationError(
                 f"SIMPLER obs needs 'image' (ManiSkill2) or 'sensor_data' (ManiSkill3); got keys {sorted(raw)}")
-        return Observation(images={self.camera: rgb}, proprio=np.zeros(0, dtype=np.float32),
+        proprio = np.zeros(0, dtype=np.float32)
+        if self.proprio_dim:
+            try:
+                proprio = self._proprio(qpos(raw["agent"]["qpos"]), "agent/qpos")
+            except (KeyError, TypeError, IndexError) as exc:
+                raise ObservationError(f"SIMPLER {self.robot} obs needs 'agent/qpos' (batched on ManiSkill3)") from exc
+        return Observation(images={self.camera: rgb}, proprio=proprio,
                            instruction=_instruction(raw.get("language_instruction", instruction)))
+
+    def _proprio(self, qpos: Any, name: str) -> np.ndarray:
+        state = np.asarray(qpos, dtype=np.float32)
+        if state.shape != (self.proprio_dim,) or not np.all(np.isfinite(state)):
+            raise ObservationError(f"{name!r} must be {self.proprio_dim} finite numbers for the {self.robot}, got {_describe(state)}")
+        return state
 
     def recorded(self, frame: Mapping[str, np.ndarray], instruction: str) -> Observation:
         """One step of a demonstration `collect simpler/...` wrote: the camera frame as rendered."""
+        missing = [k for k in self.recorded_keys if k not in frame]
+        if missing:
+            raise ObservationError(f"SIMPLER {self.robot} demonstration step is missing {missing}; got keys {sorted(frame)}")
         key = self.recorded_keys[0]
-        if key not in frame:
-            raise ObservationError(f"SIMPLER {self.robot} demonstration step has no {key!r}; got keys {sorted(frame)}")
         rgb = frame[key]
         if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[-1] != 3:
             raise ObservationError(f"{key!r} must be uint8 (H, W, 3), got {_describe(rgb)}")
-        return Observation(images={self.camera: rgb}, proprio=np.zeros(0, dtype=np.float32), instruction=instruction)
+        proprio = self._proprio(frame["qpos"], "qpos") if self.proprio_dim else np.zeros(0, dtype=np.float32)
+        return Observation(images={self.camera: rgb}, proprio=proprio, instruction=instruction)
 
     def _rgb_node(self, raw: Mapping[str, Any], root: str) -> Any:
         path = f"{root}/{self.camera}/rgb"
@@ -289,6 +309,10 @@ class SimplerAdapter:
         else:
             gripper = 2.0 * float(a[6] > 0.5) - 1.0
         return np.concatenate([a[:3] * self.action_scale, rotation * self.action_scale, [gripper]])
+
+
+def _numpy(x: Any) -> np.ndarray:
+    return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
 
 
 def _instruction(text: Any) -> str:

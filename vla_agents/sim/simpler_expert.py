@@ -109,7 +109,8 @@ def record_episode(env: SimplerEnv, expert: SimplerExpert, seed: int, noise: flo
                    ) -> tuple[bool, np.ndarray, dict[str, np.ndarray]]:
     """Roll the expert out for SIMPLER's whole 60 steps; return (success at the last step, its policy actions
     (T, 7), obs arrays (T, ...) in `simpler_widowx`'s recorded layout: the camera frame scaled to `image_size`
-    rows, plus privileged `ee_pos`, and the object's `target_pos` and `target_uv` (T, 1, 2)).
+    rows and the joint positions `qpos`, plus privileged `ee_pos`, and the object's `target_pos` and
+    `target_uv` (T, 1, 2)).
     `noise`: std (m) of the Gaussian added to the executed translation, seeded by `seed` (DART)."""
     if noise < 0:
         raise ValueError(f"noise must be a non-negative std (m), got {noise}")
@@ -117,12 +118,13 @@ def record_episode(env: SimplerEnv, expert: SimplerExpert, seed: int, noise: flo
     obs, info = env.reset(seed=seed)
     expert.reset()
     source = env.unwrapped.objects[0]
-    frames: dict[str, list] = {f"{CAMERA}_rgb": [], "ee_pos": [], "target_pos": [], "target_uv": []}
+    frames: dict[str, list] = {f"{CAMERA}_rgb": [], "qpos": [], "ee_pos": [], "target_pos": [], "target_uv": []}
     actions = []
     truncated = False
     while not truncated:
         target = env.unwrapped.object_pose(source)[0]
         frames[f"{CAMERA}_rgb"].append(_downscale(env.unwrapped.render(), image_size))
+        frames["qpos"].append(np.asarray(obs["agent"]["qpos"][0], dtype=np.float32))
         frames["ee_pos"].append(env.unwrapped.ee_position())
         frames["target_pos"].append(target)
         frames["target_uv"].append(env.unwrapped.project(target[None]))
