@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-time, idempotent set-up of a fresh Debian machine: offscreen GL libraries (Debian),
-# a project virtual environment in .venv with the package and its test extras, and real LIBERO
-# in .venv-libero (scripts/setup_libero.sh: its robosuite 1.4 cannot share .venv's robosuite 1.5).
+# a project virtual environment in .venv with the package and its test extras, real LIBERO
+# in .venv-libero (scripts/setup_libero.sh: its robosuite 1.4 cannot share .venv's robosuite 1.5),
+# and SIMPLER's ManiSkill3 port in .venv with Mesa 25 lavapipe (scripts/setup_simpler.sh).
 # A second run reuses everything and returns in seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,4 +36,5 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 bash scripts/setup_libero.sh
+bash scripts/setup_simpler.sh
 echo "[setup] ready: $(.venv/bin/python -c 'import vla_agents; print("vla_agents", vla_agents.__version__)')"

@@ -57,6 +57,7 @@ def test_demo_writes_videos_and_a_comparison_table(tmp_path):
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "embedded suite" in result.stdout and "videos:" in result.stdout
+    assert "SIMPLER (ManiSkill3)" in result.stdout or "SIMPLER rows skipped" in result.stdout
     table = json.loads((tmp_path / "comparison.json").read_text())
     rows = [row["policy"] for row in table["rows"]]
     assert rows == ["scripted-expert", "oft-tiny-embedded", "oft-tiny-embedded+dtp", "vla_adapter-tiny-embedded",
@@ -79,6 +80,7 @@ def test_retrain_trains_each_agent_on_demonstrations_of_its_noise_level(tmp_path
     monkeypatch.setattr("vla_agents.cli.main", lambda args: calls.append(args) or 0)
     monkeypatch.setattr(demo, "CHECKPOINTS", tmp_path / "policies" / "checkpoints")
     demo.CHECKPOINTS.mkdir(parents=True)
+    (demo.CHECKPOINTS / "README.md").write_text(f"old embedded commands\n\n{demo.SIMPLER_HEADING}: made elsewhere\n")
     demo.retrain(tmp_path / "data", Console(quiet=True))
 
     def value(args, flag, default=None):
@@ -100,3 +102,4 @@ def test_retrain_trains_each_agent_on_demonstrations_of_its_noise_level(tmp_path
             assert calls.index(trains[1]) == calls.index(trains[0]) + 1
     recorded = (demo.CHECKPOINTS / "README.md").read_text()
     assert all(f"--noise {a.data_noise}" in recorded for a in SHIPPED if a.data_noise)
+    assert "old embedded commands" not in recorded and recorded.endswith(f"{demo.SIMPLER_HEADING}: made elsewhere\n")

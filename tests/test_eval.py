@@ -63,7 +63,8 @@ class ReachEnv(gym.Env):
     def _obs(self):
         raw = np.full((SIZE, SIZE, 3), 100, np.uint8)
         raw[:8, :8] = 255
-        return {"agentview_image": raw, "robot0_eye_in_hand_image": raw.copy(),
+        return {"agentview_image": raw, "robot0_eye_in_hand_image": raw.copy(), "robot0_eef_pos": np.zeros(3),
+                "robot0_eef_quat": np.array([0.0, 0.0, 0.0, 1.0]), "robot0_gripper_qpos": np.zeros(2),
                 "language_instruction": "reach the target, please"}
 
 

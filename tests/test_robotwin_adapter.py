@@ -4,11 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import vla_agents
 from vla_agents.adapters import ObservationError
 from vla_agents.adapters.robotwin import RoboTwinAdapter, chunk_steps, step_limit
 from vla_agents.adapters.robotwin_policy import deploy_policy
-from vla_agents.types import Observation
 
 LEFT_ARM = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
 RIGHT_ARM = [-0.1, -0.2, -0.3, -0.4, -0.5, -0.6]
@@ -119,21 +117,23 @@ class FakeTaskEnv:
             self.eval_success = True
 
 
-class FixedChunkAgent:
-    def __init__(self, horizon: int = 25):
-        self.chunk = np.tile(np.arange(14, dtype=np.float32), (horizon, 1))
-        self.resets = 0
-        self.seen: list[Observation] = []
+@pytest.fixture(scope="module")
+def saved_agents(tmp_path_factory) -> dict[str, str]:
+    """Real tiny agents saved with each RoboTwin adapter (and one LIBERO agent), as `train bc` would leave them."""
+    from vla_agents.adapters import make_adapter
+    from vla_agents.agent import make_agent
+    from vla_agents.data.normalization import compute_norm_stats
 
-    def reset(self) -> None:
-        self.resets += 1
+    root, rng, paths = tmp_path_factory.mktemp("agents"), np.random.default_rng(0), {}
+    for name in ("robotwin", "robotwin_ee", "libero"):
+        adapter = make_adapter(name)
+        stats = compute_norm_stats(rng.normal(size=(50, adapter.action_dim)), rng.normal(size=(50, adapter.proprio_dim)))
+        paths[name] = str(make_agent("oft", adapter=name, stats=stats, image_size=32, vit_depth=1, llm_layers=2)
+                          .save_pretrained(root / name))
+    return paths
 
-    def act_chunk(self, observation: Observation) -> np.ndarray:
-        self.seen.append(observation)
-        return self.chunk
 
-
-def run_episode(env: FakeTaskEnv, model: deploy_policy.RoboTwinModel) -> int:
+def run_episode(env: FakeTaskEnv, model) -> int:
     """`script/eval_policy.py`'s loop: reset, then eval until the step limit or success; returns eval calls."""
     deploy_policy.reset_model(model)
     calls = 0
@@ -145,56 +145,36 @@ def run_episode(env: FakeTaskEnv, model: deploy_policy.RoboTwinModel) -> int:
     return calls
 
 
-def test_eval_executes_chunks_up_to_step_limit():
-    agent = FixedChunkAgent(horizon=25)
-    model = deploy_policy.RoboTwinModel(agent=agent, adapter=RoboTwinAdapter())
-    env = FakeTaskEnv(step_lim=60)
-    assert run_episode(env, model) == 3  # 25 + 25 + 10
-    assert env.take_action_cnt == 60 and len(env.actions) == 60
-    assert agent.resets == 1 and len(agent.seen) == 3
-    assert all(kind == "qpos" for _, kind in env.actions)
-    np.testing.assert_array_equal(env.actions[-1][0], np.arange(14))
-    seen = agent.seen[0]
-    assert seen.instruction == "Grab the hammer and beat the block."
-    assert seen.proprio.shape == (14,) and set(seen.images) == {"head_camera", "left_camera", "right_camera"}
+def test_eval_with_a_saved_agent_executes_chunks_up_to_step_limit(saved_agents):
+    model = deploy_policy.get_model({"ckpt_dir": saved_agents["robotwin"], "left_arm_dim": 6, "right_arm_dim": 6})
+    env = FakeTaskEnv(step_lim=20)
+    assert run_episode(env, model) == 3  # chunks of 8: 8 + 8, then the last one cut to 4
+    assert env.take_action_cnt == 20 and len(env.actions) == 20
+    assert all(kind == "qpos" and a.shape == (14,) and np.all(np.isfinite(a)) for a, kind in env.actions)
+    np.testing.assert_array_equal(env.actions[16][0], model.act_chunk(robotwin_obs(), env.get_instruction())[0])
 
 
-def test_eval_stops_chunk_on_success():
-    agent = FixedChunkAgent(horizon=25)
-    env = FakeTaskEnv(step_lim=400, success_at=30)
-    assert run_episode(env, deploy_policy.RoboTwinModel(agent, RoboTwinAdapter())) == 2
-    assert env.take_action_cnt == 30
+def test_eval_with_an_ee_agent_sends_16d_poses_and_stops_on_success(saved_agents):
+    model = deploy_policy.get_model({"ckpt_dir": saved_agents["robotwin_ee"], "action_mode": "ee"})
+    env = FakeTaskEnv(step_lim=400, success_at=11)
+    assert run_episode(env, model) == 2
+    assert env.take_action_cnt == 11 and all(kind == "ee" and a.shape == (16,) for a, kind in env.actions)
 
 
-def test_eval_rejects_wrong_action_dim():
-    agent = FixedChunkAgent()
-    agent.chunk = np.zeros((5, 7))
-    with pytest.raises(ValueError, match=r"shape \(14,\)"):
-        deploy_policy.eval(FakeTaskEnv(100), deploy_policy.RoboTwinModel(agent, RoboTwinAdapter()), robotwin_obs())
+def test_get_model_rejects_agents_for_another_benchmark_or_action_mode(saved_agents):
+    with pytest.raises(ValueError, match="saved with adapter 'libero'; RoboTwin with action_mode 'qpos' needs .*'robotwin'"):
+        deploy_policy.get_model({"ckpt_dir": saved_agents["libero"]})
+    with pytest.raises(ValueError, match="saved with adapter 'robotwin'; .*action_mode 'ee' needs .*'robotwin_ee'"):
+        deploy_policy.get_model({"ckpt_dir": saved_agents["robotwin"], "action_mode": "ee"})
+    with pytest.raises(ValueError, match="ckpt_dir"):
+        deploy_policy.get_model({"task_name": "x"})
+    with pytest.raises(ValueError, match="arm dims"):
+        deploy_policy.get_model({"ckpt_dir": "c", "left_arm_dim": 7, "right_arm_dim": 7})
 
 
 def test_encode_obs_reads_language():
     obs = deploy_policy.encode_obs({**robotwin_obs(), "language": "stack"})
     assert obs.instruction == "stack" and obs.proprio.shape == (14,)
-
-
-def test_get_model_loads_checkpoint_lazily(monkeypatch):
-    loaded: list[str] = []
-
-    def fake_load_agent(path: str) -> FixedChunkAgent:
-        loaded.append(path)
-        return FixedChunkAgent()
-
-    monkeypatch.setitem(vars(vla_agents), "load_agent", fake_load_agent)  # no getattr: vla_agents.agent may not exist yet
-    usr_args = {"ckpt_dir": "ckpts/robotwin", "task_name": "beat_block_hammer", "left_arm_dim": 6, "right_arm_dim": 6,
-                "action_mode": "ee", "cameras": ["head_camera"]}
-    model = deploy_policy.get_model(usr_args)
-    assert loaded == ["ckpts/robotwin"]
-    assert model.adapter.action_mode == "ee" and model.adapter.cameras == ("head_camera",)
-    with pytest.raises(ValueError, match="ckpt_dir"):
-        deploy_policy.get_model({"task_name": "x"})
-    with pytest.raises(ValueError, match="arm dims"):
-        deploy_policy.get_model({"ckpt_dir": "c", "left_arm_dim": 7, "right_arm_dim": 7})
 
 
 def test_package_exposes_runner_functions():

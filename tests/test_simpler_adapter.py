@@ -23,8 +23,9 @@ from vla_agents.adapters.simpler import (
 def ms2_obs(camera: str, h: int, w: int) -> dict:
     """ManiSkill2_real2sim rgbd obs: agent / extra / camera_param / image[cam]{rgb uint8, depth f32, Segmentation}."""
     rgb = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    dof = 8 if camera == "3rd_view_camera" else 11  # WidowX: six arm joints, two fingers
     return {
-        "agent": {"qpos": np.zeros(11, np.float32), "qvel": np.zeros(11, np.float32), "base_pose": np.zeros(7)},
+        "agent": {"qpos": np.zeros(dof, np.float32), "qvel": np.zeros(dof, np.float32), "base_pose": np.zeros(7)},
         "extra": {"tcp_pose": np.zeros(7, np.float32)},
         "camera_param": {camera: {"extrinsic_cv": np.eye(4)[:3], "cam2world_gl": np.eye(4), "intrinsic_cv": np.eye(3)}},
         "image": {camera: {"rgb": rgb, "depth": np.zeros((h, w, 1), np.float32),
@@ -52,14 +53,16 @@ def test_ms2_google_robot_overhead_camera_pixels_unchanged():
     assert list(obs.images) == ["overhead_camera"]
     np.testing.assert_array_equal(obs.images["overhead_camera"], raw["image"]["overhead_camera"]["rgb"])
     assert obs.images["overhead_camera"].dtype == np.uint8 and obs.images["overhead_camera"].shape == (512, 640, 3)
-    assert obs.proprio.shape == (0,) and obs.proprio.dtype == np.float32
+    assert obs.proprio.shape == (0,) and obs.proprio.dtype == np.float32  # no Google Robot state is read
     assert obs.instruction == "pick coke can"
 
 
-def test_ms2_widowx_uses_3rd_view_camera():
+def test_ms2_widowx_uses_3rd_view_camera_and_joint_positions():
     raw = ms2_obs("3rd_view_camera", 480, 640)
+    raw["agent"]["qpos"] = np.arange(8, dtype=np.float64)
     obs = SimplerAdapter("widowx").observation(raw, "put carrot on plate")
     np.testing.assert_array_equal(obs.images["3rd_view_camera"], raw["image"]["3rd_view_camera"]["rgb"])
+    assert obs.proprio.dtype == np.float32 and obs.proprio.tolist() == list(range(8))
 
 
 def test_ms3_batched_torch_selects_env_index():
@@ -74,6 +77,12 @@ def test_ms3_batched_torch_selects_env_index():
     assert second.images["3rd_view_camera"][1, 1].tolist() == [20, 20, 20]
     with pytest.raises(ObservationError, match="index 2"):
         adapter.observation(raw, "x", index=2)
+    raw["agent"]["qpos"][1] = torch.arange(8)
+    assert adapter.observation(raw, "x", index=1).proprio.tolist() == list(range(8))
+    assert not adapter.observation(raw, "x").proprio.any()
+    del raw["agent"]["qpos"]
+    with pytest.raises(ObservationError, match="'agent/qpos'"):
+        adapter.observation(raw, "x")
 
 
 def test_bad_inputs_name_the_key():

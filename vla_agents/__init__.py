@@ -20,6 +20,7 @@ _EXPORTS = {
     "make_agent": "vla_agents.agent",
     "load_agent": "vla_agents.agent",
     "list_policies": "vla_agents.agent",
+    "list_adapters": "vla_agents.adapters",
 }
 __all__ = [*_EXPORTS, "__version__"]
 

@@ -8,7 +8,6 @@ predicted chunk open-loop (or ACT-style temporal ensembling). One folder holds a
 """
 from __future__ import annotations
 
-import importlib
 import json
 import warnings
 from collections import deque
@@ -24,6 +23,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from vla_agents.atomic import complete_folder, replace_folder
 from vla_agents.checksums import digests, verify_digests
+from vla_agents.adapters import ObservationError, fit_recipe, make_adapter
 from vla_agents.data.images import crop_resize, uv_in_crop
 from vla_agents.data.normalization import NormStats
 from vla_agents.models.backbone_folder import resolve_shipped_path
@@ -37,15 +37,7 @@ from vla_agents.types import AttentionMaps, Observation
 __all__ = ["VLAAgent", "make_agent", "load_agent", "list_policies"]
 
 FORMAT_VERSION = 1
-ADAPTERS = {"libero": "vla_agents.adapters.libero:LiberoAdapter", "embedded": "vla_agents.adapters.libero:LiberoAdapter"}
 CHECKSUMMED = ("model.safetensors", "norm_stats.json")  # the files config.json records SHA-256 digests of
-
-
-def make_adapter(name: str) -> Any:
-    if name not in ADAPTERS:
-        raise ValueError(f"unknown adapter {name!r}; available: {', '.join(sorted(ADAPTERS))}")
-    module, cls = ADAPTERS[name].split(":")
-    return getattr(importlib.import_module(module), cls)()
 
 
 def make_tokenizer(recipe: dict[str, Any]) -> PreTrainedTokenizerBase:
@@ -118,10 +110,9 @@ class VLAAgent:
         self.adapter_name, self.adapter = adapter, make_adapter(adapter)
         self.overrides = dict(overrides or {})
         self.views: list[str] = list(recipe["views"])
-        unknown = sorted(set(self.views) - set(self.adapter.views))
-        if unknown:
-            raise ValueError(f"recipe key 'views' names {unknown}, which the {adapter} adapter does not give; "
-                             f"expected some of {list(self.adapter.views)}")
+        if not set(self.views) <= set(self.adapter.views) or recipe["proprio_dim"] != self.adapter.proprio_dim:
+            raise ValueError(f"the recipe's views {self.views} and proprio_dim {recipe['proprio_dim']} do not fit adapter "
+                             f"{adapter!r} (views {list(self.adapter.views)}, proprio_dim {self.adapter.proprio_dim})")
         self.chunk, self.action_dim = recipe["chunk"], recipe["action_dim"]
         self.lora: dict[str, int] | None = None
         self._prompt_cache: dict[str, list[int]] = {}
@@ -139,7 +130,8 @@ class VLAAgent:
         return self
 
     def reset(self) -> None:
-        """Start of an episode: forget queued actions and the ensembling history."""
+        """Start of an episode: forget queued actions, the ensembling history and the adapter's state."""
+        self.adapter.reset()
         self._queue: deque[np.ndarray] = deque()
         self._history: deque[tuple[int, np.ndarray]] = deque()
         self._t = 0
@@ -216,7 +208,11 @@ class VLAAgent:
     def _predict(self, raw_obs: Mapping, instruction: str | None) -> np.ndarray:
         """Raw observation -> un-normalized canonical chunk (T, A); records the attention maps."""
         self.model_calls += 1
-        obs: Observation = self.adapter.observation(raw_obs, instruction)
+        try:
+            obs: Observation = self.adapter.observation(raw_obs, instruction)
+        except ObservationError as e:
+            raise ObservationError(f"this agent was made with adapter {self.adapter_name!r}, which cannot read "
+                                   f"this observation: {e}") from e
         self._check_unfamiliar(obs)
         proprio = obs.proprio if self.stats is None else self.stats.normalize_proprio(obs.proprio)
         item = {"images": obs.images, "proprio": np.asarray(proprio, np.float32), "instruction": obs.instruction,
@@ -365,6 +361,7 @@ def make_agent(
     A wrapper suffix ("oft+dtp") builds the base agent and wraps it, with settings from the
     wrapper's recipe (`policies/dtp.yaml`) updated by the overrides that name its keys."""
     policy, scale = split_name(policy, scale)
+    overrides = fit_recipe(adapter, overrides)
     base, wrapper = split_wrapper(policy)
     if wrapper:
         settings, overrides = load_wrapper_recipe(wrapper, overrides)

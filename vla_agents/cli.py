@@ -136,7 +136,9 @@ def _eval(args: argparse.Namespace) -> None:
     overall = info["overall"]
     print(f"{args.env}: success {overall['pc_success']:.1f}% over {overall['n_episodes']} episodes, "
           f"{overall['n_errors']} raised (act p50 {_ms(overall['step_ms_p50'])} ms/step, "
-          f"{_ms(overall['chunk_ms_p50'])} ms/chunk)" + (f"; videos and index.html in {args.video_dir}" if args.video_dir else ""))
+          f"{_ms(overall['chunk_ms_p50'])} ms/chunk)"
+          + "".join(f"; {key} {value:.2f}" for key, value in overall.get("episode_stats", {}).items() if key.endswith("_ever"))
+          + (f"; videos and index.html in {args.video_dir}" if args.video_dir else ""))
     failed = [f"{report.env_name}: {report.failure}" for report in reports if report.failure]
     if failed:
         raise RuntimeError("evaluation failed: " + "; ".join(failed))
@@ -301,13 +303,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("collect", help="scripted-expert demonstrations -> LIBERO-layout HDF5")
-    p.add_argument("env", help="environment spec, e.g. embedded/pick_color")
+    p.add_argument("env", help="environment spec, e.g. embedded/pick_color or simpler/widowx_carrot_on_plate")
     p.add_argument("--episodes", "-n", type=int, default=50, help="successful episodes to write")
     p.add_argument("--out", required=True, help="output .hdf5 file")
     p.add_argument("--seed", type=int, default=0, help="seed of the first attempt; each attempt takes the next")
-    p.add_argument("--image-size", type=int, default=128, help="camera resolution in pixels")
+    p.add_argument("--image-size", type=int, default=128, help="render size (embedded); stored frame height (simpler)")
     p.add_argument("--noise", type=float, default=0.0,
-                   help="std of Gaussian noise on the executed translation; the expert's clean action is stored (DART)")
+                   help="std of Gaussian noise on the executed translation, in action units (SIMPLER's are metres); "
+                        "the expert's clean action is stored (DART)")
     p.set_defaults(func=_collect)
 
     p = sub.add_parser("corpus", help="grounding corpus: rendered embedded scenes with questions the simulator answers")

@@ -4,7 +4,9 @@ The shipped checkpoints in `policies/checkpoints/` are produced by the project's
 `train bc`; `SHIPPED` below is the single source of those commands, `--retrain` re-runs them and
 `policies/checkpoints/README.md` records them. Each shipped agent whose policy DTP can wrap (all but
 VAT, which has no prompt tokens) also appears wrapped in DTP (training-free distracting-token pruning,
-`policies/dtp.yaml` settings) beside the unwrapped one.
+`policies/dtp.yaml` settings) beside the unwrapped one. Where SIMPLER's simulator and assets are
+installed, a second table puts the shipped SIMPLER agent beside its scripted expert on
+`simpler/widowx_carrot_on_plate`; elsewhere the demo says what to install.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 
 from vla_agents.resources import resource_dir
-from vla_agents.sim import make_env
+from vla_agents.sim import INSTALL, make_env
 from vla_agents.sim.experts import ScriptedExpert
 
 if TYPE_CHECKING:
@@ -29,6 +31,9 @@ CHECKPOINTS = resource_dir("policies") / "checkpoints"
 DEMO_TASKS = ("embedded/lift", "embedded/pick_color")
 DEMO_DATA = {"embedded/lift": 200, "embedded/pick_color": 200}  # expert episodes collected per task
 DEMO_DATA_SEED = 100000  # far from the evaluation seeds (1000 on), so no training scene is evaluated
+SIMPLER_TASK = "simpler/widowx_carrot_on_plate"
+SIMPLER_AGENT = "oft-tiny-simpler"  # trained on SIMPLER_TASK; its commands are in policies/checkpoints/README.md
+SIMPLER_HEADING = "## SIMPLER"  # that README's section on it, which `--retrain` (embedded only) keeps
 
 
 @dataclass(frozen=True)
@@ -87,9 +92,13 @@ def retrain(data_dir: Path, console: Console) -> None:
             raise RuntimeError(f"`vla-agents {shlex.join(args)}` failed")
         shown = [os.path.relpath(a, root) if a.startswith("/") else a for a in args]  # no machine paths in the record
         log.append(f"vla-agents {shlex.join(shown)}    # {time.perf_counter() - start:.0f} s")
-    (CHECKPOINTS / "README.md").write_text(
+    readme = CHECKPOINTS / "README.md"
+    previous = readme.read_text() if readme.exists() else ""
+    simpler = previous[previous.index(SIMPLER_HEADING):] if SIMPLER_HEADING in previous else ""  # not retrained here
+    readme.write_text(
         "# Shipped tiny checkpoints\n\nProduced by `vla-agents demo --retrain`, which ran exactly these commands "
         "(wall time on the machine that made them after `#`):\n\n```\n" + "\n".join(log) + "\n```\n"
+        + (f"\n{simpler}" if simpler else "")
     )
 
 
@@ -131,4 +140,43 @@ def run_demo(out_dir: Path, episodes: int = 8, retrain_first: bool = False, cons
     console.print(render_table(rows, title=f"embedded suite, {episodes} seeded episodes per task"))
     rows.save(out_dir / "comparison")
     console.print(f"videos: {out_dir / 'videos'}   table: {out_dir / 'comparison.json'} (and .csv)")
+    simpler = simpler_rows(out_dir, episodes, console)
+    if simpler is not None:
+        rows.rows += [row for row in simpler.rows if row.errors]  # the exit status covers both tables
+    return rows
+
+
+def simpler_unavailable() -> str | None:
+    """Why the SIMPLER rows cannot run here, or None when they can."""
+    import importlib.util
+
+    if importlib.util.find_spec("mani_skill") is None:
+        return f"the SIMPLER simulator is not installed: {INSTALL['simpler']}"
+    from vla_agents.adapters.simpler import SIMPLER_TASKS
+    from vla_agents.sim import simpler_assets
+
+    try:
+        simpler_assets.check_assets(SIMPLER_TASKS[SIMPLER_TASK.split("/")[1]].ms3_env_id, simpler_assets.asset_dir())
+    except FileNotFoundError as error:
+        return str(error)
+    return None
+
+
+def simpler_rows(out_dir: Path, episodes: int, console: Console) -> ComparisonResult | None:
+    """The scripted expert and the shipped SIMPLER agent on SIMPLER_TASK, or None (and why) when it cannot run."""
+    from vla_agents.agent import load_agent
+    from vla_agents.eval.compare import compare, render_table
+    from vla_agents.sim.simpler_expert import SimplerExpert
+
+    reason = simpler_unavailable()
+    if reason:
+        console.print(f"[yellow]SIMPLER rows skipped: {reason}")
+        return None
+    expert, task = SimplerExpert(), SIMPLER_TASK.split("/")[1]
+    rows = compare([("scripted-expert", lambda: expert)], {task: lambda: expert.bind(make_env(SIMPLER_TASK))},
+                   episodes=episodes, seed=1000, video_dir=out_dir / "videos")
+    rows.rows += compare([(SIMPLER_AGENT, partial(load_agent, CHECKPOINTS / SIMPLER_AGENT))], {task: SIMPLER_TASK},
+                         episodes=episodes, seed=1000, video_dir=out_dir / "videos").rows
+    console.print(render_table(rows, title=f"SIMPLER (ManiSkill3), {episodes} episodes (SimplerEnv's episodes 0..)"))
+    rows.save(out_dir / "comparison_simpler")
     return rows

@@ -21,6 +21,10 @@ EXPECTED_KEYS = (*IMAGE_KEYS.values(), *VECTOR_KEYS)
 MIN_IMAGE_PX = 2  # a 1x1 "image" is one colour: a camera or cropping error
 MAX_INSTRUCTION_CHARS = 512  # LIBERO's longest is about 100; a longer one is a paste error, not a task
 QUAT_NORM_TOLERANCE = 1e-3
+# LIBERO's demonstration files (`scripts/create_dataset.py`): the same renders, the orientation already as
+# axis-angle. `joint_states` is part of the layout though no policy input reads it.
+RECORDED_IMAGES = {"agentview": "agentview_rgb", "eye_in_hand": "eye_in_hand_rgb"}
+RECORDED_PROPRIO = ("ee_pos", "ee_ori", "gripper_states")
 
 
 def quat2axisangle(quat_xyzw: np.ndarray) -> np.ndarray:
@@ -50,6 +54,7 @@ class LiberoAdapter:
     views = ("agentview", "eye_in_hand")
     proprio_dim = 8
     action_dim = 7
+    recorded_keys = (*RECORDED_IMAGES.values(), *RECORDED_PROPRIO, "joint_states")
 
     def __init__(self, gripper_convention: Literal["libero", "openvla"] = "libero") -> None:
         if gripper_convention not in ("libero", "openvla"):
@@ -82,6 +87,19 @@ class LiberoAdapter:
             raise ObservationError(f"the instruction is {len(text)} characters ({text[:40]!r}...); expected at most "
                                    f"{MAX_INSTRUCTION_CHARS}, a task in a sentence")
         return Observation(images=images, proprio=proprio, instruction=text, task_id=task_id)
+
+    def recorded(self, frame: Mapping[str, np.ndarray], instruction: str) -> Observation:
+        """One step of a LIBERO-layout demonstration: renders stored upside down like the env's, so rotated
+        here the same way (views into the file's arrays, not copies)."""
+        missing = [k for k in (*RECORDED_IMAGES.values(), *RECORDED_PROPRIO) if k not in frame]
+        if missing:
+            raise ObservationError(f"LIBERO demonstration step is missing key(s) {missing}; expected {list(self.recorded_keys)}")
+        images = {view: frame[key][::-1, ::-1] for view, key in RECORDED_IMAGES.items()}
+        proprio = np.concatenate([frame[key] for key in RECORDED_PROPRIO]).astype(np.float32)
+        return Observation(images=images, proprio=proprio, instruction=instruction)
+
+    def reset(self) -> None:
+        """Stateless: nothing carries over between episodes."""
 
     def action(self, action: np.ndarray) -> np.ndarray:
         """One canonical action -> env action: arm clipped to [-1, 1], gripper exactly -1 or +1."""

@@ -49,7 +49,10 @@ def chunk_steps(chunk: np.ndarray | Sequence[Any], step_limit: int, steps_taken:
 
 
 class RoboTwinAdapter:
-    """RoboTwin `get_obs()` dict -> `Observation`; policy action -> `take_action` argument."""
+    """RoboTwin `get_obs()` dict -> `Observation`; policy action -> `take_action` argument.
+    Registered as `robotwin` (qpos actions) and `robotwin_ee` (end-effector actions)."""
+
+    proprio_dim = STATE_DIM
 
     def __init__(self, action_mode: ActionMode = "qpos", cameras: Sequence[str] = CAMERAS):
         if action_mode not in ACTION_DIMS:
@@ -58,23 +61,37 @@ class RoboTwinAdapter:
             raise ValueError("cameras must name at least one view")
         self.action_mode: ActionMode = action_mode
         self.cameras = tuple(cameras)
+        self.views = self.cameras
+        # a demonstration step: each view's frame and the state vector, flattened out of get_obs()'s nesting
+        self.recorded_keys = (*(f"{cam}_rgb" for cam in self.cameras), "joint_action_vector")
 
     @property
     def action_dim(self) -> int:
         return ACTION_DIMS[self.action_mode]
 
-    def observation(self, raw: Mapping[str, Any], instruction: str) -> Observation:
+    def reset(self) -> None:
+        """Stateless: nothing carries over between episodes."""
+
+    def observation(self, raw: Mapping[str, Any], instruction: str | None = None) -> Observation:
         """Images keyed by camera name, unflipped and unresized (OFT and pi0 feed them as rendered);
-        proprio is `joint_action.vector` as float32 (14,)."""
+        proprio is `joint_action.vector` as float32 (14,). The instruction is `raw["language"]` (what
+        `deploy_policy` adds) when present, else `instruction`."""
         images = {cam: self._rgb(raw, cam) for cam in self.cameras}
         try:
             vector = raw["joint_action"]["vector"]
         except (KeyError, TypeError) as exc:
             raise ObservationError("missing 'joint_action/vector' in RoboTwin obs") from exc
-        state = np.asarray(vector, dtype=np.float32)
-        if state.shape != (STATE_DIM,):
-            raise ObservationError(f"'joint_action/vector' must have shape ({STATE_DIM},), got {state.shape}")
-        return Observation(images=images, proprio=state, instruction=instruction)
+        text = raw.get("language", instruction)
+        if not isinstance(text, str) or not text:
+            raise ObservationError("no instruction: the RoboTwin obs has no 'language' and no instruction= was given")
+        return Observation(images=images, proprio=_state(vector, "joint_action/vector"), instruction=text)
+
+    def recorded(self, frame: Mapping[str, np.ndarray], instruction: str) -> Observation:
+        missing = [k for k in self.recorded_keys if k not in frame]
+        if missing:
+            raise ObservationError(f"RoboTwin demonstration step is missing key(s) {missing}; expected {list(self.recorded_keys)}")
+        return Observation(images={cam: frame[f"{cam}_rgb"] for cam in self.cameras},
+                           proprio=_state(frame["joint_action_vector"], "joint_action_vector"), instruction=instruction)
 
     @staticmethod
     def _rgb(raw: Mapping[str, Any], camera: str) -> np.ndarray:
@@ -98,3 +115,10 @@ class RoboTwinAdapter:
         if not np.all(np.isfinite(a)):
             raise ObservationError(f"RoboTwin action has non-finite values: {a}")
         return a
+
+
+def _state(vector: Any, name: str) -> np.ndarray:
+    state = np.asarray(vector, dtype=np.float32)
+    if state.shape != (STATE_DIM,):
+        raise ObservationError(f"{name!r} must have shape ({STATE_DIM},), got {state.shape}")
+    return state

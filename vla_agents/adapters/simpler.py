@@ -20,6 +20,9 @@ RotationFormat = Literal["axis_angle", "rpy"]
 
 CAMERAS: dict[str, str] = {"google_robot": "overhead_camera", "widowx": "3rd_view_camera"}
 """Policy camera per robot (`get_image_from_maniskill{2,3}_obs_dict`)."""
+PROPRIO_DIMS: dict[str, int] = {"google_robot": 0, "widowx": 8}
+"""Proprio per robot: the WidowX's `agent/qpos` (six arm joints, two fingers; checked on ManiSkill3); none
+for the Google Robot, whose state layout cannot be checked here."""
 
 STICKY_GRIPPER_NUM_REPEAT = 15
 STICKY_GRIPPER_THRESHOLD = 0.5
@@ -189,7 +192,10 @@ class SimplerAdapter:
     Policy action layout (what `action()` takes): `[dx, dy, dz, rot(3), open_gripper]`, where `rot`
     is axis-angle or roll-pitch-yaw (`rotation_format`) and `open_gripper` is 1 = open / 0 = closed
     (the RLDS fractal/bridge convention Octo and OpenVLA emit). Env action: `[dxyz, axis-angle, gripper]`.
+    Registered as `simpler_widowx` and `simpler_google_robot`.
     """
+
+    action_dim = ACTION_DIM
 
     def __init__(self, robot: Robot, rotation_format: RotationFormat = "axis_angle",
                  stats: Mapping[str, Any] | None = None, action_scale: float = 1.0):
@@ -202,36 +208,69 @@ class SimplerAdapter:
         self.stats = stats
         self.action_scale = action_scale
         self.camera = CAMERAS[robot]
+        self.views = (self.camera,)
+        # SIMPLER's reference policies (RT-1, Octo, OpenVLA) read no robot state; policies trained here may
+        self.proprio_dim = PROPRIO_DIMS[robot]
+        # the frame as rendered, at the size `collect` stores, and the joint positions
+        self.recorded_keys = (f"{self.camera}_rgb", *(("qpos",) if self.proprio_dim else ()))
         self.gripper = StickyGripper()
 
     def reset(self) -> None:
         """Call at every episode start: the Google Robot gripper filter is stateful."""
         self.gripper.reset()
 
-    def observation(self, raw: Mapping[str, Any], instruction: str, index: int = 0) -> Observation:
+    def observation(self, raw: Mapping[str, Any], instruction: str | None = None, index: int = 0) -> Observation:
         """Build an Observation from a ManiSkill2 (numpy) or ManiSkill3 (batched torch) obs dict.
 
         The image is the raw camera frame, no flip and no resize: SimplerEnv's wrappers feed it as-is
         and each policy resizes it itself (RT-1 pad to 256x320, Octo 256x256, OpenVLA 224x224).
-        `proprio` is empty (shape (0,)) because none of the SIMPLER reference policies
-        (RT-1, Octo, OpenVLA) consume robot state. `index` picks the env of a ManiSkill3 batch.
+        `proprio` is the WidowX's `agent/qpos` (8,), float32 (empty for the Google Robot). `index` picks the
+        env of a ManiSkill3 batch. The instruction is
+        `raw["language_instruction"]` when present (`make_env("simpler/...")` re-reads it into every
+        observation), else `instruction` (the caller's `instruction_of(env)`).
         """
         if "sensor_data" in raw:
-            rgb = self._ms3_rgb(raw, index)
+            rgb, qpos = self._ms3_rgb(raw, index), lambda q: _numpy(q)[index]
         elif "image" in raw:
-            rgb = self._ms2_rgb(raw)
+            rgb, qpos = self._ms2_rgb(raw), _numpy
         else:
             raise ObservationError(
                 f"SIMPLER obs needs 'image' (ManiSkill2) or 'sensor_data' (ManiSkill3); got keys {sorted(raw)}")
-        return Observation(images={self.camera: rgb}, proprio=np.zeros(0, dtype=np.float32),
-                           instruction=instruction)
+        proprio = np.zeros(0, dtype=np.float32)
+        if self.proprio_dim:
+            try:
+                proprio = self._proprio(qpos(raw["agent"]["qpos"]), "agent/qpos")
+            except (KeyError, TypeError, IndexError) as exc:
+                raise ObservationError(f"SIMPLER {self.robot} obs needs 'agent/qpos' (batched on ManiSkill3)") from exc
+        return Observation(images={self.camera: rgb}, proprio=proprio,
+                           instruction=_instruction(raw.get("language_instruction", instruction)))
+
+    def _proprio(self, qpos: Any, name: str) -> np.ndarray:
+        state = np.asarray(qpos, dtype=np.float32)
+        if state.shape != (self.proprio_dim,) or not np.all(np.isfinite(state)):
+            raise ObservationError(f"{name!r} must be {self.proprio_dim} finite numbers for the {self.robot}, got {_describe(state)}")
+        return state
+
+    def recorded(self, frame: Mapping[str, np.ndarray], instruction: str) -> Observation:
+        """One step of a demonstration `collect simpler/...` wrote: the camera frame as rendered."""
+        missing = [k for k in self.recorded_keys if k not in frame]
+        if missing:
+            raise ObservationError(f"SIMPLER {self.robot} demonstration step is missing {missing}; got keys {sorted(frame)}")
+        key = self.recorded_keys[0]
+        rgb = frame[key]
+        if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[-1] != 3:
+            raise ObservationError(f"{key!r} must be uint8 (H, W, 3), got {_describe(rgb)}")
+        proprio = self._proprio(frame["qpos"], "qpos") if self.proprio_dim else np.zeros(0, dtype=np.float32)
+        return Observation(images={self.camera: rgb}, proprio=proprio, instruction=instruction)
 
     def _rgb_node(self, raw: Mapping[str, Any], root: str) -> Any:
         path = f"{root}/{self.camera}/rgb"
         try:
             return raw[root][self.camera]["rgb"]
         except (KeyError, TypeError) as exc:
-            raise ObservationError(f"missing {path!r} for robot {self.robot!r}") from exc
+            cameras = sorted(raw[root]) if isinstance(raw[root], Mapping) else []
+            raise ObservationError(f"missing {path!r} for robot {self.robot!r} (its camera is {self.camera!r}); "
+                                   f"this observation has cameras {cameras}") from exc
 
     def _ms2_rgb(self, raw: Mapping[str, Any]) -> np.ndarray:
         rgb = self._rgb_node(raw, "image")
@@ -270,6 +309,19 @@ class SimplerAdapter:
         else:
             gripper = 2.0 * float(a[6] > 0.5) - 1.0
         return np.concatenate([a[:3] * self.action_scale, rotation * self.action_scale, [gripper]])
+
+
+def _numpy(x: Any) -> np.ndarray:
+    return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+
+
+def _instruction(text: Any) -> str:
+    if isinstance(text, (list, tuple)) and len(text) == 1:  # ManiSkill3's one-per-env list
+        text = text[0]
+    if not isinstance(text, str) or not text:
+        raise ObservationError("no instruction: the observation has no 'language_instruction' and no instruction= was "
+                               "given (SIMPLER's loop reads instruction_of(env) every step)")
+    return text
 
 
 def _describe(x: Any) -> str:

@@ -1,11 +1,11 @@
 """Behaviour-cloning samples from demonstration files, in exactly the form policies see at test time.
 
-Each sample is one timestep t of one episode: the observation at t (images rotated to policy
-orientation like `LiberoAdapter`, normalized 8-D proprio) and the next `chunk_size` normalized
-actions. Chunks that run past the episode end repeat the last action and are flagged in
-`action_is_pad`, so a loss can ignore them. Files that record the named cube's privileged position
-(the embedded suite's) also give its offset from the gripper (m) and its uv in each view, the targets
-of behaviour cloning's auxiliary grounding loss.
+Each sample is one timestep t of one episode: the observation at t as the files' adapter reads it
+(`Adapter.recorded`: LIBERO's images rotated to policy orientation, SIMPLER's as rendered; normalized
+proprio) and the next `chunk_size` normalized actions. Chunks that run past the episode end repeat the
+last action and are flagged in `action_is_pad`, so a loss can ignore them. Files that record the named
+object's privileged position (our collectors') also give its offset from the gripper (m) and its uv in
+each view, the targets of behaviour cloning's auxiliary grounding loss.
 """
 from __future__ import annotations
 
@@ -15,15 +15,10 @@ from typing import Any
 import numpy as np
 import torch.utils.data
 
-from vla_agents.data.hdf5 import PRIVILEGED_OBS, Episode, read_demos
+from vla_agents.adapters import make_adapter
+from vla_agents.data.hdf5 import PRIVILEGED_OBS, read_demos
 from vla_agents.data.normalization import NormStats, compute_norm_stats
-
-VIEWS = {"agentview": "agentview_rgb", "eye_in_hand": "eye_in_hand_rgb"}
-
-
-def episode_proprio(episode: Episode) -> np.ndarray:
-    """(T, 8) = ee_pos, ee_ori (axis-angle), gripper_states: the adapter's proprio layout."""
-    return np.concatenate([episode.obs["ee_pos"], episode.obs["ee_ori"], episode.obs["gripper_states"]], axis=1).astype(np.float32)
+from vla_agents.types import Observation
 
 
 class DemoDataset(torch.utils.data.Dataset):
@@ -38,15 +33,26 @@ class DemoDataset(torch.utils.data.Dataset):
         self.episodes = [ep for p in paths for ep in read_demos(p)]
         if not self.episodes:
             raise ValueError(f"no episodes in {[str(p) for p in paths]}")
+        adapters = sorted({ep.adapter for ep in self.episodes})
+        if len(adapters) > 1:
+            raise ValueError(f"{[str(p) for p in paths]} were recorded for different adapters {adapters}: "
+                             "one agent trains on one benchmark's demonstrations")
+        self.adapter_name = adapters[0]
+        self.adapter = make_adapter(self.adapter_name)
         raw_actions = [ep.actions for ep in self.episodes]
-        raw_proprio = [episode_proprio(ep) for ep in self.episodes]
+        raw_proprio = [np.stack([self.observation(e, t).proprio for t in range(len(ep))]) for e, ep in enumerate(self.episodes)]
         self.stats = stats or compute_norm_stats(np.concatenate(raw_actions), np.concatenate(raw_proprio))
         self.actions = [self.stats.normalize_action(a) for a in raw_actions]
         self.proprio = [self.stats.normalize_proprio(p) for p in raw_proprio]
         self.instructions = sorted({ep.instruction for ep in self.episodes})
         self._task_index = [self.instructions.index(ep.instruction) for ep in self.episodes]
         self._index = np.array([(e, t) for e, ep in enumerate(self.episodes) for t in range(len(ep))], dtype=np.int64)
-        self.has_target = all(all(k in ep.obs for k in PRIVILEGED_OBS) for ep in self.episodes)
+        self.has_target = all(all(k in ep.obs for k in (*PRIVILEGED_OBS, "ee_pos")) for ep in self.episodes)
+
+    def observation(self, e: int, t: int) -> Observation:
+        """Step t of episode e through the adapter (images are views into the file's arrays)."""
+        episode = self.episodes[e]
+        return self.adapter.recorded({k: v[t] for k, v in episode.obs.items()}, episode.instruction)
 
     def __len__(self) -> int:
         return len(self._index)
@@ -56,7 +62,7 @@ class DemoDataset(torch.utils.data.Dataset):
         episode, actions = self.episodes[e], self.actions[e]
         steps = np.arange(t, t + self.chunk_size)
         item = {
-            "images": {view: np.ascontiguousarray(episode.obs[key][t, ::-1, ::-1]) for view, key in VIEWS.items()},
+            "images": {view: np.ascontiguousarray(image) for view, image in self.observation(e, t).images.items()},
             "proprio": self.proprio[e][t].copy(),
             "actions": actions[np.minimum(steps, len(actions) - 1)],
             "action_is_pad": steps >= len(actions),
@@ -65,5 +71,5 @@ class DemoDataset(torch.utils.data.Dataset):
         }
         if self.has_target:  # privileged: where the named cube is, for the auxiliary grounding loss
             item["target_offset"] = (episode.obs["target_pos"][t] - episode.obs["ee_pos"][t]).astype(np.float32)
-            item["target_uv"] = {view: episode.obs["target_uv"][t, i] for i, view in enumerate(VIEWS)}
+            item["target_uv"] = {view: episode.obs["target_uv"][t, i] for i, view in enumerate(self.adapter.views)}
         return item

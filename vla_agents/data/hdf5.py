@@ -3,8 +3,9 @@
 Files we record and LIBERO's own downloads load through the same reader, so any policy trains on
 either unchanged. Layout: `data/demo_{i}/{actions, rewards, dones, obs/<key>}`, with the task in
 `data.attrs["problem_info"]` (JSON, `language_instruction`). Images are stored as the renderer
-returns them (upside down, OpenGL), exactly as LIBERO stores them; the 180-degree rotation to
-policy orientation happens at load time.
+returns them (LIBERO's upside down, OpenGL), exactly as each benchmark stores them; turning them into
+policy inputs is the job of the benchmark's adapter, named in `data.attrs["adapter"]` (files without
+it, like LIBERO's own downloads, are "libero"), whose `recorded_keys` every episode must hold.
 """
 from __future__ import annotations
 
@@ -19,25 +20,26 @@ from typing import Any
 import h5py
 import numpy as np
 
+from vla_agents.adapters import make_adapter
 from vla_agents.atomic import recover, temp_path
 
-IMAGE_OBS = ("agentview_rgb", "eye_in_hand_rgb")
-VECTOR_OBS = {"ee_pos": 3, "ee_ori": 3, "gripper_states": 2, "joint_states": 7}
-OBS_KEYS = (*IMAGE_OBS, *VECTOR_OBS)
-# Privileged simulator state the embedded suite also records (LIBERO's files do not have it): the named
-# cube's world position (T, 3) and its uv fractions in each camera view in policy orientation (T, 2, 2),
-# the targets of behaviour cloning's auxiliary grounding loss.
+DEFAULT_ADAPTER = "libero"
+VECTOR_OBS = {"ee_pos": 3, "ee_ori": 3, "gripper_states": 2, "joint_states": 7}  # sizes checked where present
+# Privileged simulator state our collectors also record (LIBERO's files do not have it): the named object's
+# world position (T, 3) and its uv fractions in each of the adapter's views in policy orientation (T, V, 2);
+# with the gripper's `ee_pos`, the targets of behaviour cloning's auxiliary grounding loss.
 PRIVILEGED_OBS = ("target_pos", "target_uv")
-ACTION_DIM = 7
 
 
 @dataclass
 class Episode:
-    """One demonstration: actions (T, 7) float32, obs key -> (T, ...) array, its instruction."""
+    """One demonstration: actions (T, A) float32 (A: the adapter's action_dim), obs key -> (T, ...) array, its instruction, and the
+    adapter that reads its observations."""
 
     actions: np.ndarray
     obs: dict[str, np.ndarray]
     instruction: str
+    adapter: str = DEFAULT_ADAPTER
 
     def __len__(self) -> int:
         return len(self.actions)
@@ -53,8 +55,11 @@ class DemoWriter:
     """
 
     def __init__(self, path: str | Path, instruction: str | None = None, env_name: str = "", env_kwargs: dict[str, Any] | None = None,
-                 problem_name: str | None = None, bddl_file_name: str = "") -> None:
+                 problem_name: str | None = None, bddl_file_name: str = "", adapter: str = DEFAULT_ADAPTER) -> None:
         self.path = Path(path)
+        self.adapter = adapter
+        spec = make_adapter(adapter)
+        self.required, self.action_dim = spec.recorded_keys, spec.action_dim
         self.tmp_path = temp_path(self.path)
         self.instruction = instruction
         self.env_name = env_name
@@ -98,12 +103,12 @@ class DemoWriter:
             raise ValueError("no instruction for this episode: pass instruction= to DemoWriter or add_episode")
         self.instruction = self.instruction or instruction
         actions = np.asarray(actions, dtype=np.float32)
-        if actions.ndim != 2 or actions.shape[1] != ACTION_DIM or len(actions) == 0:
-            raise ValueError(f"actions must have shape (T, {ACTION_DIM}) with T >= 1, got {actions.shape}")
+        if actions.ndim != 2 or actions.shape[1] != self.action_dim or len(actions) == 0:
+            raise ValueError(f"actions must have shape (T, {self.action_dim}) with T >= 1, got {actions.shape}")
         if not np.all(np.isfinite(actions)):
             raise ValueError("actions contain NaN or inf")
         T = len(actions)
-        _check_obs(obs, T, where="add_episode")
+        _check_obs(obs, T, self.required, where="add_episode")
         rewards, dones = (np.asarray(x) if x is not None else _last_step_flag(T) for x in (rewards, dones))
         for name, x in (("rewards", rewards), ("dones", dones)):
             if x.shape != (T,):
@@ -116,7 +121,7 @@ class DemoWriter:
         obs_group = demo.create_group("obs")
         for key, value in obs.items():
             value = np.asarray(value)
-            if key in IMAGE_OBS:
+            if key.endswith("_rgb"):
                 obs_group.create_dataset(key, data=value, compression="lzf", chunks=(1, *value.shape[1:]))
             else:
                 obs_group.create_dataset(key, data=value)
@@ -132,7 +137,9 @@ class DemoWriter:
         self._data.attrs["num_demos"] = self.num_episodes
         self._data.attrs["env_name"] = self.env_name
         self._data.attrs["bddl_file_name"] = self.bddl_file_name
-        self._data.attrs["macros_image_convention"] = "opengl"
+        self._data.attrs["adapter"] = self.adapter
+        if self.adapter in ("libero", "embedded"):
+            self._data.attrs["macros_image_convention"] = "opengl"
         self._data.attrs["env_args"] = json.dumps({"type": 1, "env_name": self.env_name, "problem_name": self.problem_name,
                                                    "bddl_file": self.bddl_file_name, "env_kwargs": self.env_kwargs})
         self._data.attrs["problem_info"] = json.dumps({"problem_name": self.problem_name, "domain_name": "robosuite",
@@ -161,6 +168,9 @@ def _read_episodes(path: Path) -> list[Episode]:
             raise ValueError(f"{path}: no 'data' group; not a LIBERO/robomimic demonstration file")
         data = f["data"]
         instruction = _instruction(path, data.attrs)
+        adapter = str(data.attrs.get("adapter", DEFAULT_ADAPTER))
+        spec = make_adapter(adapter)
+        required = spec.recorded_keys
         names = sorted((k for k in data if re.fullmatch(r"demo_\d+", k)), key=lambda k: int(k.split("_")[1]))
         episodes = []
         for name in names:
@@ -168,16 +178,17 @@ def _read_episodes(path: Path) -> list[Episode]:
             if "actions" not in demo:
                 raise ValueError(f"{path}: {name} has no 'actions' dataset")
             if "obs" not in demo:
-                raise ValueError(f"{path}: {name} has no 'obs' group; expected obs keys {list(OBS_KEYS)}")
-            missing = [k for k in OBS_KEYS if k not in demo["obs"]]
+                raise ValueError(f"{path}: {name} has no 'obs' group; expected obs keys {list(required)}")
+            missing = [k for k in required if k not in demo["obs"]]
             if missing:
-                raise ValueError(f"{path}: {name}/obs is missing key(s) {missing}; expected {list(OBS_KEYS)}")
+                raise ValueError(f"{path}: {name}/obs is missing key(s) {missing}; expected {list(required)}")
             actions = np.asarray(demo["actions"][()], dtype=np.float32)
-            obs = {k: demo["obs"][k][()] for k in (*OBS_KEYS, *PRIVILEGED_OBS) if k in demo["obs"]}
-            if actions.ndim != 2 or actions.shape[1] != ACTION_DIM:
-                raise ValueError(f"{path}: {name}/actions must have shape (T, {ACTION_DIM}), got {actions.shape}")
-            _check_obs(obs, len(actions), where=f"{path}: {name}/obs")
-            episodes.append(Episode(actions=actions, obs=obs, instruction=str(demo.attrs.get("language_instruction", instruction))))
+            obs = {k: demo["obs"][k][()] for k in dict.fromkeys((*required, "ee_pos", *PRIVILEGED_OBS)) if k in demo["obs"]}
+            if actions.ndim != 2 or actions.shape[1] != spec.action_dim:
+                raise ValueError(f"{path}: {name}/actions must have shape (T, {spec.action_dim}), got {actions.shape}")
+            _check_obs(obs, len(actions), required, where=f"{path}: {name}/obs")
+            episodes.append(Episode(actions=actions, obs=obs, instruction=str(demo.attrs.get("language_instruction", instruction)),
+                                    adapter=adapter))
     return episodes
 
 
@@ -192,18 +203,19 @@ def _instruction(path: Path, attrs: h5py.AttributeManager) -> str:
     return text
 
 
-def _check_obs(obs: dict[str, np.ndarray], T: int, where: str) -> None:
-    missing = [k for k in OBS_KEYS if k not in obs]
+def _check_obs(obs: dict[str, np.ndarray], T: int, required: tuple[str, ...], where: str) -> None:
+    missing = [k for k in required if k not in obs]
     if missing:
-        raise ValueError(f"{where}: obs is missing key(s) {missing}; expected {list(OBS_KEYS)}")
-    for key in IMAGE_OBS:
-        img = np.asarray(obs[key])
-        if img.ndim != 4 or img.shape[0] != T or img.shape[3] != 3 or img.dtype != np.uint8:
-            raise ValueError(f"{where}: {key!r} must be uint8 of shape ({T}, H, W, 3), got {img.dtype} {img.shape}")
-    for key, dim in VECTOR_OBS.items():
-        vec = np.asarray(obs[key])
-        if vec.shape != (T, dim):
-            raise ValueError(f"{where}: {key!r} must have shape ({T}, {dim}), got {vec.shape}")
+        raise ValueError(f"{where}: obs is missing key(s) {missing}; expected {list(required)}")
+    for key, value in obs.items():
+        value = np.asarray(value)
+        if key.endswith("_rgb"):
+            if value.ndim != 4 or value.shape[0] != T or value.shape[3] != 3 or value.dtype != np.uint8:
+                raise ValueError(f"{where}: {key!r} must be uint8 of shape ({T}, H, W, 3), got {value.dtype} {value.shape}")
+        elif key in VECTOR_OBS and value.shape != (T, VECTOR_OBS[key]):
+            raise ValueError(f"{where}: {key!r} must have shape ({T}, {VECTOR_OBS[key]}), got {value.shape}")
+        elif value.ndim == 0 or value.shape[0] != T:
+            raise ValueError(f"{where}: {key!r} must have one entry per step ({T}), got shape {value.shape}")
 
 
 def _last_step_flag(T: int) -> np.ndarray:

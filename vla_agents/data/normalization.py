@@ -64,7 +64,7 @@ class FieldStats:
         if missing:
             raise ValueError(f"norm stats {name!r} is missing key(s) {missing}; expected {list(STAT_KEYS)}")
         values = {k: np.asarray(d[k], dtype=np.float64) for k in STAT_KEYS if k != "mask"}
-        if values["q01"].ndim != 1 or len(values["q01"]) == 0:
+        if values["q01"].ndim != 1 or (len(values["q01"]) == 0 and name != "proprio"):  # SIMPLER agents read no proprio
             raise ValueError(f"norm stats {name!r}.q01 must be a non-empty list, got shape {values['q01'].shape}")
         dim = len(values["q01"])
         values["mask"] = np.asarray(d.get("mask", [True] * dim), dtype=bool)

@@ -24,7 +24,7 @@ import numpy as np
 from rich.progress import (BarColumn, MofNCompleteColumn, SpinnerColumn, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
 
-from vla_agents.eval.rollout import (DEFAULT_VIEWS, MIN_VIDEO_VIEW_PX, EpisodeResult, EvalReport, _agent_name,
+from vla_agents.eval.rollout import (MIN_VIDEO_VIEW_PX, EpisodeResult, EvalReport, _agent_name,
                                      _close_quietly, _num_parameters, caption_lines, episode_video, error_summary,
                                      finish_video, policy_views, video_path)
 from vla_agents.eval.video import EpisodeVideo, OverlayStyle
@@ -55,8 +55,7 @@ def _vector_env(make: Callable[[], gym.Env], n_envs: int) -> gym.vector.AsyncVec
 def evaluate_batched(agent: Any, make: Callable[[], gym.Env], episodes: int, n_envs: int, seed: int = 0,
                      first_episode: int = 0, video_dir: str | Path | None = None, progress: bool = True,
                      max_steps: int | None = None, env_name: str | None = None, fps: int = 20,
-                     overlay: OverlayStyle = OverlayStyle(), views: Mapping[str, str] = DEFAULT_VIEWS,
-                     min_view_px: int = MIN_VIDEO_VIEW_PX) -> EvalReport:
+                     overlay: OverlayStyle = OverlayStyle(), min_view_px: int = MIN_VIDEO_VIEW_PX) -> EvalReport:
     """`evaluate(..., n_envs=n)` for an agent with `act_batch`; `make` builds one env. The step limit
     is `max_steps`, else the env's own truncation. The report is named `env_name` (default "env")."""
     if not callable(getattr(agent, "act_batch", None)):
@@ -93,7 +92,7 @@ def evaluate_batched(agent: Any, make: Callable[[], gym.Env], episodes: int, n_e
             episode.result.error, episode.result.error_source = error_summary(error), stage
             logger.warning("episode with seed %d failed in the %s: %s", episode.result.seed, stage, episode.result.error)
         elif episode.video is not None:
-            episode.video.add(policy_views(_env_at(obs, j), views), None,
+            episode.video.add(policy_views(_env_at(obs, j), agent.adapter, episode.result.instruction), None,
                               caption_lines(episode.result, episode.result.length, episode.map_step, False, final=True))
         finish_video(episode.video, episode.result)
         results[episode.index] = episode.result
@@ -132,7 +131,7 @@ def evaluate_batched(agent: Any, make: Callable[[], gym.Env], episodes: int, n_e
                         episode.result.chunk_latency_s.append(elapsed)
                         episode.map_step = episode.result.length
                     if episode.video is not None:
-                        episode.video.add(policy_views(_env_at(obs, j), views), agent.batch_attention[j],
+                        episode.video.add(policy_views(_env_at(obs, j), agent.adapter, episode.result.instruction), agent.batch_attention[j],
                                           caption_lines(episode.result, episode.result.length, episode.map_step, True),
                                           bool(agent.batch_queried[j]))
                 try:

@@ -17,14 +17,14 @@ import numpy as np
 from rich.progress import (BarColumn, MofNCompleteColumn, SpinnerColumn, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 
+from vla_agents.adapters import Adapter, make_adapter
 from vla_agents.eval.stats import wilson_interval
 from vla_agents.eval.video import EpisodeVideo, OverlayStyle
 from vla_agents.progress import LoggedProgress
 
 logger = logging.getLogger(__name__)
 
-# view name (as policies and their attention maps name it) -> raw LIBERO camera key
-DEFAULT_VIEWS = {"agentview": "agentview_image", "eye_in_hand": "robot0_eye_in_hand_image"}
+DEFAULT_ADAPTER = "libero"  # for envs that do not name the adapters their observations are for (`env.adapters`)
 MIN_VIDEO_VIEW_PX = 256  # smaller views are enlarged (nearest neighbour) so the overlay is legible
 
 
@@ -45,6 +45,7 @@ class EpisodeResult:
     step_latency_s: list[float] = field(default_factory=list)
     chunk_latency_s: list[float] = field(default_factory=list)
     video_path: str | None = None
+    episode_stats: dict[str, float] = field(default_factory=dict)  # the env's `info["episode_stats"]` at the end (SIMPLER's grasps)
 
 
 def slugify(text: str, max_chars: int = 50) -> str:
@@ -66,14 +67,14 @@ def error_summary(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}{where}"
 
 
-def policy_views(obs: Mapping[str, Any], views: Mapping[str, str]) -> dict[str, np.ndarray]:
-    """Raw LIBERO images are upside down (OpenGL); policies and viewers see them rotated 180 degrees."""
-    images = {}
-    for view, key in views.items():
-        if key not in obs:
-            raise KeyError(f"observation has no {key!r} for video view {view!r}; keys: {sorted(obs)}")
-        images[view] = np.ascontiguousarray(np.asarray(obs[key])[::-1, ::-1])
-    return images
+def policy_views(obs: Mapping[str, Any], adapter: Adapter, instruction: str) -> dict[str, np.ndarray]:
+    """What the policy sees of `obs`: its views through the env's adapter (e.g. LIBERO's renders rotated 180 degrees)."""
+    return dict(adapter.observation(obs, instruction or None).images)
+
+
+def _video_adapter(env: gym.Env) -> Adapter:
+    """Videos show what policies see: the env's observations through the adapter made for them."""
+    return make_adapter((getattr(env.unwrapped, "adapters", None) or (DEFAULT_ADAPTER,))[0])
 
 
 def caption_lines(result: EpisodeResult, step: int, map_step: int | None, has_map: bool, final: bool = False) -> list[str]:
@@ -120,9 +121,8 @@ def finish_video(video: EpisodeVideo | None, result: EpisodeResult) -> None:
 
 
 def run_episode(env: gym.Env, agent: Any, seed: int, max_steps: int | None = None,
-                video_path: str | Path | None = None, views: Mapping[str, str] = DEFAULT_VIEWS,
-                min_view_px: int = MIN_VIDEO_VIEW_PX, fps: int = 20, options: dict[str, Any] | None = None,
-                overlay: OverlayStyle = OverlayStyle()) -> EpisodeResult:
+                video_path: str | Path | None = None, min_view_px: int = MIN_VIDEO_VIEW_PX, fps: int = 20,
+                options: dict[str, Any] | None = None, overlay: OverlayStyle = OverlayStyle()) -> EpisodeResult:
     """Play one episode; exceptions from the agent or env end it and are recorded, not raised.
 
     `options` go to `env.reset` (e.g. `{"init_state": 3}` for LIBERO).
@@ -132,7 +132,9 @@ def run_episode(env: gym.Env, agent: Any, seed: int, max_steps: int | None = Non
     result = EpisodeResult(seed=seed)
     limit = max_steps if max_steps is not None else _step_limit(env)
     video = episode_video(video_path, agent, fps, overlay, min_view_px)
+    adapter = _video_adapter(env) if video is not None else None
     map_step: int | None = None
+    last_step_success = getattr(env.unwrapped, "success_at_last_step", False)  # SIMPLER: the flag at the last step
     stage = "agent"
     try:
         agent.reset()
@@ -153,19 +155,22 @@ def run_episode(env: gym.Env, agent: Any, seed: int, max_steps: int | None = Non
             if video is not None:
                 stage = "video"
                 attention = getattr(agent, "last_attention", None)
-                video.add(policy_views(obs, views), attention,
+                video.add(policy_views(obs, adapter, result.instruction), attention,
                           caption_lines(result, result.length, map_step, attention is not None), refreshed)
             stage = "env"
             obs, reward, terminated, truncated, info = env.step(action)
             result.sum_reward += float(reward)
             result.max_reward = float(reward) if result.length == 0 else max(result.max_reward, float(reward))
             result.length += 1
-            result.success = result.success or bool(info.get("success", False))
+            success = bool(info.get("success", False))
+            result.success = success if last_step_success else result.success or success
+            result.episode_stats = dict(info.get("episode_stats", {}))
             if terminated or truncated:
                 break
         if video is not None:
             stage = "video"
-            video.add(policy_views(obs, views), None, caption_lines(result, result.length, map_step, False, final=True))
+            video.add(policy_views(obs, adapter, result.instruction), None,
+                      caption_lines(result, result.length, map_step, False, final=True))
     except Exception as exc:  # noqa: BLE001 - one bad episode must not end an evaluation
         result.error, result.error_source = error_summary(exc), stage
         logger.warning("episode with seed %d failed in the %s: %s", seed, stage, result.error, exc_info=True)
@@ -189,6 +194,7 @@ def episode_metrics(episodes: Sequence[EpisodeResult]) -> dict[str, Any]:
     low, high = wilson_interval(successes, n)
     steps = [s for ep in episodes for s in ep.step_latency_s]
     chunks = [s for ep in episodes for s in ep.chunk_latency_s]
+    stat_keys = sorted({k for ep in episodes for k in ep.episode_stats})
     return {
         "avg_sum_reward": float(np.mean([ep.sum_reward for ep in episodes])) if n else 0.0,
         "avg_max_reward": float(np.mean([ep.max_reward for ep in episodes])) if n else 0.0,
@@ -202,6 +208,8 @@ def episode_metrics(episodes: Sequence[EpisodeResult]) -> dict[str, Any]:
         "step_ms_p95": _percentile_ms(steps, 95),
         "chunk_ms_p50": _percentile_ms(chunks, 50),
         "chunk_ms_p95": _percentile_ms(chunks, 95),
+        **({"episode_stats": {k: float(np.mean([ep.episode_stats.get(k, 0.0) for ep in episodes])) for k in stat_keys}}
+           if stat_keys else {}),
     }
 
 
@@ -283,7 +291,8 @@ def eval_info(reports: Sequence[EvalReport], provenance: Mapping[str, Any] | Non
         "per_episode": [
             {"episode_ix": i, **({"task": report.env_name} if len(reports) > 1 else {}), "sum_reward": ep.sum_reward,
              "max_reward": ep.max_reward, "success": ep.success, "seed": ep.seed, "length": ep.length, "error": ep.error,
-             "instruction": ep.instruction, "video_path": ep.video_path}
+             "instruction": ep.instruction, "video_path": ep.video_path,
+             **({"episode_stats": ep.episode_stats} if ep.episode_stats else {})}
             for report in reports for i, ep in enumerate(report.episodes)
         ],
         "per_task": per_task,
@@ -338,6 +347,15 @@ def _close_quietly(env: gym.Env) -> None:
         logger.debug("closing a failed environment raised", exc_info=True)
 
 
+def _check_adapter(agent: Any, env: gym.Env, name: str) -> None:
+    """Fail before the first episode when the agent was made for another benchmark's observations."""
+    accepted = getattr(env.unwrapped, "adapters", None)
+    adapter = getattr(agent, "adapter_name", None)
+    if accepted and adapter and adapter not in accepted:
+        raise ValueError(f"{_agent_name(agent)} was made with adapter {adapter!r}, but {name} gives observations for "
+                         f"adapter {' or '.join(map(repr, accepted))}: evaluate it on its own benchmark")
+
+
 def evaluate(agent: Any, env: str | Callable[[], gym.Env], episodes: int, seed: int = 0,
              video_dir: str | Path | None = None, progress: bool = True, max_steps: int | None = None,
              env_name: str | None = None, fps: int = 20, first_episode: int = 0, n_envs: int = 1,
@@ -385,6 +403,7 @@ def evaluate(agent: Any, env: str | Callable[[], gym.Env], episodes: int, seed: 
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[sr]}"), TimeElapsedColumn(), TimeRemainingColumn())
     try:
+        _check_adapter(agent, instance, name)
         with LoggedProgress(*columns, transient=True, disable=not progress, log_every=0.25) as bar:
             task = bar.add_task(f"{policy} on {name}", total=episodes, sr="")
             for i in range(first_episode, first_episode + episodes):

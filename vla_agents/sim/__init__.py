@@ -15,7 +15,8 @@ INSTALL = {
     "embedded": "pip install 'vla-agents[embedded]' (or: bash scripts/setup.sh, which builds .venv)",
     "libero": "pip install 'vla-agents[libero]' && pip install --no-deps hf-libero==0.1.4 "
               "(or: bash scripts/setup_libero.sh, which builds .venv-libero)",
-    "simpler": "pip install 'vla-agents[simpler]', then SimplerEnv (`simpler_env`) from its source repository",
+    "simpler": "pip install 'vla-agents[simpler]' plus Vulkan on the CPU (Mesa 25 lavapipe) "
+               "(or: bash scripts/setup_simpler.sh, which installs both)",
     "robotwin": "pip install 'vla-agents[robotwin]', then clone RoboTwin 2.0 and run from its root (`envs` package)",
 }
 SUITES = ("embedded", "libero", "simpler", "robotwin")
@@ -60,6 +61,10 @@ def list_envs() -> list[str]:
         from vla_agents.sim.libero import SUITE_MAX_STEPS, suite_tasks
 
         specs += [spec for suite in SUITE_MAX_STEPS for spec in suite_tasks(suite)]
+    if _module_available("mani_skill"):
+        from vla_agents.sim.simpler import TASKS
+
+        specs += [f"simpler/{task}" for task in TASKS]
     return specs
 
 
@@ -76,8 +81,8 @@ def expand_spec(spec: str) -> list[str]:
 
 
 def make_env(spec: str, **kwargs) -> gym.Env:
-    """Build a Gymnasium environment, e.g. `make_env("embedded/pick_color", image_size=224)` or
-    `make_env("libero/libero_spatial/0")`."""
+    """Build a Gymnasium environment, e.g. `make_env("embedded/pick_color", image_size=224)`,
+    `make_env("libero/libero_spatial/0")` or `make_env("simpler/widowx_carrot_on_plate")`."""
     suite, _, task = spec.partition("/")
     if suite == "embedded":
         version = _robosuite_version()
@@ -97,13 +102,18 @@ def make_env(spec: str, **kwargs) -> gym.Env:
         return LiberoEnv(libero_suite, int(task_id), **kwargs)
     if suite == "simpler":
         from vla_agents.adapters.simpler import SIMPLER_TASKS
+        from vla_agents.sim.simpler import TASKS
 
+        runs = [f"simpler/{t}" for t in TASKS]
         if task not in SIMPLER_TASKS:
-            raise ValueError(f"unknown SIMPLER task {task!r}; expected one of {sorted(SIMPLER_TASKS)}")
-        _require(suite, spec, _module_available("simpler_env"))
-        import simpler_env
+            raise ValueError(f"unknown SIMPLER task {task!r}; expected one of {runs}")
+        if task not in TASKS:
+            raise ValueError(f"{spec!r} runs only in the original SIMPLER (ManiSkill2, sapien 2.2.2), whose renderer needs "
+                             f"a GPU; on ManiSkill3 SIMPLER has {runs}")
+        _require(suite, spec, _module_available("mani_skill"))
+        from vla_agents.sim.simpler import SimplerEnv
 
-        return simpler_env.make(task, **kwargs)
+        return SimplerEnv(task, **kwargs)
     if suite == "robotwin":
         _require(suite, spec, _module_available("envs._base_task"))
         raise NotImplementedError(

@@ -1,7 +1,9 @@
-"""Record scripted-expert demonstrations into LIBERO's HDF5 layout.
+"""Record scripted-expert demonstrations into LIBERO's HDF5 layout, for the embedded suite and SIMPLER.
 
 Only successful episodes are written, as LIBERO's demonstration files hold only successes.
-Observation t is stored with action t, the pairing behaviour cloning trains on.
+Observation t is stored with action t, the pairing behaviour cloning trains on; the file names the
+adapter that reads its observations (`libero` for the embedded suite, `simpler_widowx` for SIMPLER, whose
+recorder is `sim.simpler_expert.record_episode`).
 
 With `noise` > 0 the executed translation is perturbed while the expert's own action is what gets
 stored (DART, Laskey et al. 2017): the demonstrations then also cover states off the expert's path,
@@ -74,19 +76,25 @@ def collect_demos(spec: str, episodes: int, out: str | Path, seed: int = 0, imag
     `noise` > 0 perturbs the executed translation (DART, see the module docstring)."""
     if episodes < 1:
         raise ValueError(f"--episodes must be at least 1, got {episodes}")
-    env = make_env(spec, image_size=image_size)
-    expert = ScriptedExpert(env)
+    if spec.startswith("simpler/"):  # renders at SIMPLER's own 640x480; frames are scaled down when stored
+        from vla_agents.sim import simpler_expert
+
+        env = make_env(spec)
+        expert, record, template = simpler_expert.SimplerExpert(env), simpler_expert.record_episode, env.unwrapped.instruction
+    else:
+        env = make_env(spec, image_size=image_size)
+        expert, record, template = ScriptedExpert(env), record_episode, env.unwrapped.spec_.instruction
     max_attempts = max_attempts or 2 * episodes + 10
     lengths, attempts = [], 0
     columns = (TextColumn("[bold]collect[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn())
-    with DemoWriter(out, instruction=env.unwrapped.spec_.instruction, env_name=spec,
-                    env_kwargs={"image_size": image_size}) as writer, LoggedProgress(*columns) as progress:
+    with DemoWriter(out, instruction=template, env_name=spec, env_kwargs={"image_size": image_size},
+                    adapter=env.unwrapped.adapters[0]) as writer, LoggedProgress(*columns) as progress:
         bar = progress.add_task(spec, total=episodes, status="")
         while len(lengths) < episodes:
             if attempts >= max_attempts:
                 raise RuntimeError(f"only {len(lengths)}/{episodes} successful episodes after {attempts} attempts on {spec}")
-            success, actions, obs = record_episode(env, expert, seed + attempts, noise, image_size)
+            success, actions, obs = record(env, expert, seed + attempts, noise, image_size)
             attempts += 1
             if success:
                 writer.add_episode(actions, obs, instruction=env.unwrapped.instruction)

@@ -151,6 +151,7 @@ class EmbeddedEnv(gym.Env):
     `render()` returns the agentview frame, upright, when `render_mode="rgb_array"`."""
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
+    adapters = ("libero", "embedded")  # the agent adapters that read its observations
 
     def __init__(self, task: str, image_size: int = 128, use_cameras: bool = True, render_mode: str | None = None,
                  max_episode_steps: int | None = None):

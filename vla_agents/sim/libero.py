@@ -137,6 +137,7 @@ class LiberoEnv(gym.Env):
     `info["success"]` and `info["is_success"]`; the suite's step limit truncates it."""
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
+    adapters = ("libero", "embedded")  # the agent adapters that read its observations
 
     def __init__(self, suite: str, task_id: int, image_size: int = 256, max_episode_steps: int | None = None,
                  num_steps_wait: int = NUM_STEPS_WAIT, render_mode: str | None = None):

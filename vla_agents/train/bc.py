@@ -173,9 +173,12 @@ def train_bc(
         history = list(state.get("history", []))
         logger.warning("--resume: continuing from step %d of the checkpoint in %s", state["step"], checkpoint)
         dataset = DemoDataset(data, chunk_size=agent.chunk, stats=agent.stats)
+        if dataset.adapter_name != agent.adapter_name:
+            raise ValueError(f"{checkpoint} was trained with adapter {agent.adapter_name!r}, these demonstrations are "
+                             f"for {dataset.adapter_name!r}")
     else:
         dataset = DemoDataset(data, chunk_size=load_recipe(*split_name(policy, scale), overrides)["chunk"])
-        agent = make_agent(policy, scale, stats=dataset.stats, **(overrides or {}))
+        agent = make_agent(policy, scale, adapter=dataset.adapter_name, stats=dataset.stats, **(overrides or {}))
         if agent.recipe["scale"] == "paper" and agent.recipe.get("lora_rank"):
             agent.enable_lora(agent.recipe["lora_rank"], agent.recipe["lora_alpha"])
     recipe = agent.recipe
@@ -188,7 +191,7 @@ def train_bc(
         if not dataset.has_target:
             lacking = [str(p) for p in data if not DemoDataset([p], chunk_size=1).has_target]
             raise ValueError(f"recipe key aux_target_weight={recipe['aux_target_weight']} needs demonstrations that record the "
-                             f"named cube (obs {'/'.join(PRIVILEGED_OBS)}, written by `vla-agents collect` on the embedded suite); "
+                             f"named object (obs {'/'.join(PRIVILEGED_OBS)}, written by `vla-agents collect`); "
                              f"{', '.join(lacking)} do not. Collect them again, or set aux_target_weight to 0")
         probe = TargetProbe(agent.model.backbone.dim, len(agent.views))
         if resuming and (checkpoint / AUX_PROBE).is_file():
