@@ -17,7 +17,6 @@ from functools import lru_cache
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
-from scipy import ndimage
 
 PERCEPTUAL_COLORMAPS = ("inferno", "viridis", "magma", "plasma", "cividis")
 DEFAULT_COLORMAP = "inferno"
@@ -69,12 +68,22 @@ def centre_crop_box(height: int, width: int, crop_area: float) -> Box:
     return (height - crop_h) // 2, (width - crop_w) // 2, crop_h, crop_w
 
 
+@lru_cache(maxsize=64)
+def _linear_weights(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) linear interpolation with pixel-centre alignment, edges held: output pixel o
+    mixes the two cells whose centres surround its own."""
+    position = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
+    low = np.floor(position).astype(int)
+    high = np.minimum(low + 1, n_in - 1)
+    weights = np.zeros((n_out, n_in))
+    np.add.at(weights, (np.arange(n_out), low), 1.0 - (position - low))
+    np.add.at(weights, (np.arange(n_out), high), position - low)
+    return weights
+
+
 def _resize_bilinear(grid: np.ndarray, height: int, width: int) -> np.ndarray:
     """Bilinear resize with pixel-centre alignment, so each patch cell lands over its own pixels."""
-    h, w = grid.shape
-    rows = (np.arange(height) + 0.5) * h / height - 0.5
-    cols = (np.arange(width) + 0.5) * w / width - 0.5
-    return ndimage.map_coordinates(grid, np.meshgrid(rows, cols, indexing="ij"), order=1, mode="nearest")
+    return _linear_weights(grid.shape[0], height) @ grid @ _linear_weights(grid.shape[1], width).T
 
 
 def overlay_heatmap(frame: np.ndarray, heatmap: np.ndarray, vmax: float | None = None,
@@ -91,12 +100,12 @@ def overlay_heatmap(frame: np.ndarray, heatmap: np.ndarray, vmax: float | None =
     if scale <= 0:
         return frame.copy()
     top, left, height, width = box or (0, 0, *frame.shape[:2])
-    level = np.clip(_resize_bilinear(grid / scale, height, width), 0.0, 1.0)
-    colors = colormap_lut(colormap)[np.round(level * 255).astype(np.uint8)].astype(np.float32)
+    level = np.clip(_resize_bilinear(grid / scale, height, width), 0.0, 1.0).astype(np.float32)
+    colors = colormap_lut(colormap).astype(np.float32)[np.round(level * 255).astype(np.uint8)]
     alpha = (max_alpha * level)[..., None]
     out = frame.copy()
     region = out[top : top + height, left : left + width].astype(np.float32)
-    out[top : top + height, left : left + width] = np.round((1.0 - alpha) * region + alpha * colors).astype(np.uint8)
+    out[top : top + height, left : left + width] = np.round(region + alpha * (colors - region)).astype(np.uint8)
     return out
 
 
@@ -130,6 +139,7 @@ def outline_crop(frame: np.ndarray, box: Box, color: tuple[int, int, int] = (160
     return out
 
 
+@lru_cache(maxsize=8)
 def font(size: int = 13) -> ImageFont.ImageFont:
     """Pillow's bundled font at `size` px (its bitmap font where Pillow has no FreeType)."""
     try:
@@ -138,6 +148,7 @@ def font(size: int = 13) -> ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
+@lru_cache(maxsize=16)  # an episode's frames share one bar
 def colorbar(height: int, vmax: float, scale: str, colormap: str = DEFAULT_COLORMAP, width: int = 92) -> np.ndarray:
     """A vertical colour bar for attention in [0, vmax], labelled with its ends and whether the scale
     is this frame's or the episode's; opacity grows with it as in the overlay."""

@@ -18,8 +18,8 @@ import imageio
 import numpy as np
 from PIL import Image, ImageDraw
 
-from vla_agents.eval.overlay import (CROP_LEGEND, DEFAULT_COLORMAP, check_frame, centre_crop_box, colorbar, font,
-                                     mask_color, mask_label, outline_crop, outline_mask, overlay_heatmap)
+from vla_agents.eval.overlay import (CROP_LEGEND, DEFAULT_COLORMAP, check_frame, centre_crop_box, colorbar, colormap_lut,
+                                     font, mask_color, mask_label, outline_crop, outline_mask, overlay_heatmap)
 from vla_agents.types import AttentionMaps
 
 SCALES = ("episode", "frame")
@@ -36,6 +36,7 @@ class OverlayStyle:
     def __post_init__(self) -> None:
         if self.scale not in SCALES:
             raise ValueError(f"overlay scale must be one of {SCALES}, got {self.scale!r}")
+        colormap_lut(self.colormap)  # an unknown name fails here, naming the perceptually uniform ones
 
 
 def _label(panel: np.ndarray, text: str, corner: str = "left", color: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
