@@ -293,7 +293,7 @@ def _drop(key: str):
     (_drop("n_open_loop"), r"config.json: recipe has no key 'n_open_loop'"),
     (_set("n_open_loop", 0), r"config.json: recipe key 'n_open_loop' is 0; expected an integer from 1 to chunk \(8\)"),
     (_set("n_open_loop", 9), r"recipe key 'n_open_loop' is 9; expected an integer from 1 to chunk"),
-    (_set("views", ["front"]), r"recipe key 'views' names \['front'\], which the libero adapter does not give"),
+    (_set("views", ["front"]), r"views \['front'\] and proprio_dim 8 do not fit adapter 'libero'"),
     (_set("image_size", "big"), r"recipe key 'image_size' is 'big'; expected an integer >= 1"),
     (lambda c: {**c, "recipe": [1, 2]}, r"config.json: 'recipe' must be an object"),
     (lambda c: {**c, "dtp": {"tau": 0.5, "taus": 1}}, r"config.json: 'dtp' has unknown setting\(s\) \['taus'\]"),

@@ -18,7 +18,7 @@ TASKS = ["lift", "pick_color", "stack", "pick_color_clutter", "lift_clutter", "l
 
 
 def test_list_envs_names_every_task():
-    assert vla_agents.list_envs() == [f"embedded/{t}" for t in load_suite()]
+    assert [s for s in vla_agents.list_envs() if s.startswith("embedded/")] == [f"embedded/{t}" for t in load_suite()]
     assert set(TASKS) <= set(load_suite())
 
 
@@ -50,9 +50,10 @@ def test_every_spec_has_a_gymnasium_id_and_registering_imports_no_simulator():
     assert gym_id("libero/libero_10/3") == "vla_agents/libero_10_task3-v0" and len(ids) == 6 + 130 + len(
         [s for s in registered_specs() if s.startswith("simpler/")])
     for env_id, suite in (("vla_agents/libero_spatial_task0-v0", "libero"), ("vla_agents/simpler_widowx_stack_cube-v0", "simpler")):
-        with pytest.raises(ImportError) as missing:
+        # a missing simulator names its install command; an installed one without its assets, the download command
+        with pytest.raises((ImportError, FileNotFoundError)) as missing:
             gym.make(env_id)
-        assert INSTALL[suite] in str(missing.value)
+        assert INSTALL[suite] in str(missing.value) or "download_asset" in str(missing.value)
     loaded = subprocess.run([sys.executable, "-c", "import sys, vla_agents, gymnasium as gym; "
                              "assert 'vla_agents/lift-v0' in gym.registry; "
                              "print(sorted({'torch', 'mujoco', 'robosuite', 'libero', 'simpler_env'} & set(sys.modules)))"],

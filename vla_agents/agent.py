@@ -73,8 +73,10 @@ def check_recipe(recipe: Mapping[str, Any]) -> None:
     def count(value: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
-    for key in ("chunk", "action_dim", "proprio_dim", "image_size"):
+    for key in ("chunk", "action_dim", "image_size"):
         need(key, count, "an integer >= 1")
+    need("proprio_dim", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+         "an integer >= 0 (0: a benchmark with no robot state, such as SIMPLER's Google Robot)")
     need("views", lambda v: isinstance(v, list) and v and all(isinstance(x, str) for x in v), "a list of view names")
     need("prompt_template", lambda v: isinstance(v, str) and "{instruction}" in v, "a string with {instruction} in it")
     if recipe.get("temporal_ensemble"):
