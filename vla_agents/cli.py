@@ -108,7 +108,7 @@ def _eval(args: argparse.Namespace) -> None:
 def _compare(args: argparse.Namespace) -> None:
     from vla_agents.agent import load_agent
     from vla_agents.eval.compare import compare, render_table, table_console
-    from vla_agents.eval.index import write_index
+    from vla_agents.eval.index import write_comparison_index
     from vla_agents.eval.video import OverlayStyle
 
     agents = [(Path(path).name, partial(load_agent, Path(path).resolve())) for path in args.agents]
@@ -122,8 +122,7 @@ def _compare(args: argparse.Namespace) -> None:
         result.save(Path(args.json).with_suffix(""))
         print(f"wrote {Path(args.json).with_suffix('.json')} and {Path(args.json).with_suffix('.csv')}")
     if video_dir:
-        cells = [(row.name, report) for row in result.rows for report in row.reports.values()]
-        print(f"videos: {write_index([r for _, r in cells], video_dir, [f'{n} on {r.env_name}' for n, r in cells])}")
+        print(f"videos: {write_comparison_index(result, video_dir)}")
     _raise_if_failed(result)
 
 
