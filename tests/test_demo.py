@@ -69,6 +69,9 @@ def test_demo_writes_videos_and_a_comparison_table(tmp_path):
     assert len(videos) == 2 * len(rows)
     frames = iio.imread(videos[-1])
     assert frames.ndim == 4 and frames.shape[0] >= 2
+    page = (tmp_path / "videos" / "index.html").read_text()  # every video, each under its agent and task
+    assert all(f"{row} on {task}:" in page for row in rows for task in table["tasks"])
+    assert all(video.name in page for video in videos)
 
 
 def test_retrain_trains_each_agent_on_demonstrations_of_its_noise_level(tmp_path, monkeypatch):

@@ -49,7 +49,8 @@ def test_every_spec_has_a_gymnasium_id_and_registering_imports_no_simulator():
     assert {gym_id(spec) for spec in vla_agents.list_envs()} <= ids  # every spec that runs here
     assert gym_id("libero/libero_10/3") == "vla_agents/libero_10_task3-v0" and len(ids) == 6 + 130 + len(
         [s for s in registered_specs() if s.startswith("simpler/")])
-    for env_id, suite in (("vla_agents/libero_spatial_task0-v0", "libero"), ("vla_agents/simpler_widowx_stack_cube-v0", "simpler")):
+    for env_id, suite in (("vla_agents/libero_spatial_task0-v0", "libero"),
+                          ("vla_agents/simpler_widowx_stack_cube-v0", "simpler")):
         # a missing simulator names its install command; an installed one without its assets, the download command
         with pytest.raises((ImportError, FileNotFoundError)) as missing:
             gym.make(env_id)

@@ -43,7 +43,8 @@ def test_the_grid_covers_only_the_centre_crop_the_policy_saw(shape):
     image = (np.arange(height * width * 3) % 251).astype(np.uint8).reshape(height, width, 3)
     seen = preprocess_image(image, {"crop_area": 0.81, "image_size": crop_h}, train=False)  # no resize when square
     if crop_h == crop_w:
-        np.testing.assert_allclose(seen.permute(1, 2, 0).numpy() * 255, image[top : top + crop_h, left : left + crop_w], atol=1e-3)
+        crop = image[top : top + crop_h, left : left + crop_w]
+        np.testing.assert_allclose(seen.permute(1, 2, 0).numpy() * 255, crop, atol=1e-3)
     assert (top, left) == ((height - crop_h) // 2, (width - crop_w) // 2) and top == 5
 
     frame = scene(height, width)

@@ -152,7 +152,7 @@ def _ms(value: float | None) -> str:
 def _compare(args: argparse.Namespace) -> None:
     from vla_agents.agent import load_agent
     from vla_agents.eval.compare import compare, render_table, table_console
-    from vla_agents.eval.index import write_index
+    from vla_agents.eval.index import write_comparison_index
     from vla_agents.eval.rollout import episode_log_path
     from vla_agents.eval.video import OverlayStyle
 
@@ -171,8 +171,7 @@ def _compare(args: argparse.Namespace) -> None:
         written = [*result.save(args.json), *([log] if log.exists() else [])]
         print("wrote " + ", ".join(map(str, written)))
     if video_dir:
-        cells = [(row.name, report) for row in result.rows for report in row.reports.values()]
-        print(f"videos: {write_index([r for _, r in cells], video_dir, [f'{n} on {r.env_name}' for n, r in cells])}")
+        print(f"videos: {write_comparison_index(result, video_dir)}")
     if result.interrupted:
         raise KeyboardInterrupt
     _raise_if_failed(result)

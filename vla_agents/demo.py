@@ -113,6 +113,7 @@ def _dtp_agent(path: Path):
 def run_demo(out_dir: Path, episodes: int = 8, retrain_first: bool = False, console: Console | None = None) -> ComparisonResult:
     from vla_agents.agent import load_agent
     from vla_agents.eval.compare import compare, render_table, table_console
+    from vla_agents.eval.index import write_comparison_index
     from vla_agents.models.dtp import can_wrap
 
     console = console or table_console()
@@ -139,7 +140,8 @@ def run_demo(out_dir: Path, episodes: int = 8, retrain_first: bool = False, cons
                          workers=min(2, os.cpu_count() or 1)).rows
     console.print(render_table(rows, title=f"embedded suite, {episodes} seeded episodes per task"))
     rows.save(out_dir / "comparison")
-    console.print(f"videos: {out_dir / 'videos'}   table: {out_dir / 'comparison.json'} (and .csv)")
+    index = write_comparison_index(rows, out_dir / "videos", title=f"vla-agents demo, {episodes} episodes per task")
+    console.print(f"videos: {index}   table: {out_dir / 'comparison.json'} (and .csv)")
     simpler = simpler_rows(out_dir, episodes, console)
     if simpler is not None:
         rows.rows += [row for row in simpler.rows if row.errors]  # the exit status covers both tables

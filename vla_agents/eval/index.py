@@ -12,6 +12,7 @@ import imageio
 import numpy as np
 from PIL import Image
 
+from vla_agents.eval.compare import ComparisonResult
 from vla_agents.eval.rollout import EvalReport
 
 THUMB_WIDTH = 360
@@ -82,3 +83,10 @@ def write_index(reports: Sequence[EvalReport], out_dir: str | Path, labels: Sequ
     tmp.write_text(page)
     os.replace(tmp, path)
     return path
+
+
+def write_comparison_index(result: ComparisonResult, out_dir: str | Path, title: str = "Comparison videos") -> Path:
+    """`write_index` for `compare`'s videos: one section per (agent, task), named after the agent's row."""
+    cells = [(row.name, report) for row in result.rows for report in row.reports.values()]
+    return write_index([report for _, report in cells], out_dir, [f"{name} on {report.env_name}" for name, report in cells],
+                       title)

@@ -160,7 +160,8 @@ def colorbar(height: int, vmax: float, scale: str, colormap: str = DEFAULT_COLOR
     top, bottom, left = 36, height - 18, 6
     lut = colormap_lut(colormap)
     for y in range(top, bottom):
-        draw.line([(left, y), (left + 16, y)], fill=tuple(int(c) for c in lut[round(255 * (bottom - 1 - y) / max(bottom - top - 1, 1))]))
+        level = round(255 * (bottom - 1 - y) / max(bottom - top - 1, 1))
+        draw.line([(left, y), (left + 16, y)], fill=tuple(int(c) for c in lut[level]))
     draw.text((left + 20, top - 4), f"{vmax:.3g}", fill=(255, 255, 255), font=text)
     draw.text((left + 20, bottom - 10), "0", fill=(255, 255, 255), font=text)
     return np.asarray(bar)

@@ -393,8 +393,8 @@ def evaluate(agent: Any, env: str | Callable[[], gym.Env], episodes: int, seed: 
         from vla_agents.eval.batched import evaluate_batched
 
         return evaluate_batched(agent, make, episodes, n_envs, seed=seed, first_episode=first_episode, video_dir=video_dir,
-                                progress=progress, max_steps=max_steps, env_name=env_name or (env if isinstance(env, str) else None),
-                                fps=fps, overlay=overlay)
+                                progress=progress, max_steps=max_steps, fps=fps, overlay=overlay,
+                                env_name=env_name or (env if isinstance(env, str) else None))
     instance = make()
     name = env_name or (env if isinstance(env, str) else getattr(instance.unwrapped, "task_name", type(instance.unwrapped).__name__))
     policy = _agent_name(agent)

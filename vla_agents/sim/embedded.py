@@ -167,7 +167,8 @@ class EmbeddedEnv(gym.Env):
         self.image_size = int(image_size)
         self.use_cameras = use_cameras
         self.render_mode = render_mode
-        self.max_episode_steps = max_episode_steps or self.spec_.max_episode_steps  # None: no limit of its own (gym.make's TimeLimit)
+        # The step limit that truncates; set to None (registered envs) it is gym.make's TimeLimit alone.
+        self.max_episode_steps = max_episode_steps or self.spec_.max_episode_steps
         self.sim = build_tabletop(list(self.spec_.cubes), self.spec_.scene, self.image_size, use_cameras,
                                   offscreen=use_cameras or render_mode == "rgb_array")
         self.target = self.spec_.target
