@@ -50,7 +50,7 @@ def main() -> None:
     dataset = DemoDataset([args.data], chunk_size=8)
     lengths = [len(episode) for episode in dataset.episodes[: args.frames]]
     starts = [sum(lengths[:i]) for i in range(len(lengths))]  # samples are (episode, t) in order
-    agent = make_agent(args.policy, "tiny", stats=dataset.stats, **overrides)
+    agent = make_agent(args.policy, "tiny", adapter=dataset.adapter_name, stats=dataset.stats, **overrides)
     batch = agent.collate([dataset[i] for i in starts], train=False)
     first = batch["actions"][:, 0]
     median_l1 = (first[:, 1] - first[:, 1].median()).abs().mean().item()
