@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import AutoTokenizer
 
 from vla_agents.agent import load_agent, make_agent
 from vla_agents.data.hdf5 import DemoWriter
@@ -51,8 +52,6 @@ def demos(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_word_tokenizer_makes_each_colour_word_one_token(backbone: Path) -> None:
-    from transformers import AutoTokenizer
-
     tok = AutoTokenizer.from_pretrained(str(backbone / "tokenizer"))
     for colour in ("red", "green", "blue", "maroon", "teal"):
         ids = tok(f"pick up the {colour} cube", add_special_tokens=False)["input_ids"]
@@ -90,6 +89,28 @@ def test_bc_from_a_pretrained_backbone_starts_from_its_weights(backbone: Path, d
     assert all(torch.equal(ours[k], v) for k, v in llm.items())
     assert agent.prompt_ids("pick up the red cube") == make_agent(
         "oft", "tiny", backbone_path=str(backbone), **SMALL).prompt_ids("pick up the red cube")
+
+
+def test_vat_takes_the_pretrained_vit_and_tokenizer(backbone: Path, tmp_path: Path) -> None:
+    """VAT has no language model: from a backbone folder it takes the ViT (its action module reads every
+    layer of it) and the word tokenizer its FiLM conditioning embeds; a saved VAT reloads without the folder."""
+    copy = tmp_path / "backbone"
+    shutil.copytree(backbone, copy)
+    vit = dict(image_size=SMALL["image_size"], vit_depth=SMALL["vit_depth"])
+    vat = make_agent("vat", "tiny", backbone_path=str(copy), **vit)
+    saved = load_file(str(backbone / "vision.safetensors"))
+    trunk = vat.model.backbone.model.state_dict()
+    assert set(trunk) == {k[len("vision."):] for k in saved if k.startswith("vision.")}
+    assert all(torch.equal(v, saved[f"vision.{k}"]) for k, v in trunk.items())
+    words = AutoTokenizer.from_pretrained(str(backbone / "tokenizer"))
+    assert vat.prompt_ids("pick up the red cube")[-5:] == words("pick up the red cube", add_special_tokens=False)["input_ids"]
+    vat.save_pretrained(tmp_path / "vat")
+    shutil.rmtree(copy)
+    reloaded = load_agent(tmp_path / "vat")
+    assert all(torch.equal(v, reloaded.model.backbone.model.state_dict()[k]) for k, v in trunk.items())
+    assert reloaded.prompt_ids("pick up the red cube") == vat.prompt_ids("pick up the red cube")
+    with pytest.raises(ValueError, match="vit_depth: recipe 2, backbone 1"):
+        make_agent("vat", "tiny", backbone_path=str(backbone), **{**vit, "vit_depth": 2})
 
 
 def test_pretraining_resumes_exactly(corpus: Path, tmp_path: Path) -> None:

@@ -72,19 +72,21 @@ def check_architecture(folder: Path, info: dict[str, Any], recipe: dict[str, Any
                          + "; ".join(wrong))
 
 
-def load_vision_weights(folder: Path, vision: nn.Module, projector: nn.Module) -> None:
-    """The pretrained vision tower and projector from `vision.safetensors` (all of them, shapes checked)."""
+def load_vision_weights(folder: Path, modules: dict[str, nn.Module]) -> None:
+    """Pretrained parts of `vision.safetensors` into `modules` ({"vision": tower, "projector": ...}; a policy
+    without a language model, VAT, takes the tower alone). Every key of each part, shapes checked."""
     path = folder / "vision.safetensors"
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError) as e:
         raise ValueError(f"cannot read {path} (truncated or not a safetensors file?): {e}") from e
-    for prefix, module in (("vision.", vision), ("projector.", projector)):
+    for name, module in modules.items():
+        prefix = f"{name}."
         part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
         expected = module.state_dict()
         bad = sorted(set(expected) ^ set(part)) + [k for k in part if k in expected and part[k].shape != expected[k].shape]
         if bad:
-            raise ValueError(f"{path} does not match the recipe's {prefix[:-1]} architecture (keys or shapes differ: {bad[:5]})")
+            raise ValueError(f"{path} does not match the recipe's {name} architecture (keys or shapes differ: {bad[:5]})")
         module.load_state_dict(part)
 
 

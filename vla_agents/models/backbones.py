@@ -447,5 +447,5 @@ def build_backbone(recipe: dict[str, Any], hf_configs: dict[str, Any] | None = N
         )
     backbone = VisionLanguageBackbone(vision, llm, recipe["views"], film=recipe.get("film", False))
     if folder is not None:
-        load_vision_weights(folder, backbone.vision, backbone.projector)
+        load_vision_weights(folder, {"vision": backbone.vision, "projector": backbone.projector})
     return backbone
