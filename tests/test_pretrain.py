@@ -15,6 +15,7 @@ from vla_agents.data.hdf5 import DemoWriter
 from vla_agents.models.backbones import build_byte_tokenizer, build_word_tokenizer
 from vla_agents.policies import list_policies, load_recipe
 from vla_agents.sim.corpus import generate_corpus
+from vla_agents.train.auxiliary import attention_target_loss
 from vla_agents.train.bc import train_bc
 from vla_agents.train.pretrain import pretrain_backbone
 
@@ -160,6 +161,7 @@ def test_truncated_or_foreign_backbone_files_are_named(backbone: Path, tmp_path:
 
 def test_auxiliary_loss_is_off_at_paper_scale_and_needs_recorded_targets(tmp_path: Path) -> None:
     assert all(load_recipe(p, "paper")["aux_target_weight"] == 0.0 for p in list_policies())
+    assert all(load_recipe(p, "paper")["aux_attention_weight"] == 0.0 for p in list_policies())
     assert all(load_recipe(p, "tiny")["aux_target_weight"] > 0 for p in list_policies())
     plain = tmp_path / "plain.hdf5"
     rng = np.random.default_rng(0)
@@ -171,6 +173,30 @@ def test_auxiliary_loss_is_off_at_paper_scale_and_needs_recorded_targets(tmp_pat
         writer.add_episode(np.zeros((4, 7)), obs)
     with pytest.raises(ValueError, match="plain.hdf5 do not"):
         train_bc("oft", [plain], steps=1, out_dir=tmp_path / "out", overrides=SMALL, progress=False)
+
+
+def test_attention_loss_is_minus_log_of_the_share_on_the_target_cell() -> None:
+    heat = torch.zeros(2, 2, 4)  # 2 x 4 cells per view
+    heat[0, 1, 2] = 3.0          # sample 0: 3 of 4 units on row 1, col 2
+    heat[0, 0, 0] = 1.0
+    heat[1] = 1.0                # sample 1: uniform over 8 cells
+    uv = torch.tensor([[[0.6, 0.7], [-1.0, -1.0]],    # view a: col 2 (0.6 * 4), row 1 (0.7 * 2); view b: not in view
+                       [[0.1, 0.1], [0.99, 0.99]]])   # uniform: share 1/8 in each view
+    loss = attention_target_loss({"a": heat, "b": heat.clone()}, uv, ["a", "b"])
+    expected = (-np.log(0.75 + 1e-6) - 2 * np.log(1 / 8 + 1e-6)) / 3  # the mean over the 3 (sample, view) pairs in view
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_bc_attention_loss_moves_the_attention_onto_the_target(demos: Path, tmp_path: Path) -> None:
+    """Same seed and data: weighted in, the loss leaves more of the action->vision attention on the target's
+    patch than when it is only measured (weight ~0)."""
+    def final_attention_loss(weight: float, out: str) -> float:
+        result = train_bc("oft", [demos], steps=8, out_dir=tmp_path / out, batch_size=4, warmup_steps=0, lr=3e-3, seed=0,
+                          overrides={**SMALL, "aux_target_weight": 0.0, "aux_attention_weight": weight}, progress=False)
+        assert {"aux_attention", "action_loss"} <= set(result.history[0]) and "aux_cell" not in result.history[0]
+        return float(np.mean([r["aux_attention"] for r in result.history[-2:]]))
+
+    assert final_attention_loss(1.0, "weighted") < final_attention_loss(1e-9, "measured") - 0.05
 
 
 def test_word_tokenizer_unknown_words() -> None:

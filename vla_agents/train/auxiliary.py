@@ -45,3 +45,20 @@ def target_loss(probe: TargetProbe, features: torch.Tensor, batch: dict[str, tor
     cells = target_cells(batch["target_uv"])
     cell_ce = F.cross_entropy(logits.flatten(0, 1), cells.flatten())
     return offset_err + cell_ce, {"aux_offset": offset_err.item(), "aux_cell": cell_ce.item()}
+
+
+def attention_target_loss(attention: dict[str, torch.Tensor], target_uv: torch.Tensor, views: list[str]) -> torch.Tensor:
+    """How little of each view's action->vision attention (the map the overlay draws) falls on the named
+    cube's patch: the mean of -log(share of the view's attention in the target's cell), over the views the
+    cube is in. It teaches the action queries to read the target's patch, so the map shows it too."""
+    losses = []
+    for i, view in enumerate(views):
+        heat = attention[view].float().flatten(1)  # (B, h*w)
+        h, w = attention[view].shape[-2:]
+        uv = target_uv[:, i]
+        inside = (uv >= 0).all(-1) & (uv < 1).all(-1)
+        col = (uv[:, 0].clamp(0, 1 - 1e-6) * w).long()
+        row = (uv[:, 1].clamp(0, 1 - 1e-6) * h).long()
+        share = heat.gather(1, (row * w + col).unsqueeze(1)).squeeze(1) / heat.sum(-1).clamp(min=1e-12)
+        losses.append(-(share + 1e-6).log()[inside])
+    return torch.cat(losses).mean() if sum(len(x) for x in losses) else target_uv.new_zeros(())

@@ -33,7 +33,7 @@ from vla_agents.models.blocks import action_loss
 from vla_agents.policies import load_recipe, split_name
 from vla_agents.progress import LoggedProgress
 from vla_agents.train.arguments import at_least
-from vla_agents.train.auxiliary import TargetProbe, target_loss
+from vla_agents.train.auxiliary import TargetProbe, attention_target_loss, target_loss
 from vla_agents.train.checkpoint import CHECKPOINT, load_trainer_state, write_checkpoint
 
 TRAINER_STATE = "trainer_state.pt"
@@ -187,12 +187,15 @@ def train_bc(
     warmup_steps = warmup_steps if warmup_steps is not None else recipe["warmup_steps"]
 
     probe = None
-    if recipe.get("aux_target_weight", 0.0) > 0:
+    attend_weight = recipe.get("aux_attention_weight", 0.0)
+    if recipe.get("aux_target_weight", 0.0) > 0 or attend_weight > 0:
         if not dataset.has_target:
             lacking = [str(p) for p in data if not DemoDataset([p], chunk_size=1).has_target]
-            raise ValueError(f"recipe key aux_target_weight={recipe['aux_target_weight']} needs demonstrations that record the "
+            raise ValueError(f"recipe keys aux_target_weight={recipe.get('aux_target_weight', 0.0)}, aux_attention_weight="
+                             f"{attend_weight} need demonstrations that record the "
                              f"named object (obs {'/'.join(PRIVILEGED_OBS)}, written by `vla-agents collect`); "
-                             f"{', '.join(lacking)} do not. Collect them again, or set aux_target_weight to 0")
+                             f"{', '.join(lacking)} do not. Collect them again, or set both to 0")
+    if recipe.get("aux_target_weight", 0.0) > 0:
         probe = TargetProbe(agent.model.backbone.dim, len(agent.views))
         if resuming and (checkpoint / AUX_PROBE).is_file():
             probe.load_state_dict(load_file(str(checkpoint / AUX_PROBE)))
@@ -220,13 +223,17 @@ def train_bc(
             idx = batch_indices(step, len(dataset), batch_size, seed, accelerator.process_index, accelerator.num_processes)
             batch = agent.collate([dataset[i] for i in idx], train=True)
             with accelerator.autocast(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=cpu_bf16):
-                out = model(batch)
+                out = model(batch, with_attention=attend_weight > 0)
             loss = action_loss(out.actions.float(), batch["actions"], batch["action_is_pad"], agent.model.loss_kind)
-            terms = {}
+            terms = {"action_loss": loss.item()} if probe is not None or attend_weight > 0 else {}
             if probe is not None:
-                aux, terms = target_loss(probe, out.features, batch)
-                terms["action_loss"] = loss.item()
+                aux, probe_terms = target_loss(probe, out.features, batch)
+                terms |= probe_terms
                 loss = loss + recipe["aux_target_weight"] * aux
+            if attend_weight > 0:
+                attend = attention_target_loss(out.attention, batch["target_uv"], agent.views)
+                terms["aux_attention"] = attend.item()
+                loss = loss + attend_weight * attend
             accelerator.backward(loss)
             optimizer.step()
             scheduler.step()
