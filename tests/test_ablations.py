@@ -21,8 +21,8 @@ ablations = sys.modules["ablations"] = importlib.util.module_from_spec(_spec)  #
 _spec.loader.exec_module(ablations)
 
 MICRO = dict(steps=2, episodes=1, eval_every=1, eval_episodes=1, demos=1, batch_size=2, image_size=32, max_episode_steps=4)
-TINY = {"image_size": 32, "vit_depth": 2, "llm_layers": 1}
-TINY_DEEPVISION = {"image_size": 64, "vla_image_size": 32, "vit_depth": 1, "llm_layers": 3, "expert_depth": 2, "agvp_layers": [0, 0]}
+TINY = {"image_size": 32, "vit_depth": 2, "llm_layers": 1, "backbone_path": None}
+TINY_DEEPVISION = {"image_size": 64, "vla_image_size": 32, "vit_depth": 1, "llm_layers": 3, "expert_depth": 2, "agvp_layers": [0, 0], "backbone_path": None}
 
 
 def check_declared(agent, variant) -> None:
@@ -141,7 +141,7 @@ def test_deepvision_study_micro_run(tmp_path: Path) -> None:
 
 def test_dtp_study_micro_run(tmp_path: Path) -> None:
     make_agent("vla_adapter", **TINY).save_pretrained(tmp_path / "vla_adapter")
-    make_agent("vat", image_size=32, vit_depth=1).save_pretrained(tmp_path / "vat")
+    make_agent("vat", image_size=32, vit_depth=1, backbone_path=None).save_pretrained(tmp_path / "vat")
     agents = [str(tmp_path / "vla_adapter"), str(tmp_path / "vat")]
     budget = ablations.Budget(episodes=2, image_size=32, max_episode_steps=4, overrides={"k": 1})
     result = ablations.run_dtp_study(agents, "embedded/pick_color_clutter", budget, [0], tmp_path / "out", taus=[0.0, 0.5], random_taus=[])

@@ -16,7 +16,7 @@ from vla_agents.data import DemoDataset, DemoWriter
 from vla_agents.data.normalization import compute_norm_stats
 from vla_agents.eval.rollout import evaluate
 
-SMALL = dict(image_size=32, vit_depth=1, llm_layers=2)
+SMALL = dict(image_size=32, vit_depth=1, llm_layers=2, backbone_path=None)
 INSTRUCTION = "put carrot on plate"
 
 
@@ -116,7 +116,7 @@ def test_behaviour_cloning_makes_an_agent_for_the_demonstrations_adapter(tmp_pat
     with DemoWriter(tmp_path / "demos.hdf5", INSTRUCTION, adapter="simpler_widowx") as writer:
         writer.add_episode(np.zeros((4, 7), np.float32), recorded_frames("simpler_widowx", T=4))
     result = train_bc("oft", [tmp_path / "demos.hdf5"], steps=1, out_dir=tmp_path / "agent", batch_size=2,
-                      overrides={**SMALL, "aux_target_weight": 0.0}, progress=False)
+                      overrides={**SMALL, "aux_target_weight": 0.0, "aux_attention_weight": 0.0}, progress=False)
     assert result.agent.adapter_name == "simpler_widowx" and load_agent(tmp_path / "agent").views == ["3rd_view_camera"]
     with pytest.raises(ValueError, match="different adapters"):
         with DemoWriter(tmp_path / "libero.hdf5", INSTRUCTION) as writer:

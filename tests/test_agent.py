@@ -11,7 +11,7 @@ import torch
 from vla_agents.agent import load_agent, make_agent
 from vla_agents.data.normalization import NormStats, compute_norm_stats
 
-SMALL = dict(image_size=32, vit_depth=1, llm_layers=2)
+SMALL = dict(image_size=32, vit_depth=1, llm_layers=2, backbone_path=None)
 
 
 def raw_obs(size: int = 48, seed: int = 0) -> dict:

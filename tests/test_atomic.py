@@ -15,7 +15,7 @@ import pytest
 from vla_agents.agent import load_agent, make_agent
 from vla_agents.data.normalization import compute_norm_stats
 
-SMALL = dict(image_size=32, vit_depth=1, llm_layers=2)
+SMALL = dict(image_size=32, vit_depth=1, llm_layers=2, backbone_path=None)
 
 
 def stats(seed: int = 0):

@@ -17,7 +17,7 @@ from vla_agents.models.blocks import action_loss
 from vla_agents.policies import load_recipe
 from vla_agents.train.bc import batch_indices, make_scheduler, train_bc
 
-SMALL = dict(image_size=32, vit_depth=1, llm_layers=2)
+SMALL = dict(image_size=32, vit_depth=1, llm_layers=2, backbone_path=None)
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ from test_agent import raw_obs, stats  # noqa: E402
 
 # expert 48 px -> 3x3 patches (K = 4 at keep_ratio 0.5); VLA branch 32 px -> 2x2
 SMALL = dict(image_size=48, vla_image_size=32, vit_dim=32, vit_depth=1, expert_dim=32, expert_depth=3, llm_dim=32,
-             llm_intermediate=64, llm_layers=4, coupled_layers=2, agvp_layers=[0, 1])
+             llm_intermediate=64, llm_layers=4, coupled_layers=2, agvp_layers=[0, 1], backbone_path=None)
 
 
 def agent_and_batch(batch_size: int = 2, **overrides):

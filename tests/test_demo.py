@@ -22,8 +22,9 @@ def test_shipped_checkpoints_are_small_and_documented():
 
 
 def test_a_wheel_installs_every_shipped_checkpoint_file_where_the_demo_looks():
-    """pyproject's data-files must map each tracked checkpoint file to the same relative place
-    under share/vla-agents/, or an installed (non-editable) `vla-agents demo` finds no agents."""
+    """pyproject's data-files must map each tracked checkpoint and backbone file to the same relative place
+    under share/vla-agents/, or an installed (non-editable) `vla-agents demo` finds no agents (and tiny
+    recipes no backbone)."""
     import glob
     import tomllib
 
@@ -35,9 +36,9 @@ def test_a_wheel_installs_every_shipped_checkpoint_file_where_the_demo_looks():
             for name in glob.glob(pattern, root_dir=root):
                 if (root / name).is_file():
                     installed[name] = destination
-    tracked = subprocess.run(["git", "ls-files", "policies/checkpoints"], cwd=root, capture_output=True, text=True,
-                             check=True).stdout.split()
-    assert tracked, "no tracked checkpoint files"
+    tracked = subprocess.run(["git", "ls-files", "policies/checkpoints", "policies/backbones"], cwd=root,
+                             capture_output=True, text=True, check=True).stdout.split()
+    assert any(n.startswith("policies/backbones/") for n in tracked), "no tracked backbone files"
     for name in tracked:
         assert installed.get(name) == f"share/vla-agents/{Path(name).parent.as_posix()}", name
 

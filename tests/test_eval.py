@@ -219,7 +219,7 @@ def test_provenance_names_the_agent_code_envs_and_seeds():
     from vla_agents.agent import make_agent
     from vla_agents.eval.provenance import provenance, recipe_sha256
 
-    agent = make_agent("oft+dtp", image_size=32, vit_depth=1, llm_layers=2)
+    agent = make_agent("oft+dtp", image_size=32, vit_depth=1, llm_layers=2, backbone_path=None)
     block = provenance(agent, "runs/oft", ["embedded/lift", "reach/target"], seed=1000, episodes=3, n_envs=2)
     info = json.loads(json.dumps(eval_info([evaluate(TinyAgent(), ReachEnv, episodes=1, progress=False)], block)))
     got = info["provenance"]

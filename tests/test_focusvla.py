@@ -21,7 +21,7 @@ from vla_agents.policies import build_model, load_recipe
 from test_agent import raw_obs, stats
 from test_models import batch, record_block_inputs, reference_layer_outputs
 
-SMALL = dict(image_size=32, vit_depth=1, llm_layers=2)  # 2 views x 2x2 patches = 8 visual tokens
+SMALL = dict(image_size=32, vit_depth=1, llm_layers=2, backbone_path=None)  # 2 views x 2x2 patches = 8 visual tokens
 DIM, HEADS, T, Q, N = 16, 2, 4, 3, 12
 MIXED = dict(attention_mode="mixed", topk=None, gate="none", visual_source="vlm")  # Tab. 2, first row
 

@@ -18,7 +18,7 @@ from vla_agents.data.normalization import compute_norm_stats
 from vla_agents.sim import make_env
 from vla_agents.train.full_rl import BCRegulariser, ChunkEnv, FullPPO, VLAActorCriticPolicy
 
-SMALL = dict(image_size=32, vit_depth=1, llm_layers=1)
+SMALL = dict(image_size=32, vit_depth=1, llm_layers=1, backbone_path=None)
 ENV, ENV_KWARGS = "embedded/lift", {"image_size": 32}
 
 

@@ -58,5 +58,6 @@ def test_v1_focusvla_layout_was_317m() -> None:
 ])
 def test_tiny_sizes(policy: str, overrides: dict, expected: int) -> None:
     with torch.device("meta"):
-        model = build_model(load_recipe(policy, "tiny", overrides))
+        # the architecture alone: random init with the byte-level vocabulary, not the shipped backbone's words
+        model = build_model(load_recipe(policy, "tiny", {**overrides, "backbone_path": None}))
     assert policy_parameters(model) == expected

@@ -114,6 +114,16 @@ def test_vat_takes_the_pretrained_vit_and_tokenizer(backbone: Path, tmp_path: Pa
         make_agent("vat", "tiny", backbone_path=str(backbone), **{**vit, "vit_depth": 2})
 
 
+@pytest.mark.parametrize("policy", list_policies())
+def test_every_tiny_recipe_starts_from_the_shipped_backbone(policy: str) -> None:
+    assert load_recipe(policy, "tiny")["backbone_path"] == "backbones/tiny-embedded"
+    shipped = load_file(str(Path(__file__).resolve().parents[1] / "policies/backbones/tiny-embedded/vision.safetensors"))
+    agent = make_agent(policy, "tiny")
+    vision = agent.model.backbone.model if policy == "vat" else agent.model.backbone.vision
+    weights = vision.state_dict()
+    assert weights and all(torch.equal(v, shipped[f"vision.{k}"]) for k, v in weights.items())
+
+
 def test_pretraining_resumes_exactly(corpus: Path, tmp_path: Path) -> None:
     straight = pretrain_backbone(corpus, tmp_path / "a", steps=4, batch_size=4, overrides=SMALL, save_every=0, progress=False)
     # a run whose last checkpoint is at step 2 (as if killed after it) resumes there and ends where the straight run does
@@ -172,7 +182,7 @@ def test_auxiliary_loss_is_off_at_paper_scale_and_needs_recorded_targets(tmp_pat
                "joint_states": np.zeros((4, 7))}
         writer.add_episode(np.zeros((4, 7)), obs)
     with pytest.raises(ValueError, match="plain.hdf5 do not"):
-        train_bc("oft", [plain], steps=1, out_dir=tmp_path / "out", overrides=SMALL, progress=False)
+        train_bc("oft", [plain], steps=1, out_dir=tmp_path / "out", overrides={**SMALL, "backbone_path": None}, progress=False)
 
 
 def test_attention_loss_is_minus_log_of_the_share_on_the_target_cell() -> None:
@@ -192,7 +202,7 @@ def test_bc_attention_loss_moves_the_attention_onto_the_target(demos: Path, tmp_
     patch than when it is only measured (weight ~0)."""
     def final_attention_loss(weight: float, out: str) -> float:
         result = train_bc("oft", [demos], steps=8, out_dir=tmp_path / out, batch_size=4, warmup_steps=0, lr=3e-3, seed=0,
-                          overrides={**SMALL, "aux_target_weight": 0.0, "aux_attention_weight": weight}, progress=False)
+                          overrides={**SMALL, "backbone_path": None, "aux_target_weight": 0.0, "aux_attention_weight": weight}, progress=False)
         assert {"aux_attention", "action_loss"} <= set(result.history[0]) and "aux_cell" not in result.history[0]
         return float(np.mean([r["aux_attention"] for r in result.history[-2:]]))
 

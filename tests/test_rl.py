@@ -17,7 +17,7 @@ from vla_agents.sim import make_env
 from vla_agents.train.residual import ResidualAgent, ResidualEnv, load_residual_agent
 from vla_agents.train.rl import train_rl
 
-SMALL = dict(image_size=32, vit_depth=1, llm_layers=2)
+SMALL = dict(image_size=32, vit_depth=1, llm_layers=2, backbone_path=None)
 ENV = "embedded/lift"
 ENV_KWARGS = {"image_size": 32}
 

@@ -128,7 +128,7 @@ def saved_agents(tmp_path_factory) -> dict[str, str]:
     for name in ("robotwin", "robotwin_ee", "libero"):
         adapter = make_adapter(name)
         stats = compute_norm_stats(rng.normal(size=(50, adapter.action_dim)), rng.normal(size=(50, adapter.proprio_dim)))
-        paths[name] = str(make_agent("oft", adapter=name, stats=stats, image_size=32, vit_depth=1, llm_layers=2)
+        paths[name] = str(make_agent("oft", adapter=name, stats=stats, image_size=32, vit_depth=1, llm_layers=2, backbone_path=None)
                           .save_pretrained(root / name))
     return paths
 

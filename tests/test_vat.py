@@ -23,7 +23,7 @@ T, A = 2, 3
 def recipe(**overrides) -> dict:
     r = yaml.safe_load((ROOT / "policies" / "vat-tiny.yaml").read_text())
     r.update(image_size=32, patch_size=8, vit_dim=32, vit_depth=3, vit_heads=2, chunk=T, action_dim=A,
-             task_conditioning="task_id", film_hidden_mult=2)
+             task_conditioning="task_id", film_hidden_mult=2, backbone_path=None)
     r.update(overrides)
     return r
 
