@@ -50,3 +50,13 @@ def test_bad_choices_are_refused_with_the_allowed_ones(capsys, argv):
     with pytest.raises(SystemExit):
         main(argv)
     assert "invalid choice" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["eval", "--agent", "a", "--env", "embedded/lift", "--n-envs", "0"],
+                                  ["eval", "--agent", "a", "--env", "embedded/lift", "--episodes", "-1"],
+                                  ["compare", "a", "--env", "embedded/lift", "--backend", "ray", "--shard-episodes", "0"]])
+def test_counts_below_one_are_refused_while_parsing(capsys, argv):
+    """Before the (missing) agent folder is opened: that would exit 2 through main, not argparse."""
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert f"argument {argv[-2]}: must be at least 1, got {argv[-1]}" in capsys.readouterr().err

@@ -11,8 +11,10 @@ import os
 import shutil
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import pytest
+from gymnasium.utils.env_checker import check_env
 
 from vla_agents.adapters import make_adapter
 from vla_agents.data import DemoDataset
@@ -47,9 +49,19 @@ def assets(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def carrot(assets):
-    env = make_env("simpler/widowx_carrot_on_plate", asset_dir=str(assets))
+    """Built through its Gymnasium id, as a user of `gym.make` builds it."""
+    env = gym.make("vla_agents/simpler_widowx_carrot_on_plate-v0", asset_dir=str(assets))
     yield env
     env.close()
+
+
+def test_stand_in_registered_id_passes_check_env(carrot):
+    """ManiSkill's observation (torch, with an empty group) used to fail `gym.make`'s own checker."""
+    assert carrot.spec.id == "vla_agents/simpler_widowx_carrot_on_plate-v0" and carrot.spec.max_episode_steps == 60
+    assert carrot.render_mode is None  # Gymnasium's default
+    obs, info = carrot.reset(seed=0)
+    assert carrot.observation_space.contains(obs) and obs["language_instruction"] == info["instruction"]
+    check_env(carrot.unwrapped, skip_render_check=True, skip_close_check=True)  # each check builds the env again
 
 
 def test_stand_in_carrot_follows_simplers_protocol(carrot):
@@ -57,11 +69,11 @@ def test_stand_in_carrot_follows_simplers_protocol(carrot):
 
     obs, _ = carrot.reset(seed=0, options={"episode_id": 1})
     rgb = obs["sensor_data"]["3rd_view_camera"]["rgb"]
-    assert tuple(rgb.shape) == (1, 480, 640, 3) and str(rgb.dtype) == "torch.uint8"
+    assert rgb.shape == (1, 480, 640, 3) and rgb.dtype == np.uint8
     assert obs["language_instruction"] == "put carrot on plate"
     assert carrot.unwrapped.control_freq == 5 and carrot.unwrapped.max_episode_steps == 60
     seen = make_adapter("simpler_widowx").observation(obs)
-    np.testing.assert_array_equal(seen.images["3rd_view_camera"], rgb[0].numpy())
+    np.testing.assert_array_equal(seen.images["3rd_view_camera"], rgb[0])
 
     expert, flags = SimplerExpert(carrot), []
     while True:

@@ -256,19 +256,27 @@ def _policies(args: argparse.Namespace) -> None:
     table_console().print(table)
 
 
+def positive_int(text: str) -> int:
+    """A count of at least 1, refused while parsing: before an agent is loaded, a worker or Ray started."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _run_arguments(parser: argparse.ArgumentParser) -> None:
     """How `eval` and `compare` run episodes and draw their videos."""
     from vla_agents.eval.compare import BACKENDS
     from vla_agents.eval.overlay import DEFAULT_COLORMAP, PERCEPTUAL_COLORMAPS
     from vla_agents.eval.video import SCALES
 
-    parser.add_argument("--max-steps", type=int, default=None, help="step limit per episode (default: the task's)")
-    parser.add_argument("--n-envs", type=int, default=1,
+    parser.add_argument("--max-steps", type=positive_int, default=None, help="step limit per episode (default: the task's)")
+    parser.add_argument("--n-envs", type=positive_int, default=1,
                         help="envs stepped in parallel worker processes, with one act_batch model call for all of them")
     parser.add_argument("--backend", choices=BACKENDS, default="local",
                         help="ray: spread (agent, task, episode shard) work over the Ray cluster at $RAY_ADDRESS "
                              "(a local Ray instance without it); needs pip install 'vla-agents[ray]'")
-    parser.add_argument("--shard-episodes", type=int, default=10, help="with --backend ray: episodes per Ray task")
+    parser.add_argument("--shard-episodes", type=positive_int, default=10, help="with --backend ray: episodes per Ray task")
     parser.add_argument("--overlay-scale", choices=SCALES, default=SCALES[0],
                         help="attention colour scale in videos: one per episode (frames compare) or one per frame")
     parser.add_argument("--colormap", choices=PERCEPTUAL_COLORMAPS, default=DEFAULT_COLORMAP,
@@ -392,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--agent", required=True, help="agent folder (save_pretrained output)")
     p.add_argument("--env", required=True,
                    help="environment spec, or a whole LIBERO suite (libero/libero_spatial: every task)")
-    p.add_argument("--episodes", type=int, default=50, help="per task; LIBERO episode i starts from init state i")
+    p.add_argument("--episodes", type=positive_int, default=50, help="per task; LIBERO episode i starts from init state i")
     p.add_argument("--seed", type=int, default=1000, help="first episode seed (demos use 0..)")
     p.add_argument("--video-dir", default=None, help="write one overlay video per episode, and index.html, here")
     p.add_argument("--json", default=None, help="write LeRobot-style eval_info.json here")
@@ -402,11 +410,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="evaluate several agents and print a comparison table")
     p.add_argument("agents", nargs="+", help="agent folders")
     p.add_argument("--env", nargs="+", required=True, help="environment specs")
-    p.add_argument("--episodes", type=int, default=20, help="per agent and task, the same seeds for every agent")
+    p.add_argument("--episodes", type=positive_int, default=20, help="per agent and task, the same seeds for every agent")
     p.add_argument("--seed", type=int, default=1000, help="first episode seed")
     p.add_argument("--video-dir", default=None, help="write videos to VIDEO_DIR/<agent>/<task>/ and index.html to VIDEO_DIR")
     p.add_argument("--json", default=None, help="write the table as JSON (and CSV beside it)")
-    p.add_argument("--workers", type=int, default=1,
+    p.add_argument("--workers", type=positive_int, default=1,
                    help="evaluate (agent, task) pairs in this many processes, one core each (the simulator is the bottleneck)")
     _run_arguments(p)
     p.set_defaults(func=_compare)

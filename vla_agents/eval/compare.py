@@ -203,8 +203,9 @@ def compare(agents: Sequence[tuple[str, Callable[[], Any]]], envs: Sequence[str]
         raise ValueError(f"workers must be at least 1, got {workers}")
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
-    if episodes < 1:  # checked here: inside an evaluation it would be recorded as a failure of every agent
-        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    for name, value in (("episodes", episodes), ("n_envs", n_envs), ("shard_episodes", shard_episodes)):
+        if value < 1:  # checked here: inside an evaluation it would be recorded as a failure of every agent
+            raise ValueError(f"{name} must be >= 1, got {value}")
     sources: dict[str, str | Callable[[], gym.Env]] = dict(envs) if isinstance(envs, Mapping) else {spec: spec for spec in envs}
     options = dict(episodes=episodes, seed=seed, max_steps=max_steps, episode_log=episode_log, n_envs=n_envs, overlay=overlay)
     reports: dict[tuple[str, str], EvalReport] = {}

@@ -2,13 +2,15 @@
 
 `make_env("simpler/widowx_carrot_on_plate")` builds ManiSkill3's port of the task (one env, CPU physics,
 Vulkan rendering): 5 Hz control, the 60-step limit, the policy camera `3rd_view_camera` at 640x480 with
-the real photo green-screened behind robot and objects. Observations are ManiSkill3's raw batched torch
-dicts, which the `simpler_widowx` adapter reads, plus `language_instruction`, re-read from the env every
-step as SimplerEnv's loop does. Episodes never end early: SIMPLER scores the success flag at the *last*
-step (`success_at_last_step`, which `evaluate` honours), and `info["episode_stats"]` carries the grasp
-statistics papers report. `reset(options={"episode_id": k})` sets up SimplerEnv's k-th evaluation episode
-(object positions and orientations; `episode_index`, what `evaluate` passes, is taken as the same);
-without either, the seed draws one.
+the real photo green-screened behind robot and objects. Observations are ManiSkill3's observation of its
+one env as NumPy arrays (batch dimension 1 kept; empty groups dropped), which the `simpler_widowx` adapter
+reads, plus `language_instruction`, re-read from the env every step as SimplerEnv's loop does; they lie in
+`observation_space`, so `gym.make`'s checks and Gymnasium's `check_env` accept the env. Episodes never end
+early: SIMPLER scores the success flag at the *last* step (`success_at_last_step`, which `evaluate`
+honours), and `info["episode_stats"]` carries the grasp statistics papers report.
+`reset(options={"episode_id": k})` sets up SimplerEnv's k-th evaluation episode (object positions and
+orientations; `episode_index`, what `evaluate` passes, is taken as the same); without either, the seed
+draws one.
 """
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ import numpy as np
 
 from vla_agents.adapters.simpler import SIMPLER_TASKS, grasp_stats, instruction_of
 from vla_agents.sim import simpler_assets
+from vla_agents.sim.embedded import INSTRUCTION_CHARSET, INSTRUCTION_MAX_CHARS
+from vla_agents.sim.instruction import InstructionSpace
 
 # ManiSkill warns at every build (no CUDA, the gripper's mimic joint, actors built at the origin); keep its
 # errors only, so progress bars and tables stay readable. Its logger's name ends in a space.
@@ -35,6 +39,20 @@ def _numpy(x: Any) -> np.ndarray:
     return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
 
 
+def _without_empty_groups(space: gym.spaces.Dict) -> gym.spaces.Dict:
+    """ManiSkill's observation space less its empty groups (`extra` here), which Gymnasium's checker refuses."""
+    return gym.spaces.Dict({key: _without_empty_groups(sub) if isinstance(sub, gym.spaces.Dict) else sub
+                            for key, sub in space.items() if not isinstance(sub, gym.spaces.Dict) or len(sub.spaces)})
+
+
+def _as_numpy(raw: Any) -> Any:
+    """A ManiSkill observation (nested dicts of torch tensors) as NumPy copies, empty groups dropped: the
+    tensors are ManiSkill's buffers, which the next step overwrites."""
+    if isinstance(raw, dict):
+        return {key: _as_numpy(value) for key, value in raw.items() if not (isinstance(value, dict) and not value)}
+    return np.array(_numpy(raw))
+
+
 class SimplerEnv(gym.Env):
     """One SIMPLER Bridge task. `asset_dir` is the ManiSkill asset folder (default `$MS_ASSET_DIR`, else
     `~/.maniskill`); a missing file is a FileNotFoundError naming the download command."""
@@ -43,9 +61,11 @@ class SimplerEnv(gym.Env):
     adapters = ("simpler_widowx",)
     success_at_last_step = True
 
-    def __init__(self, task: str, asset_dir: str | None = None, render_mode: str | None = "rgb_array"):
+    def __init__(self, task: str, asset_dir: str | None = None, render_mode: str | None = None):
         if task not in TASKS:
             raise ValueError(f"unknown SIMPLER task {task!r} on ManiSkill3; expected one of {list(TASKS)}")
+        if render_mode not in (None, *self.metadata["render_modes"]):
+            raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
         spec = SIMPLER_TASKS[task]
         root = simpler_assets.asset_dir(asset_dir)
         simpler_assets.check_assets(spec.ms3_env_id, root)
@@ -54,12 +74,16 @@ class SimplerEnv(gym.Env):
 
         self.task_name, self.render_mode, self.asset_root = task, render_mode, root
         self.max_episode_steps = spec.max_episode_steps
+        # enhanced_determinism: a reset without a seed draws from the last seed, as Gymnasium's resets do
+        # (ManiSkill's default draws it from torch's global generator)
         self.env = gym.make(spec.ms3_env_id, obs_mode="rgb+segmentation", num_envs=1, sim_backend="cpu",
-                            render_backend="cpu", max_episode_steps=spec.max_episode_steps)
+                            render_backend="cpu", max_episode_steps=spec.max_episode_steps, enhanced_determinism=True)
         base = self.env.unwrapped
         self.control_freq = base.control_freq
         self.action_space = gym.spaces.Box(base.single_action_space.low, base.single_action_space.high, dtype=np.float32)
-        self.observation_space = base.observation_space
+        self.observation_space = gym.spaces.Dict({
+            **_without_empty_groups(base.observation_space).spaces,
+            "language_instruction": InstructionSpace(INSTRUCTION_MAX_CHARS, charset=INSTRUCTION_CHARSET)})
         self.instruction = instruction_of(self.env)
         self._infos: list[dict[str, Any]] = []
         self._obs: dict[str, Any] = {}
@@ -81,6 +105,7 @@ class SimplerEnv(gym.Env):
         return self._observation(raw), float(_numpy(reward).reshape(-1)[0]), False, bool(_numpy(truncated).any()), self._info(info)
 
     def render(self) -> np.ndarray:
+        """The policy camera's frame (`collect` records it whatever `render_mode` says)."""
         return _numpy(self._obs["sensor_data"][CAMERA]["rgb"][0]).astype(np.uint8)
 
     def close(self) -> None:
@@ -125,7 +150,7 @@ class SimplerEnv(gym.Env):
     # -- helpers ---------------------------------------------------------------------------------
     def _observation(self, raw: dict[str, Any]) -> dict[str, Any]:
         self.instruction = instruction_of(self.env)
-        self._obs = {**raw, "language_instruction": self.instruction}
+        self._obs = {**_as_numpy(raw), "language_instruction": self.instruction}
         return self._obs
 
     def _info(self, info: dict[str, Any]) -> dict[str, Any]:
