@@ -151,8 +151,55 @@ def test_a_kill_at_any_step_of_the_checkpoint_swap_resumes_from_a_checkpoint(dem
         assert trained in ([4, 5, 6], []), f"kill at step {k}: trained {trained}"
         resumed = load_file(out / "model.safetensors")
         assert all(torch.equal(straight[key], resumed[key]) for key in straight), f"kill at step {k}"
-        assert sorted(p.name for p in out.iterdir()) == ["checkpoint", "config.json", "model.safetensors",
+        assert sorted(p.name for p in out.iterdir()) == ["checkpoint", "config.json", "loss_curve.png", "model.safetensors",
                                                          "norm_stats.json", "tokenizer", "train_log.jsonl"]
+
+
+def logged(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+
+
+def test_the_log_grows_as_training_runs_and_a_resume_keeps_it(demos, tmp_path) -> None:
+    out, seen = tmp_path / "run", {}
+
+    def crash(agent, step):
+        seen[step] = [r["step"] for r in logged(out)]
+        if step == 5:
+            raise KeyboardInterrupt  # steps 1-4 are logged; the checkpoint is step 3's
+        return {}
+
+    with pytest.raises(KeyboardInterrupt):
+        train_bc("vla_adapter", [demos], out_dir=out, eval_fn=crash, eval_every=1, **RESUMABLE)
+    assert seen == {1: [], 2: [1], 3: [1, 2], 4: [1, 2, 3], 5: [1, 2, 3, 4]}
+    assert [r["step"] for r in logged(out)] == [1, 2, 3, 4]
+    result = train_bc("vla_adapter", [demos], out_dir=out, resume=True, **RESUMABLE)
+    assert logged(out) == result.history and [r["step"] for r in result.history] == [1, 2, 3, 4, 5, 6]
+
+
+def test_tensorboard_receives_every_step_and_bc_draws_its_loss_curve(demos, tmp_path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "tb"
+    result = train_bc("oft", [demos], steps=3, out_dir=out, batch_size=2, warmup_steps=2, overrides=SMALL,
+                      progress=False, log_with="tensorboard")
+    events = EventAccumulator(str(out / "vla-agents")).Reload()
+    for tag in ("loss", "lr", "action_loss"):
+        assert [(e.step, e.value) for e in events.Scalars(tag)] == [
+            (r["step"], pytest.approx(r[tag], rel=1e-6)) for r in result.history], tag
+    assert [r["lr"] for r in result.history] == pytest.approx([2.5e-4, 5e-4, 5e-4 * 0.5 * (1 + np.cos(np.pi))], abs=1e-12)
+    assert (out / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_an_unknown_or_missing_tracker_is_refused_before_training(demos, tmp_path) -> None:
+    from accelerate.utils import is_wandb_available
+
+    with pytest.raises(ValueError, match="log_with must be one of tensorboard, wandb or None, got 'mlflow'"):
+        train_bc("oft", [demos], steps=1, out_dir=tmp_path / "a", overrides=SMALL, progress=False, log_with="mlflow")
+    if not is_wandb_available():
+        with pytest.raises(ImportError, match=r"--log-with wandb needs the wandb package, which is not installed: "
+                                              r"pip install 'vla-agents\[wandb\]'"):
+            train_bc("oft", [demos], steps=1, out_dir=tmp_path / "b", overrides=SMALL, progress=False, log_with="wandb")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
 def test_resume_refuses_other_settings_and_says_when_it_starts_over(demos, tmp_path, caplog) -> None:

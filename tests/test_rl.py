@@ -237,3 +237,13 @@ def test_a_residual_folder_opens_without_unpickling_in_both_formats(agent_dir, t
                      env_kwargs=ENV_KWARGS, progress=False, lr=0.0)  # a legacy residual continues training too
     np.testing.assert_array_equal(again.policy.policy.log_std.detach().numpy(), trained.policy.policy.log_std.detach().numpy())
     assert not marker.exists()
+
+
+def test_sb3_tensorboard_log_is_passed_through(agent_dir, tmp_path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train_rl(agent_dir, ENV, algo="ppo", steps=32, out_dir=tmp_path / "rl", n_envs=1, eval_episodes=0,
+             env_kwargs=ENV_KWARGS, progress=False, tensorboard_log=tmp_path / "tb")
+    assert [p.name for p in (tmp_path / "tb").iterdir()] == ["PPO_1"]  # SB3's own layout: <ALGO>_<run>
+    tags = EventAccumulator(str(tmp_path / "tb" / "PPO_1")).Reload().Tags()["scalars"]
+    assert {"train/value_loss", "train/learning_rate"} <= set(tags), tags

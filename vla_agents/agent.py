@@ -9,6 +9,7 @@ predicted chunk open-loop (or ACT-style temporal ensembling). One folder holds a
 from __future__ import annotations
 
 import json
+import tempfile
 import warnings
 from collections import deque
 from pathlib import Path
@@ -26,6 +27,7 @@ from vla_agents.checksums import digests, verify_digests
 from vla_agents.adapters import ObservationError, fit_recipe, make_adapter
 from vla_agents.data.images import crop_resize, uv_in_crop
 from vla_agents.data.normalization import NormStats
+from vla_agents.hub import download_agent, looks_like_hub_id
 from vla_agents.models.backbone_folder import resolve_shipped_path
 from vla_agents.models.backbones import build_byte_tokenizer, left_padded
 from vla_agents.models.dtp import DTP, DTPPolicy
@@ -117,6 +119,7 @@ class VLAAgent:
                              f"{adapter!r} (views {list(self.adapter.views)}, proprio_dim {self.adapter.proprio_dim})")
         self.chunk, self.action_dim = recipe["chunk"], recipe["action_dim"]
         self.lora: dict[str, int] | None = None
+        self.training: dict[str, Any] | None = None  # what `train bc` trained it on, for the hub's model card
         self._prompt_cache: dict[str, list[int]] = {}
         self._last_attention = AttentionMaps(heatmaps={})
         self._warned: set[str] = set()
@@ -337,6 +340,7 @@ class VLAAgent:
             "lora": self.lora,
             "dtp": self.model.settings() if isinstance(self.model, DTPPolicy) else None,
             "has_norm_stats": self.stats is not None,
+            "training": self.training,
         }
 
     def save_pretrained(self, path: str | Path) -> Path:
@@ -344,6 +348,14 @@ class VLAAgent:
         and its other entries (a training checkpoint/, your own files) stay (`vla_agents.atomic`).
         config.json records the SHA-256 of the weights and statistics, which `load_agent` checks."""
         return replace_folder(path, self.write_to)
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
+        """Upload the agent with a generated model card to the hub repository `repo_id` (created if
+        needed); `kwargs` as `vla_agents.hub.push_to_hub`. Returns the commit's URL."""
+        from vla_agents.hub import push_to_hub
+
+        with tempfile.TemporaryDirectory() as tmp:
+            return push_to_hub(self.save_pretrained(Path(tmp) / repo_id.split("/")[-1]), repo_id, **kwargs)
 
     def write_to(self, folder: Path) -> None:
         """Fill the empty `folder` with the agent's files, as part of a larger folder swapped in whole
@@ -424,11 +436,17 @@ def read_weights(file: Path) -> dict[str, torch.Tensor]:
         raise ValueError(f"{file} is not a readable safetensors file ({e}); it is empty, truncated or damaged") from e
 
 
-def load_agent(path: str | Path, device: str | torch.device | None = None) -> VLAAgent:
-    """Load an agent folder written by `save_pretrained`. A bad folder raises FileNotFoundError or
+def load_agent(path: str | Path, device: str | torch.device | None = None, revision: str | None = None) -> VLAAgent:
+    """Load an agent folder written by `save_pretrained`, or a hub id ("org/name", at `revision`) through
+    the Hugging Face cache (`vla_agents.hub`). A bad folder raises FileNotFoundError or
     ValueError naming the file, the key and what was expected; weights or statistics that differ
     from the SHA-256 digests in config.json are refused (folders saved without digests load as before)."""
-    path = complete_folder(path)
+    local = complete_folder(path)
+    if not local.is_dir() and looks_like_hub_id(str(path)):
+        local = download_agent(str(path), revision)
+    elif revision is not None:
+        raise ValueError(f"revision {revision!r} is for hub ids; {path} is a folder here")
+    path = local
     if not path.is_dir():
         raise FileNotFoundError(f"agent folder not found: {path}")
     if (path / "residual.json").exists():  # an RL residual on a frozen base agent saved in path/base
@@ -469,6 +487,7 @@ def load_agent(path: str | Path, device: str | torch.device | None = None) -> VL
         check_recipe(recipe)  # before the builder, whose KeyError or TypeError would not name the key
         model = build_model(recipe, config.get("hf_configs"))
         agent = VLAAgent(model, tokenizer, recipe, stats, config.get("adapter", "libero"), config.get("overrides"))
+        agent.training = config.get("training")
         lora = config.get("lora")
         if lora:
             if not (isinstance(lora, dict) and {"rank", "alpha"} <= set(lora)):

@@ -1,4 +1,4 @@
-"""`vla-agents` command line: demo, collect, corpus, pretrain, train bc, train rl, eval, compare, envs, policies.
+"""`vla-agents` command line: demo, collect, corpus, pretrain, train bc, train rl, eval, push, compare, envs, policies.
 
 Each subcommand parses its flags and calls one library function; the work lives in the library.
 """
@@ -49,6 +49,8 @@ def _pretrain(args: argparse.Namespace) -> None:
 
 
 def _train_bc(args: argparse.Namespace) -> None:
+    from accelerate import PartialState
+
     from vla_agents.train.bc import train_bc
 
     overrides = dict(json.loads(args.overrides)) if args.overrides else None
@@ -65,9 +67,11 @@ def _train_bc(args: argparse.Namespace) -> None:
             return {"eval_pc_success": report.metrics()["pc_success"]}
 
     train_bc(policy=args.policy, data=args.data, steps=args.steps, out_dir=args.out, scale=args.scale,
-             batch_size=args.batch_size, lr=args.lr, save_every=args.save_every, resume=args.resume,
-             seed=args.seed, overrides=overrides, eval_fn=eval_fn, eval_every=args.eval_every)
-    print(f"agent saved to {args.out}")
+             batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps, save_every=args.save_every,
+             resume=args.resume, seed=args.seed, overrides=overrides, eval_fn=eval_fn, eval_every=args.eval_every,
+             mixed_precision=args.mixed_precision, log_with=args.log_with)
+    if PartialState().is_main_process:  # under `accelerate launch`, once
+        print(f"agent saved to {args.out}")
 
 
 def _train_rl(args: argparse.Namespace) -> None:
@@ -78,8 +82,15 @@ def _train_rl(args: argparse.Namespace) -> None:
              eval_episodes=args.eval_episodes, eval_every=args.eval_every, lr=args.lr, device=args.device,
              scale=args.scale, progressive_explore=args.progressive_explore,
              bc_weight=args.bc_weight, bc_data=args.bc_data, log_std_init=args.log_std_init,
-             save_every=args.save_every, state_keys=args.state_keys)
+             save_every=args.save_every, state_keys=args.state_keys, tensorboard_log=args.tensorboard_log)
     print(f"{args.mode_rl} RL agent saved to {args.out} (curve: {Path(args.out) / 'curve.png'})")
+
+
+def _push(args: argparse.Namespace) -> None:
+    from vla_agents.hub import push_to_hub
+
+    url = push_to_hub(args.agent, args.repo_id, revision=args.revision, private=args.private or None)
+    print(f"pushed {args.agent} to {url}")
 
 
 def _eval(args: argparse.Namespace) -> None:
@@ -351,10 +362,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=2000, help="optimizer steps")
     p.add_argument("--batch-size", type=int, default=None, help="default: the recipe's")
     p.add_argument("--lr", type=float, default=None, help="default: the recipe's")
+    p.add_argument("--warmup-steps", type=int, default=None, help="default: the recipe's")
     p.add_argument("--save-every", type=int, default=500, help="checkpoint period in steps")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint exactly")
     p.add_argument("--seed", type=int, default=0, help="seed of initialization, data order and augmentation")
     p.add_argument("--overrides", default=None, help='JSON recipe overrides, e.g. \'{"gate_mode": "output_scale"}\'')
+    p.add_argument("--mixed-precision", choices=["bf16", "no"], default=None,
+                   help="default: bf16 on a GPU or a CPU that multiplies bf16 natively, else no")
+    p.add_argument("--log-with", choices=["tensorboard", "wandb"], default=None,
+                   help="also send each step's loss and learning rate to TensorBoard (events in OUT/vla-agents/) or "
+                        "W&B; default: nothing is sent anywhere (OUT/train_log.jsonl is always written)")
     p.add_argument("--eval-env", default=None, help="run evaluation rollouts on this env spec during training")
     p.add_argument("--eval-every", type=int, default=0, help="evaluation period in steps (0: never)")
     p.add_argument("--eval-episodes", type=int, default=5, help="episodes per evaluation")
@@ -393,11 +410,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-episodes", type=int, default=5, help="seeded episodes per evaluation")
     p.add_argument("--seed", type=int, default=0, help="seed of the SB3 algorithm and the envs")
     p.add_argument("--device", default="cpu", help="device of the SB3 policy (full: of the VLA too)")
+    p.add_argument("--tensorboard-log", default=None,
+                   help="SB3's tensorboard_log: write its training statistics for TensorBoard under this folder")
     p.add_argument("--out", required=True, help="output folder (the agent, rl_log.json, curve.png)")
     p.set_defaults(func=_train_rl)
 
     p = sub.add_parser("eval", help="seeded evaluation episodes with videos and eval_info.json")
-    p.add_argument("--agent", required=True, help="agent folder (save_pretrained output)")
+    p.add_argument("--agent", required=True, help="agent folder (save_pretrained output) or hub id (owner/name)")
     p.add_argument("--env", required=True,
                    help="environment spec, or a whole LIBERO suite (libero/libero_spatial: every task)")
     p.add_argument("--episodes", type=positive_int, default=50, help="per task; LIBERO episode i starts from init state i")
@@ -406,6 +425,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="write LeRobot-style eval_info.json here")
     _run_arguments(p)
     p.set_defaults(func=_eval)
+
+    p = sub.add_parser("push", help="upload an agent folder with a generated model card to the Hugging Face hub")
+    p.add_argument("agent", help="agent folder (save_pretrained output); its checkpoint/ is not uploaded")
+    p.add_argument("repo_id", help="hub repository, owner/name (created if needed; log in first: hf auth login)")
+    p.add_argument("--revision", default=None, help="branch to commit to (default: main)")
+    p.add_argument("--private", action="store_true", help="create the repository private")
+    p.set_defaults(func=_push)
 
     p = sub.add_parser("compare", help="evaluate several agents and print a comparison table")
     p.add_argument("agents", nargs="+", help="agent folders")

@@ -9,6 +9,7 @@ checkpoint's is refused.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
@@ -20,13 +21,14 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.utils import gather_object
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 from safetensors.torch import load_file, save_file
 from torch.optim.lr_scheduler import LRScheduler, MultiStepLR
 from transformers import get_cosine_schedule_with_warmup
 
 from vla_agents.agent import VLAAgent, load_agent, make_agent
-from vla_agents.atomic import check_target, recover, write_file
+from vla_agents.atomic import check_target, recover
 from vla_agents.data.dataset import DemoDataset
 from vla_agents.data.hdf5 import PRIVILEGED_OBS
 from vla_agents.models.blocks import action_loss
@@ -35,6 +37,7 @@ from vla_agents.progress import LoggedProgress
 from vla_agents.train.arguments import at_least
 from vla_agents.train.auxiliary import TargetProbe, attention_target_loss, target_loss
 from vla_agents.train.checkpoint import CHECKPOINT, load_trainer_state, write_checkpoint
+from vla_agents.train.logs import LOSS_CURVE, TRAIN_LOG, TrainLog, check_tracker, plot_loss_curve
 
 TRAINER_STATE = "trainer_state.pt"
 AUX_PROBE = "aux_probe.safetensors"  # the auxiliary grounding probe's weights, kept for an exact --resume
@@ -82,17 +85,21 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, recipe: dict[str, Any], warmup_steps: int, steps: int) -> LRScheduler:
+def make_scheduler(optimizer: torch.optim.Optimizer, recipe: dict[str, Any], warmup_steps: int, steps: int,
+                   processes: int = 1) -> LRScheduler:
     """The recipe's `lr_schedule`: "cosine" with linear warmup (the default, and recipes saved without
     the key), or "multistep", VLA-Adapter's released MultiStepLR: the rate drops x0.1 once, at
-    `lr_decay_step` (finetune.py: milestones=[num_steps_before_decay], gamma=0.1; no warmup)."""
+    `lr_decay_step` (finetune.py: milestones=[num_steps_before_decay], gamma=0.1; no warmup).
+    Once prepared by accelerate, the scheduler steps `processes` times per optimizer step (each process
+    brings its own batch), so every length is counted in scheduler steps, x `processes`, as accelerate's
+    examples do: the rate at each optimizer step is then the one-process run's."""
     schedule = recipe.get("lr_schedule", "cosine")
     if schedule == "cosine":
-        return get_cosine_schedule_with_warmup(optimizer, warmup_steps, steps)
+        return get_cosine_schedule_with_warmup(optimizer, warmup_steps * processes, steps * processes)
     if schedule == "multistep":
         if recipe.get("lr_decay_step") is None:
             raise ValueError("recipe key lr_schedule 'multistep' needs lr_decay_step (the step the rate drops x0.1 at)")
-        return MultiStepLR(optimizer, milestones=[recipe["lr_decay_step"]], gamma=0.1)
+        return MultiStepLR(optimizer, milestones=[recipe["lr_decay_step"] * processes], gamma=0.1)
     raise ValueError(f"recipe key lr_schedule: unknown schedule {schedule!r}; expected 'cosine' or 'multistep'")
 
 
@@ -111,14 +118,27 @@ def save_checkpoint(agent: VLAAgent, out_dir: Path, trainer_state: dict[str, Any
 def _check_resume(checkpoint: Path, agent: VLAAgent, state: dict[str, Any], asked: dict[str, Any],
                   overrides: dict[str, Any]) -> None:
     """Refuse a resume whose settings differ from the checkpoint's: it would go on training the saved
-    run (its policy, data order, optimizer) while reporting the new settings."""
-    saved = {"policy": agent.policy_name, "scale": agent.recipe["scale"],
+    run (its policy, data order, optimizer) while reporting the new settings. The number of processes
+    is one of them: it sets the global batch and the scheduler's step count (checkpoints from before it
+    was recorded were trained by one process)."""
+    saved = {"policy": agent.policy_name, "scale": agent.recipe["scale"], "processes": state.get("processes", 1),
              **{k: state[k] for k in ("seed", "batch_size", "lr", "warmup_steps") if k in state}}
     differ = [f"{k}={saved[k]!r} (asked: {v!r})" for k, v in asked.items() if v is not None and k in saved and v != saved[k]]
     differ += [f"{k}={agent.recipe.get(k)!r} (asked: {v!r})" for k, v in overrides.items() if agent.recipe.get(k) != v]
     if differ:
         raise ValueError(f"--resume: the checkpoint in {checkpoint} was trained with {', '.join(differ)}; resume with "
                          "its settings, or train into another --out without --resume")
+
+
+def _check_same_settings(accelerator: Accelerator, settings: dict[str, Any]) -> None:
+    """Refuse a launch whose processes were given different settings: each would train its own run
+    while their gradients are averaged."""
+    every = gather_object([json.dumps(settings, sort_keys=True, default=str)])
+    if len(set(every)) > 1:
+        mine = json.loads(every[0])
+        differ = sorted({k for other in every[1:] for k, v in json.loads(other).items() if mine.get(k) != v})
+        raise ValueError(f"the {len(every)} processes of this launch were given different settings ({', '.join(differ)}); "
+                         "launch every process with the same arguments")
 
 
 def train_bc(
@@ -138,26 +158,39 @@ def train_bc(
     eval_every: int = 0,
     progress: bool = True,
     mixed_precision: str | None = None,
+    log_with: str | None = None,
 ) -> BCResult:
-    """Train `policy` on demonstration files; the final agent is written to `out_dir`.
-    `mixed_precision`: "bf16" or "no"; None picks bf16 on a GPU or a CPU that multiplies bf16 natively."""
+    """Train `policy` on demonstration files; the final agent is written to `out_dir`, with train_log.jsonl
+    (appended as training runs) and loss_curve.png (`train.logs`).
+    `mixed_precision`: "bf16" or "no"; None picks bf16 on a GPU or a CPU that multiplies bf16 natively.
+    `log_with`: "tensorboard" (events in `out_dir/vla-agents/`) or "wandb" also receive every step's
+    record, through accelerate's trackers; None sends nothing anywhere."""
     at_least(1, steps=steps, batch_size=batch_size)
     at_least(0, save_every=save_every, eval_every=eval_every, warmup_steps=warmup_steps, lr=lr)
     if mixed_precision not in (None, "bf16", "no"):
         raise ValueError(f"mixed_precision must be 'bf16', 'no' or None (automatic), got {mixed_precision!r}")
     out_dir = check_target(out_dir)  # before training: "." or its parents cannot take the final swap
+    check_tracker(log_with)
     cuda = torch.cuda.is_available()
-    accelerator = Accelerator(mixed_precision="no" if mixed_precision == "no" or not cuda else "bf16")
+    # cpu=True where there is no GPU: otherwise accelerate ignores a torchrun launch's processes on a CPU
+    # machine, and each trains alone (gloo is its CPU backend)
+    accelerator = Accelerator(mixed_precision="no" if mixed_precision == "no" or not cuda else "bf16",
+                              cpu=not cuda and not torch.backends.mps.is_available(), log_with=log_with,
+                              project_dir=out_dir)
     # on a CPU, autocast directly: accelerate's process-wide state would pin one precision per process
     cpu_bf16 = not cuda and mixed_precision != "no" and cpu_autocast_dtype() is not None
     checkpoint = out_dir / CHECKPOINT
-    if accelerator.is_main_process:  # a save or checkpoint a kill interrupted is completed, not lost
+    _check_same_settings(accelerator, {"policy": policy, "data": [str(Path(p).resolve()) for p in data], "steps": steps,
+                                       "out_dir": str(out_dir), "scale": scale, "batch_size": batch_size, "lr": lr,
+                                       "warmup_steps": warmup_steps, "resume": resume, "seed": seed, "overrides": overrides})
+    main = accelerator.is_main_process  # the one process that writes, prints and evaluates
+    if main:  # a save or checkpoint a kill interrupted is completed, not lost
         recover(out_dir)
         recover(checkpoint)
+        out_dir.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
-    out_dir.mkdir(parents=True, exist_ok=True)
     resuming = resume and (checkpoint / TRAINER_STATE).is_file()
-    if resume and not resuming:
+    if resume and not resuming and main:
         logger.warning("--resume: no checkpoint in %s; training starts at step 0", checkpoint)
 
     torch.manual_seed(seed)
@@ -166,12 +199,13 @@ def train_bc(
         agent = load_agent(checkpoint)
         state = load_trainer_state(checkpoint / TRAINER_STATE)
         asked = {"policy": split_name(policy, scale)[0], "scale": split_name(policy, scale)[1], "seed": seed,
-                 "batch_size": batch_size, "lr": lr, "warmup_steps": warmup_steps}
+                 "batch_size": batch_size, "lr": lr, "warmup_steps": warmup_steps, "processes": accelerator.num_processes}
         _check_resume(checkpoint, agent, state, asked, overrides or {})
         batch_size, lr = batch_size or state["batch_size"], lr if lr is not None else state.get("lr")
         warmup_steps = warmup_steps if warmup_steps is not None else state.get("warmup_steps")
         history = list(state.get("history", []))
-        logger.warning("--resume: continuing from step %d of the checkpoint in %s", state["step"], checkpoint)
+        if main:
+            logger.warning("--resume: continuing from step %d of the checkpoint in %s", state["step"], checkpoint)
         dataset = DemoDataset(data, chunk_size=agent.chunk, stats=agent.stats)
         if dataset.adapter_name != agent.adapter_name:
             raise ValueError(f"{checkpoint} was trained with adapter {agent.adapter_name!r}, these demonstrations are "
@@ -185,6 +219,8 @@ def train_bc(
     batch_size = batch_size or recipe["batch_size"]
     lr = lr if lr is not None else recipe["lr"]
     warmup_steps = warmup_steps if warmup_steps is not None else recipe["warmup_steps"]
+    agent.training = {"data": [Path(p).name for p in data], "steps": steps, "batch_size": batch_size,
+                      "processes": accelerator.num_processes, "lr": lr, "seed": seed}
 
     probe = None
     attend_weight = recipe.get("aux_attention_weight", 0.0)
@@ -201,7 +237,7 @@ def train_bc(
             probe.load_state_dict(load_file(str(checkpoint / AUX_PROBE)))
     params = [p for p in agent.model.parameters() if p.requires_grad] + (list(probe.parameters()) if probe else [])
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=recipe.get("weight_decay", 0.0))
-    scheduler = make_scheduler(optimizer, recipe, warmup_steps, steps)
+    scheduler = make_scheduler(optimizer, recipe, warmup_steps, steps, accelerator.num_processes)
     start = 0
     if resuming:
         optimizer.load_state_dict(state["optimizer"])
@@ -210,12 +246,17 @@ def train_bc(
         start = state["step"]
     agent.model.to(accelerator.device)
     model, optimizer, scheduler = accelerator.prepare(agent.model, optimizer, scheduler)
+    trained_probe = accelerator.prepare(probe) if probe is not None else None  # its gradients averaged like the model's
 
+    accelerator.init_trackers("vla-agents", config={
+        "policy": recipe["policy"], "scale": recipe["scale"], "steps": steps, "batch_size": batch_size, "lr": lr,
+        "warmup_steps": warmup_steps, "seed": seed, "processes": accelerator.num_processes})
+    log = TrainLog(out_dir / TRAIN_LOG, history) if main else None
     columns = [TextColumn("[bold]bc {task.fields[policy]}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}  {task.fields[sps]:.1f} samples/s"),
                TimeRemainingColumn()]
-    bar = LoggedProgress(*columns, disable=not (progress and accelerator.is_main_process))
-    with bar:
+    bar = LoggedProgress(*columns, disable=not (progress and main))
+    with bar, log or contextlib.nullcontext():
         task = bar.add_task("train", total=steps, completed=start, policy=recipe["policy"], loss=float("nan"), lr=lr, sps=0.0)
         for step in range(start, steps):
             tic = time.perf_counter()
@@ -227,7 +268,7 @@ def train_bc(
             loss = action_loss(out.actions.float(), batch["actions"], batch["action_is_pad"], agent.model.loss_kind)
             terms = {"action_loss": loss.item()} if probe is not None or attend_weight > 0 else {}
             if probe is not None:
-                aux, probe_terms = target_loss(probe, out.features, batch)
+                aux, probe_terms = target_loss(trained_probe, out.features, batch)
                 terms |= probe_terms
                 loss = loss + recipe["aux_target_weight"] * aux
             if attend_weight > 0:
@@ -239,20 +280,28 @@ def train_bc(
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
 
-            record = {"step": step + 1, "loss": loss.item(), **terms, "lr": scheduler.get_last_lr()[0]}
+            # the mean over processes: the loss of the step's whole batch, as one process would log it
+            means = accelerator.reduce(torch.tensor([loss.item(), *terms.values()], dtype=torch.float64, device=accelerator.device), "mean")
+            record = {"step": step + 1, "loss": means[0].item(), **dict(zip(terms, means[1:].tolist())),
+                      "lr": scheduler.get_last_lr()[0]}
             sps = len(idx) * accelerator.num_processes / (time.perf_counter() - tic)
-            if eval_fn is not None and eval_every and (step + 1) % eval_every == 0:
+            if eval_fn is not None and eval_every and (step + 1) % eval_every == 0 and main:
                 record.update(eval_fn(agent, step + 1))
             history.append(record)
+            if log is not None:
+                log.append(record)
+            accelerator.log(record, step=step + 1)
             bar.update(task, advance=1, loss=record["loss"], lr=record["lr"], sps=sps)
-            if save_every and (step + 1) % save_every == 0 and accelerator.is_main_process:
+            if save_every and (step + 1) % save_every == 0 and main:
                 save_checkpoint(agent, out_dir, {
                     "step": step + 1, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "rng": _rng_state(), "seed": seed, "batch_size": batch_size, "lr": lr,
-                    "warmup_steps": warmup_steps, "history": history,
+                    "warmup_steps": warmup_steps, "processes": accelerator.num_processes, "history": history,
                 }, probe)
+    for tracker in accelerator.trackers:  # end_training would also end the launch's process group
+        tracker.finish()
     accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
+    if main:
         agent.save_pretrained(out_dir)
-        write_file(out_dir / "train_log.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+        plot_loss_curve(history, out_dir / LOSS_CURVE, f"bc {recipe['policy']}-{recipe['scale']}")
     return BCResult(agent, history)

@@ -165,7 +165,7 @@ def train_rl(agent_dir: str | Path, env_spec: str, algo: str | None = None, mode
              lr: float | None = None, progress: bool = True, device: str = "cpu",
              scale: float = RESIDUAL_SCALE, progressive_explore: int = 0, feature_dim: int = 32,
              bc_weight: float = 0.0, bc_data: list[str | Path] | None = None, log_std_init: float = -1.5,
-             save_every: int = 0, state_keys: list[str] | None = None) -> Any:
+             save_every: int = 0, state_keys: list[str] | None = None, tensorboard_log: str | Path | None = None) -> Any:
     """RL fine-tuning of the agent in `agent_dir` on `env_spec` for `steps` env steps (over all envs).
 
     mode="residual" (algo "ppo" by default, or "sac"): `scale`, `progressive_explore`, `feature_dim`
@@ -175,7 +175,8 @@ def train_rl(agent_dir: str | Path, env_spec: str, algo: str | None = None, mode
     the initial exploration noise of PPO's Gaussian (full mode, and residual PPO). `lr` defaults to
     SB3's (residual) or full mode's own.
     `save_every` > 0 writes the agent so far (and its log) to `out_dir/checkpoint/` every that many
-    env steps, so an interrupted run keeps a loadable agent.
+    env steps, so an interrupted run keeps a loadable agent. `tensorboard_log` is SB3's: its statistics go
+    to TensorBoard event files in `tensorboard_log/<ALGO>_<n>/`.
     Returns the trained agent, also written to `out_dir` with `rl_log.json` and `curve.png`."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
@@ -239,8 +240,10 @@ def train_rl(agent_dir: str | Path, env_spec: str, algo: str | None = None, mode
     # SB3's default logger makes an empty SB3-<time> folder in the temp dir even at verbose=0; the recorder reads
     # PPO's statistics from the logger in memory, and rl_log.json is this run's log.
     from stable_baselines3.common.logger import Logger
+    from stable_baselines3.common.utils import configure_logger
 
-    run.model.set_logger(Logger(folder=None, output_formats=[]))
+    run.model.set_logger(configure_logger(0, str(tensorboard_log), algo.upper()) if tensorboard_log
+                         else Logger(folder=None, output_formats=[]))
     record_eval(0)
     try:
         run.model.learn(total_timesteps=run.timesteps, callback=recorder)
