@@ -100,7 +100,7 @@ def test_two_processes_run_the_one_process_schedule_and_one_writes(demos: Path, 
     cosine = [1e-3 * 0.5 * (1 + math.cos(math.pi * (k - 2) / 4)) for k in (3, 4, 5, 6)]
     assert [r["lr"] for r in one.history] == pytest.approx([5e-4, 1e-3, *cosine], abs=1e-12)
     assert [r["lr"] for r in log(out)] == [r["lr"] for r in one.history]
-    assert [r["loss"] for r in log(out)] == pytest.approx([r["loss"] for r in one.history], rel=1e-5)
+    assert [r["loss"] for r in log(out)] == pytest.approx([r["loss"] for r in one.history], rel=1e-4)  # float32 sums in another order
     assert_same_weights(out, tmp_path / "one")
     assert stdout.count("agent saved to") == 1
     assert writes[1] == [], writes[1][:5]
@@ -120,7 +120,7 @@ def test_a_two_process_run_resumes_under_two_processes_only(demos: Path, tmp_pat
                    progress=False, mixed_precision="no")
     # the losses, not the weights: at a constant 1e-3, Adam lifts the rounding noise of near-zero gradients to
     # weight differences of about 1e-3, which move the loss by less than this tolerance
-    assert [r["loss"] for r in log(out)] == pytest.approx([r["loss"] for r in one.history], rel=1e-5)
+    assert [r["loss"] for r in log(out)] == pytest.approx([r["loss"] for r in one.history], rel=1e-4)  # float32 sums in another order
     with pytest.raises(ValueError, match=rf"--resume: the checkpoint in {out / 'checkpoint'} was trained with "
                                          r"processes=2 \(asked: 1\)"):
         train_bc("oft", [demos], steps=6, out_dir=out, resume=True, seed=4, overrides=multistep, progress=False)
