@@ -91,12 +91,14 @@ def test_retrain_trains_each_agent_on_demonstrations_of_its_noise_level(tmp_path
         return args[args.index(flag) + 1] if flag in args else default
 
     collects = [c for c in calls if c[0] == "collect"]
-    assert len(collects) == len(demo.DEMO_DATA) * len({a.data_noise for a in SHIPPED})
+    wanted = {(spec, str(n), a.data_noise) for a in SHIPPED for spec, n in a.data}
+    assert sorted((c[1], value(c, "--episodes"), float(value(c, "--noise", 0.0))) for c in collects) == sorted(wanted)
     for agent in SHIPPED:
         trains = [c for c in calls if c[:2] == ["train", "bc"] and value(c, "--out").endswith(agent.name)]
-        mine = [value(c, "--out") for c in collects if float(value(c, "--noise", 0.0)) == agent.data_noise]
+        mine = [value(c, "--out") for spec, n in agent.data for c in collects
+                if (c[1], value(c, "--episodes"), float(value(c, "--noise", 0.0))) == (spec, str(n), agent.data_noise)]
         for train in trains:
-            assert train[train.index("--data") + 1 : train.index("--steps")] == mine and len(mine) == len(demo.DEMO_DATA)
+            assert train[train.index("--data") + 1 : train.index("--steps")] == mine and len(mine) == len(agent.data)
         # a continued agent: the same run resumed to the longer schedule, right after its first part
         assert [(value(c, "--steps"), "--resume" in c) for c in trains] == (
             [(str(agent.steps), False), (str(agent.continued_to), True)] if agent.continued_to else [(str(agent.steps), False)])

@@ -29,7 +29,10 @@ if TYPE_CHECKING:
 
 CHECKPOINTS = resource_dir("policies") / "checkpoints"
 DEMO_TASKS = ("embedded/lift", "embedded/pick_color")
-DEMO_DATA = {"embedded/lift": 200, "embedded/pick_color": 200}  # expert episodes collected per task
+DEMO_DATA = (("embedded/lift", 200), ("embedded/pick_color", 200))  # expert episodes collected per task
+# the grounded agents' set (issue 33): the clutter and stack tasks too, more pick_color scenes
+GROUNDED_DATA = (("embedded/lift", 200), ("embedded/pick_color", 300), ("embedded/pick_color_clutter", 200),
+                 ("embedded/stack", 200))
 DEMO_DATA_SEED = 100000  # far from the evaluation seeds (1000 on), so no training scene is evaluated
 SIMPLER_TASK = "simpler/widowx_carrot_on_plate"
 SIMPLER_AGENT = "oft-tiny-simpler"  # trained on SIMPLER_TASK; its commands are in policies/checkpoints/README.md
@@ -46,6 +49,7 @@ class ShippedAgent:
     batch_size: int = 16
     overrides: str = ""  # JSON recipe overrides, when the checkpoint predates a recipe change
     data_noise: float = 0.0  # `collect --noise` of its demonstrations (DART; 0: the expert's own path)
+    data: tuple[tuple[str, int], ...] = DEMO_DATA  # (task, episodes) of its demonstrations
     continued_to: int = 0  # then `--resume --steps continued_to`: the cosine schedule restretched to the
     # longer run, so it restarts at its value there (half the peak lr when continued_to = 2 x steps)
 
@@ -60,12 +64,15 @@ class ShippedAgent:
         return [first, [*first[:steps_at], str(self.continued_to), *first[steps_at + 1:], "--resume"]]
 
 
+UNGROUNDED = '{"backbone_path": null, "aux_target_weight": 0.0, "aux_attention_weight": 0.0}'  # before issue 33
 SHIPPED = (
-    ShippedAgent("oft-tiny-embedded", "oft", steps=4000, data_noise=0.4, continued_to=8000),
-    ShippedAgent("vla_adapter-tiny-embedded", "vla_adapter", steps=4000, continued_to=8000),
-    ShippedAgent("focusvla-tiny-embedded", "focusvla", steps=4000, continued_to=8000),  # on the VLA-Adapter base: its data
-    ShippedAgent("vat-tiny-embedded", "vat", steps=4000, data_noise=0.4, continued_to=8000),  # an OFT head: oft's data
-    ShippedAgent("deepvision-tiny-embedded", "deepvision", steps=4000, data_noise=0.4),  # QwenVLA-OFT base: oft's data
+    ShippedAgent("oft-tiny-embedded", "oft", steps=4000, data_noise=0.4, continued_to=8000, overrides=UNGROUNDED),
+    ShippedAgent("vla_adapter-tiny-embedded", "vla_adapter", steps=4000, continued_to=8000, overrides=UNGROUNDED),
+    ShippedAgent("focusvla-tiny-embedded", "focusvla", steps=4000, continued_to=8000,  # on the VLA-Adapter base: its data
+                 overrides=UNGROUNDED),
+    ShippedAgent("vat-tiny-embedded", "vat", steps=8000, data_noise=0.4, data=GROUNDED_DATA),  # an OFT head: oft's data
+    ShippedAgent("deepvision-tiny-embedded", "deepvision", steps=4000, data_noise=0.4,  # QwenVLA-OFT base: oft's data
+                 overrides=UNGROUNDED),
 )
 
 
@@ -75,14 +82,16 @@ def retrain(data_dir: Path, console: Console) -> None:
 
     data_dir.mkdir(parents=True, exist_ok=True)
     commands: list[list[str]] = []
-    files: dict[float, list[Path]] = {}  # one demonstration set per DART noise level in use
-    for noise in sorted({agent.data_noise for agent in SHIPPED}):
-        for spec, episodes in DEMO_DATA.items():
-            path = data_dir / f"{spec.split('/')[1]}{f'_noise{noise}' if noise else ''}.hdf5"
-            commands.append(["collect", spec, "--episodes", str(episodes), "--seed", str(DEMO_DATA_SEED),
-                             *(["--noise", str(noise)] if noise else []), "--out", str(path)])
-            files.setdefault(noise, []).append(path)
-    commands += [c for agent in SHIPPED for c in agent.train_commands(files[agent.data_noise], CHECKPOINTS / agent.name)]
+    files: dict[tuple[str, int, float], Path] = {}  # each (task, episodes, DART noise) collected once
+    for agent in SHIPPED:
+        for spec, episodes in agent.data:
+            key = (spec, episodes, agent.data_noise)
+            if key not in files:
+                files[key] = data_dir / f"{spec.split('/')[1]}{episodes}{f'_noise{agent.data_noise}' if agent.data_noise else ''}.hdf5"
+                commands.append(["collect", spec, "--episodes", str(episodes), "--seed", str(DEMO_DATA_SEED),
+                                 *(["--noise", str(agent.data_noise)] if agent.data_noise else []), "--out", str(files[key])])
+    commands += [c for agent in SHIPPED
+                 for c in agent.train_commands([files[(s, n, agent.data_noise)] for s, n in agent.data], CHECKPOINTS / agent.name)]
     log = []
     root = CHECKPOINTS.parents[1]
     for args in commands:
