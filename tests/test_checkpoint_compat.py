@@ -17,15 +17,13 @@ CHECKPOINTS = Path(__file__).resolve().parents[1] / "policies" / "checkpoints"
 DROP = "<not in the saved recipe>"  # a key an agent saved before issue 37 does not have
 
 # Normalised first and last actions of each shipped checkpoint on `observation()`, computed with the
-# code before issue 37 (commit e7ecb1b). The VAT shipped then was replaced by the grounded one (issue 33);
-# a VAT saved before issue 37 is emulated below by a recipe without the new key.
+# code before issue 37 (commit e7ecb1b). The oft and VAT shipped then were replaced by grounded ones (issue 33);
+# a VAT saved before issue 37 is emulated below by a recipe without the new key (oft's mechanism did not change).
 BEFORE_ISSUE_37 = {
     "deepvision-tiny-embedded": [[-0.16276, -0.03337, 0.23423, -0.87006, -0.90625, -0.80627, 0.77702],
                                  [-0.2759, 0.02558, 0.44723, -0.90384, -0.97485, -0.86556, 0.88584]],
     "focusvla-tiny-embedded": [[-0.28726, -0.04438, 1.27279, -0.99715, -1.00935, -0.9991, 0.83345],
                                [-0.24057, 0.01882, 1.09908, -1.01447, -1.01496, -1.01912, 0.69025]],
-    "oft-tiny-embedded": [[-0.45178, -0.0501, 0.24635, -1.01282, -1.01553, -1.03212, 0.93695],
-                          [-0.4333, 0.02332, 0.19779, -1.02229, -1.0242, -1.057, 0.87965]],
     "vla_adapter-tiny-embedded": [[-0.36587, -0.13417, 0.8673, -1.04596, -0.91535, -1.00293, 0.71886],
                                   [-0.34378, -0.10197, 0.78317, -1.00523, -0.92522, -0.96166, 0.81887]],
 }
@@ -33,7 +31,6 @@ OLD_MECHANISM = {
     "vla_adapter-tiny-embedded": lambda m: {blk.variant for blk in m.blocks} == {"original"},
     "focusvla-tiny-embedded": lambda m: {(blk.layout, blk.focus_scores) for blk in m.blocks} == {("v1", "latent")},
     "deepvision-tiny-embedded": lambda m: m.backbone.shared_attention == "one_way" and m.backbone.expert.prefix == 0,
-    "oft-tiny-embedded": lambda m: True,
 }
 
 

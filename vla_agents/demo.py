@@ -66,7 +66,7 @@ class ShippedAgent:
 
 UNGROUNDED = '{"backbone_path": null, "aux_target_weight": 0.0, "aux_attention_weight": 0.0}'  # before issue 33
 SHIPPED = (
-    ShippedAgent("oft-tiny-embedded", "oft", steps=4000, data_noise=0.4, continued_to=8000, overrides=UNGROUNDED),
+    ShippedAgent("oft-tiny-embedded", "oft", steps=8000, data_noise=0.4, data=GROUNDED_DATA),
     ShippedAgent("vla_adapter-tiny-embedded", "vla_adapter", steps=4000, continued_to=8000, overrides=UNGROUNDED),
     ShippedAgent("focusvla-tiny-embedded", "focusvla", steps=4000, continued_to=8000,  # on the VLA-Adapter base: its data
                  overrides=UNGROUNDED),
