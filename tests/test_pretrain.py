@@ -122,6 +122,8 @@ def test_every_tiny_recipe_starts_from_the_shipped_backbone(policy: str) -> None
     vision = agent.model.backbone.model if policy == "vat" else agent.model.backbone.vision
     weights = vision.state_dict()
     assert weights and all(torch.equal(v, shipped[f"vision.{k}"]) for k, v in weights.items())
+    if policy != "vat":  # the saved config names the backbone as the recipe does, not by this machine's path
+        assert agent.config()["hf_configs"]["llm"]["_name_or_path"] == "backbones/tiny-embedded/llm"
 
 
 def test_pretraining_resumes_exactly(corpus: Path, tmp_path: Path) -> None:

@@ -433,6 +433,7 @@ def build_backbone(recipe: dict[str, Any], hf_configs: dict[str, Any] | None = N
         llm = LanguageModel.from_config(hf_configs["llm"], attn)
     elif folder is not None:
         llm = LanguageModel.from_pretrained(str(folder / "llm"), attn)
+        llm.config._name_or_path = f"{recipe['backbone_path']}/llm"  # as the recipe names it: saved configs stay portable
     elif recipe.get("llm_path"):
         llm = LanguageModel.from_pretrained(recipe["llm_path"], attn)
     else:
