@@ -72,6 +72,13 @@ def check_architecture(folder: Path, info: dict[str, Any], recipe: dict[str, Any
                          + "; ".join(wrong))
 
 
+def open_backbone(recipe: dict[str, Any]) -> Path:
+    """The folder the recipe's `backbone_path` names, after checking it is complete and of the recipe's architecture."""
+    folder = resolve_shipped_path(recipe["backbone_path"])
+    check_architecture(folder, read_backbone_info(folder), recipe)
+    return folder
+
+
 def load_vision_weights(folder: Path, modules: dict[str, nn.Module]) -> None:
     """Pretrained parts of `vision.safetensors` into `modules` ({"vision": tower, "projector": ...}; a policy
     without a language model, VAT, takes the tower alone). Every key of each part, shapes checked."""

@@ -23,7 +23,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedTokenizerFast, Qwen2Config, Qwen2Model
 from transformers import SiglipVisionConfig, SiglipVisionModel
 
-from vla_agents.models.backbone_folder import check_architecture, load_vision_weights, read_backbone_info, resolve_shipped_path
+from vla_agents.models.backbone_folder import load_vision_weights, open_backbone
 from vla_agents.models.blocks import TransformerBlock
 
 SIGLIP_MEAN, SIGLIP_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
@@ -413,8 +413,7 @@ def build_backbone(recipe: dict[str, Any], hf_configs: dict[str, Any] | None = N
     attn = recipe.get("attn_implementation", "eager")
     folder = None
     if recipe.get("backbone_path") and hf_configs is None:  # a pretrained tiny backbone, loaded as paper recipes load theirs
-        folder = resolve_shipped_path(recipe["backbone_path"])
-        check_architecture(folder, read_backbone_info(folder), recipe)
+        folder = open_backbone(recipe)
     if recipe["vision"] == "tiny_vit":
         vision: nn.Module = TinyViT(
             recipe["image_size"], recipe["patch_size"], recipe["vit_dim"], recipe["vit_depth"], recipe["vit_heads"],

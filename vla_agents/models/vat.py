@@ -38,7 +38,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, SiglipVisionModel
 
-from vla_agents.models.backbone_folder import check_architecture, load_vision_weights, read_backbone_info, resolve_shipped_path
+from vla_agents.models.backbone_folder import load_vision_weights, open_backbone
 from vla_agents.models.backbones import IMAGENET_MEAN, IMAGENET_STD, SIGLIP_MEAN, SIGLIP_STD, TinyViT, _normalize
 from vla_agents.models.blocks import Attention, MLPResNet, PolicyOutput, ProprioProjector, action_loss
 
@@ -93,9 +93,7 @@ class ViTTrunk(nn.Module):
             vit = TinyViT(size, recipe["patch_size"], recipe["vit_dim"], recipe["vit_depth"], recipe["vit_heads"],
                           recipe.get("vit_pos_std", 0.02))
             if recipe.get("backbone_path") and hf_configs is None:  # the pretrained tiny ViT, as paper recipes load theirs
-                folder = resolve_shipped_path(recipe["backbone_path"])
-                check_architecture(folder, read_backbone_info(folder), recipe)
-                load_vision_weights(folder, {"vision": vit})
+                load_vision_weights(open_backbone(recipe), {"vision": vit})
             return cls(kind, vit, size, drop)
         if hf_configs is not None:
             cfg = dict(hf_configs["vision"])

@@ -31,11 +31,11 @@ class TargetProbe(nn.Module):
         return self.offset(features), self.cells(features).view(len(features), self.num_views, -1)
 
 
-def target_cells(uv: torch.Tensor) -> torch.Tensor:
-    """uv fractions of the crop (B, V, 2) -> row-major cell of the GRID x GRID map, GRID^2 where outside."""
+def target_cells(uv: torch.Tensor, rows: int = GRID, cols: int = GRID) -> torch.Tensor:
+    """uv fractions of the crop (..., 2) -> row-major cell of the rows x cols map, rows * cols where outside."""
     inside = (uv >= 0).all(-1) & (uv < 1).all(-1)
-    col, row = (uv.clamp(0, 1 - 1e-6) * GRID).long().unbind(-1)
-    return torch.where(inside, row * GRID + col, GRID * GRID)
+    u, v = uv.clamp(0, 1 - 1e-6).unbind(-1)
+    return torch.where(inside, (v * rows).long() * cols + (u * cols).long(), rows * cols)
 
 
 def target_loss(probe: TargetProbe, features: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
@@ -54,11 +54,8 @@ def attention_target_loss(attention: dict[str, torch.Tensor], target_uv: torch.T
     losses = []
     for i, view in enumerate(views):
         heat = attention[view].float().flatten(1)  # (B, h*w)
-        h, w = attention[view].shape[-2:]
-        uv = target_uv[:, i]
-        inside = (uv >= 0).all(-1) & (uv < 1).all(-1)
-        col = (uv[:, 0].clamp(0, 1 - 1e-6) * w).long()
-        row = (uv[:, 1].clamp(0, 1 - 1e-6) * h).long()
-        share = heat.gather(1, (row * w + col).unsqueeze(1)).squeeze(1) / heat.sum(-1).clamp(min=1e-12)
+        cells = target_cells(target_uv[:, i], *attention[view].shape[-2:])
+        inside = cells < heat.shape[1]
+        share = heat.gather(1, cells.clamp(max=heat.shape[1] - 1).unsqueeze(1)).squeeze(1) / heat.sum(-1).clamp(min=1e-12)
         losses.append(-(share + 1e-6).log()[inside])
     return torch.cat(losses).mean() if sum(len(x) for x in losses) else target_uv.new_zeros(())
