@@ -189,10 +189,10 @@ def test_auxiliary_loss_is_off_at_paper_scale_and_needs_recorded_targets(tmp_pat
 
 def test_attention_loss_is_minus_log_of_the_share_on_the_target_cell() -> None:
     heat = torch.zeros(2, 2, 4)  # 2 x 4 cells per view
-    heat[0, 1, 2] = 3.0          # sample 0: 3 of 4 units on row 1, col 2
+    heat[0, 1, 1] = 3.0          # sample 0: 3 of 4 units on row 1, col 1
     heat[0, 0, 0] = 1.0
     heat[1] = 1.0                # sample 1: uniform over 8 cells
-    uv = torch.tensor([[[0.6, 0.7], [-1.0, -1.0]],    # view a: col 2 (0.6 * 4), row 1 (0.7 * 2); view b: not in view
+    uv = torch.tensor([[[0.3, 0.7], [-1.0, -1.0]],    # view a: col 1 (0.3 * 4), row 1 (0.7 * 2); view b: not in view
                        [[0.1, 0.1], [0.99, 0.99]]])   # uniform: share 1/8 in each view
     loss = attention_target_loss({"a": heat, "b": heat.clone()}, uv, ["a", "b"])
     expected = (-np.log(0.75 + 1e-6) - 2 * np.log(1 / 8 + 1e-6)) / 3  # the mean over the 3 (sample, view) pairs in view
