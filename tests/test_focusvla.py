@@ -16,6 +16,7 @@ from vla_agents.models.backbones import IMAGENET_MEAN, IMAGENET_STD, SIGLIP_MEAN
 from vla_agents.models.blocks import merge_heads, rotary, split_heads
 from vla_agents.models.focusvla import FocusBlock
 from vla_agents.models.vla_adapter import BridgeAttention, VLAAdapterPolicy
+from vla_agents.train.auxiliary import attention_target_loss
 from vla_agents.policies import build_model, load_recipe
 
 from test_agent import raw_obs, stats
@@ -49,7 +50,7 @@ def hand_scores(blk: FocusBlock, queries: torch.Tensor, keys: torch.Tensor) -> t
 def test_exactly_k_visual_keys_get_attention_and_they_are_the_top_k_scores(focus_scores: str) -> None:
     blk = block(topk=5, focus_scores=focus_scores)
     x, aq, p, keys, values = inputs()
-    _, weights, kept = blk.attend(x, aq, p, keys, values)
+    _, weights, kept, _ = blk.attend(x, aq, p, keys, values)
     assert kept.shape == (2, N) and torch.all(kept.sum(-1) == 5)
     nonzero = weights > 0
     assert torch.equal(nonzero, kept[:, None, None, :].expand_as(nonzero))  # masked keys: exactly zero
@@ -73,7 +74,7 @@ def test_patch_scores_follow_the_action_queries_not_the_latent() -> None:
 
 
 def test_topk_none_keeps_every_patch() -> None:
-    _, weights, kept = block(topk=None).attend(*inputs())
+    _, weights, kept, _ = block(topk=None).attend(*inputs())
     assert kept.all() and torch.all(weights > 0)
     torch.testing.assert_close(weights.sum(-1), torch.ones(2, HEADS, T))
 
@@ -83,18 +84,18 @@ def test_tokens_pruned_upstream_are_never_kept() -> None:
     x, aq, p, keys, values = inputs()
     pruned = torch.zeros(2, N, dtype=torch.bool)
     pruned[:, :6] = True
-    _, weights, kept = block(topk=4).attend(x, aq, p, keys, values, pruned)
+    _, weights, kept, _ = block(topk=4).attend(x, aq, p, keys, values, pruned)
     assert torch.all(kept.sum(-1) == 4) and not (kept & pruned).any()
-    _, weights, kept = block(topk=None).attend(x, aq, p, keys, values, pruned)
+    _, weights, kept, _ = block(topk=None).attend(x, aq, p, keys, values, pruned)
     assert torch.equal(kept, ~pruned) and torch.all(weights[..., :6] == 0)
 
 
 def test_values_come_from_the_value_source_and_scores_from_the_keys() -> None:
     blk = block(topk=4, gate="none")
     x, aq, p, keys, values = inputs()
-    outputs, weights, kept = blk.attend(x, aq, p, keys, values)
+    outputs, weights, kept, _ = blk.attend(x, aq, p, keys, values)
     other = torch.randn_like(values)
-    outputs2, weights2, kept2 = blk.attend(x, aq, p, keys, other)
+    outputs2, weights2, kept2, _ = blk.attend(x, aq, p, keys, other)
     assert torch.equal(kept, kept2) and torch.equal(weights, weights2)  # the selection only sees the keys
     torch.testing.assert_close(outputs2[2], weights @ split_heads(blk.v["vision"](other), HEADS))
 
@@ -105,8 +106,8 @@ def test_cascaded_output_follows_vision_with_action_queries_fixed(cascade: str) 
     blk = block(cascade=cascade, topk=6)
     x, aq, p, keys, values = inputs()
     keys2, values2 = inputs(seed=1)[3:]
-    out, _, _ = blk(x, aq, p, keys, values)
-    out2, _, _ = blk(x, aq, p, keys2, values2)
+    out, _, _, _ = blk(x, aq, p, keys, values)
+    out2, _, _, _ = blk(x, aq, p, keys2, values2)
     assert (out - out2).abs().max() > 1e-3
 
 
@@ -115,9 +116,9 @@ def test_parallel_stages_share_the_latent_serial_stages_chain() -> None:
     aq2 = inputs(seed=1)[1]
     parallel, serial = block(cascade="parallel", topk=None), block(cascade="serial", topk=None)
     serial.load_state_dict(parallel.state_dict())
-    (p1, w1, _), (p2, w2, _) = (parallel.attend(x, a, p, keys, values) for a in (aq, aq2))
+    (p1, w1, _, _), (p2, w2, _, _) = (parallel.attend(x, a, p, keys, values) for a in (aq, aq2))
     assert torch.equal(p1[0], p2[0]) and torch.equal(p1[2], p2[2]) and torch.equal(w1, w2)  # H_V ignores C^AQ
-    (s1, sw1, _), (s2, sw2, _) = (serial.attend(x, a, p, keys, values) for a in (aq, aq2))
+    (s1, sw1, _, _), (s2, sw2, _, _) = (serial.attend(x, a, p, keys, values) for a in (aq, aq2))
     torch.testing.assert_close(s1[0], p1[0])  # the first stage is the same
     assert not torch.allclose(sw1, sw2)  # the vision stage queries with H_AQ
 
@@ -127,7 +128,7 @@ def test_each_modality_has_its_own_softmax_and_the_action_query_reads_proprio_to
     ActionQuery logits; and [C^AQ ; proprio] is the second source, so proprio reaches the output."""
     blk = block(topk=None, gate="none")
     x, aq, p, keys, values = inputs()
-    (h1, w1, _), (h2, w2, _) = (blk.attend(x, a, p, keys, values) for a in (aq, 20 * aq))
+    (h1, w1, _, _), (h2, w2, _, _) = (blk.attend(x, a, p, keys, values) for a in (aq, 20 * aq))
     torch.testing.assert_close(w1.sum(-1), torch.ones(2, HEADS, T))
     assert torch.equal(w1, w2) and torch.equal(h1[2], h2[2]) and not torch.allclose(h1[1], h2[1])
     assert not torch.allclose(blk(x, aq, p, keys, values)[0], blk(x, aq, p + 1, keys, values)[0])
@@ -138,7 +139,7 @@ def test_residual_form_hand_computed() -> None:
     FFN VLA-Adapter's LN -> Linear -> ReLU; the residual is not taken inside the FFN."""
     blk = block(topk=5)
     x, aq, p, keys, values = inputs()
-    outputs, _, _ = blk.attend(x, aq, p, keys, values)
+    outputs, _, _, _ = blk.attend(x, aq, p, keys, values)
     fused = torch.cat([merge_heads(o) for o in outputs], dim=-1) @ blk.fusion.weight.T + blk.fusion.bias
     ln, lin = blk.ffn[0], blk.ffn[1]
     expected = x + torch.relu(F.layer_norm(fused, (DIM,), ln.weight, ln.bias) @ lin.weight.T + lin.bias)
@@ -152,7 +153,7 @@ def test_residual_form_hand_computed() -> None:
 def test_gate_granularity_and_position(gate: str, shape: tuple | None) -> None:
     blk = block(gate=gate, topk=5)
     x, aq, p, keys, values = inputs()
-    outputs, weights, _ = blk.attend(x, aq, p, keys, values)
+    outputs, weights, _, _ = blk.attend(x, aq, p, keys, values)
     ungated = weights @ split_heads(blk.v["vision"](values), HEADS)  # SDPA output per head, before fusion
     g = blk.gate_values(x)
     if shape is None:
@@ -223,6 +224,29 @@ def test_policy_shapes_attention_and_kept_masks() -> None:
     for view, heat in out.attention.items():
         assert heat.shape == (2, 2, 2)
         assert torch.all(heat[~kept[view]] == 0) and torch.all(heat[kept[view]] > 0)
+
+
+def test_attention_loss_reaches_a_target_patch_the_top_k_dropped() -> None:
+    """With K = 1 the overlay's map is one-hot on the kept patch: a target elsewhere has share 0 there and
+    no gradient. The loss must then come from the focus scores that chose the patch (every block's), or
+    the target can never enter the kept set (the loss sat at -log 1e-6 before this was fixed)."""
+    torch.manual_seed(0)
+    model = build_model(load_recipe("focusvla", "tiny", {**SMALL, "topk": 1}))
+    out = model(batch(), with_attention=True)
+    dropped = (~out.masks["kept"]["agentview"][0]).nonzero()[0]  # (row, col) of a patch not kept, sample 0
+    uv = torch.full((2, 2, 2), -1.0)  # (B, views, uv): sample 1 and the wrist view see no target
+    uv[0, 0] = torch.stack([dropped[1] + 0.5, dropped[0] + 0.5]) / 2  # that patch's centre, of the 2x2 grid
+    overlay = attention_target_loss(out.attention, uv, model.backbone.views)
+    assert overlay.item() == 0 and not overlay.requires_grad  # nothing movable on the overlay's map
+    maps = out.grounding_maps()
+    assert len(maps) == 1 + len(model.blocks) and maps[0] is out.attention
+    loss = torch.stack([attention_target_loss(m, uv, model.backbone.views) for m in maps]).mean()
+    loss.backward()
+    for blk in model.blocks:
+        assert blk.q.weight.grad.abs().sum() > 0 and blk.k["vision"].weight.grad.abs().sum() > 0
+    shares = [(f["agentview"][0, dropped[0], dropped[1]] / f["agentview"][0].sum()).item() for f in out.focus]
+    expected = -sum(np.log(share + 1e-6) for share in shares) / (1 + len(model.blocks))  # the overlay's term is 0
+    assert all(0 < share < 1 for share in shares) and loss.item() == pytest.approx(expected, rel=1e-5)
 
 
 @pytest.mark.parametrize("source", ["raw", "vlm"])

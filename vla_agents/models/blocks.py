@@ -130,6 +130,11 @@ class PolicyOutput:
     attention: dict[str, torch.Tensor] = field(default_factory=dict)
     features: torch.Tensor | None = field(default=None, kw_only=True)
 
+    def grounding_maps(self) -> list[dict[str, torch.Tensor]]:
+        """The maps BC's attention loss pulls onto the named cube: the overlay's map; policies whose
+        attention is steered by another map (FocusVLA's top-K scores) add it."""
+        return [self.attention]
+
 
 ACTION_LOSSES = ("l1", "mse")
 

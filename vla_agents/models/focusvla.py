@@ -73,6 +73,12 @@ class FocusOutput(PolicyOutput):
     """PolicyOutput plus named patch masks, name -> view -> (B, h, w) bool: "kept" is the top-K set."""
 
     masks: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    focus: list[dict[str, torch.Tensor]] = field(default_factory=list)  # per block: softmax of the top-K scores, per view
+
+    def grounding_maps(self) -> list[dict[str, torch.Tensor]]:
+        """The overlay's map cannot move a patch the top-K dropped (its share is exactly 0, no gradient):
+        the scores that choose the K patches are trained too, in every block."""
+        return [self.attention, *self.focus]
 
 
 class FocusBlock(nn.Module):
@@ -136,9 +142,10 @@ class FocusBlock(nn.Module):
     def attend(
         self, x: torch.Tensor, action_queries: torch.Tensor, proprio: torch.Tensor, vision_keys: torch.Tensor,
         vision_values: torch.Tensor, pruned: torch.Tensor | None = None,
-    ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
         """The three per-head modality outputs [H_A, H_AQ, H_V] (B, heads, T, Dh), H_V gated, plus the
-        attention weights on the visual keys (B, heads, T, N) and the kept patches (B, N)."""
+        attention weights on the visual keys (B, heads, T, N), the kept patches (B, N) and the focus
+        scores that chose them (B, heads, Q, N)."""
         keys_in = (x, torch.cat([action_queries, proprio], dim=1), vision_keys)
         values_in = (*keys_in[:2], vision_values)
         outputs, query_in = [], x
@@ -158,18 +165,18 @@ class FocusBlock(nn.Module):
         g = self.gate_values(gate_in)
         if g is not None:
             outputs[2] = outputs[2] * g
-        return outputs, vision_weights, kept
+        return outputs, vision_weights, kept, scores
 
     def forward(
         self, x: torch.Tensor, action_queries: torch.Tensor, proprio: torch.Tensor, vision_keys: torch.Tensor,
         vision_values: torch.Tensor, pruned: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """x (B, T, d); action_queries = C^AQ_i (B, Q, d); proprio (B, 1, d); vision_keys = C^V_i and
         vision_values (B, N, d); pruned (B, N) as in `focus`. Returns A' = FFN(fusion([H_A ; H_AQ ;
-        H_V])) + A, the visual attention weights and the kept patches."""
-        outputs, vision_weights, kept = self.attend(x, action_queries, proprio, vision_keys, vision_values, pruned)
+        H_V])) + A, the visual attention weights, the kept patches and the focus scores."""
+        outputs, vision_weights, kept, scores = self.attend(x, action_queries, proprio, vision_keys, vision_values, pruned)
         fused = self.fusion(torch.cat([merge_heads(o) for o in outputs], dim=-1))
-        return x + self.ffn(fused), vision_weights, kept
+        return x + self.ffn(fused), vision_weights, kept, scores
 
 
 class FocusVLAPolicy(nn.Module):
@@ -244,21 +251,24 @@ class FocusVLAPolicy(nn.Module):
         if self.training and self.latent_noise_std > 0:
             x0 = x0 + torch.randn_like(x0) * self.latent_noise_std
         x = self.fc1(x0)
-        vision_attention = []
+        vision_attention, focus_scores = [], []
         for block, h in zip(self.blocks, out.hidden_states):  # block i <- LLM layer i+1
             c_aq, c_v = h[:, out.slots].float(), h[:, visual].float()
-            x, w, kept = block(x, c_aq, p, c_v, c_v if raw is None else raw, out.visual_key_mask)
+            x, w, kept, scores = block(x, c_aq, p, c_v, c_v if raw is None else raw, out.visual_key_mask)
             vision_attention.append(w)
+            focus_scores.append(scores)
         self.last_kept = kept
         actions = self.fc2(x)
 
-        attention, masks = {}, {}
+        attention, masks, focus = {}, {}, []
         if with_attention:
             w = vision_attention[-1] if self.attention_from == "last" else torch.stack(vision_attention).mean(0)
             local = {view: slice(s.start - visual.start, s.stop - visual.start) for view, s in out.visual.items()}
             attention = heatmaps(w, local, out.grid)
             masks = {"kept": {view: kept[:, pos].reshape(-1, *out.grid) for view, pos in local.items()}}
-        return FocusOutput(actions, attention, masks, features=x.mean(dim=1))
+            if self.blocks[0].topk is not None:
+                focus = [heatmaps(scores.softmax(dim=-1), local, out.grid) for scores in focus_scores]
+        return FocusOutput(actions, attention, masks, focus, features=x.mean(dim=1))
 
     @torch.no_grad()
     def predict(self, batch: dict[str, torch.Tensor]) -> FocusOutput:

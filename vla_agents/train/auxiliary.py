@@ -50,12 +50,14 @@ def target_loss(probe: TargetProbe, features: torch.Tensor, batch: dict[str, tor
 def attention_target_loss(attention: dict[str, torch.Tensor], target_uv: torch.Tensor, views: list[str]) -> torch.Tensor:
     """How little of each view's action->vision attention (the map the overlay draws) falls on the named
     cube's patch: the mean of -log(share of the view's attention in the target's cell), over the views the
-    cube is in. It teaches the action queries to read the target's patch, so the map shows it too."""
+    cube is in and whose patch no mask dropped. It teaches the action queries to read the target's patch,
+    so the map shows it too."""
     losses = []
     for i, view in enumerate(views):
         heat = attention[view].float().flatten(1)  # (B, h*w)
         cells = target_cells(target_uv[:, i], *attention[view].shape[-2:])
         inside = cells < heat.shape[1]
         share = heat.gather(1, cells.clamp(max=heat.shape[1] - 1).unsqueeze(1)).squeeze(1) / heat.sum(-1).clamp(min=1e-12)
-        losses.append(-(share + 1e-6).log()[inside])
+        movable = inside & (share > 0)  # exactly 0: a mask (FocusVLA's top-K, DTP) dropped the patch, no gradient
+        losses.append(-(share + 1e-6).log()[movable])
     return torch.cat(losses).mean() if sum(len(x) for x in losses) else target_uv.new_zeros(())

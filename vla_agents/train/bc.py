@@ -272,7 +272,8 @@ def train_bc(
                 terms |= probe_terms
                 loss = loss + recipe["aux_target_weight"] * aux
             if attend_weight > 0:
-                attend = attention_target_loss(out.attention, batch["target_uv"], agent.views)
+                attend = torch.stack([attention_target_loss(maps, batch["target_uv"], agent.views)
+                                      for maps in out.grounding_maps()]).mean()
                 terms["aux_attention"] = attend.item()
                 loss = loss + attend_weight * attend
             accelerator.backward(loss)
