@@ -50,6 +50,26 @@ def test_recorded_episode_matches_the_env_observations():
     assert actions[0, 6] == -1.0 and actions[-1, 6] == 1.0  # open on approach, closed when lifting
 
 
+def test_stack_records_the_cube_each_step_is_about():
+    """The grounding target is the named cube until it is held, then the base it is carried to: the
+    recorded position is the base's (which stays put) from the lift on, the red cube's before."""
+    env = make_env("embedded/stack", image_size=64)
+    expert = ScriptedExpert(env)
+    phases = []
+    act = expert.act
+    expert.act = lambda obs: (action := act(obs), phases.append(expert.index))[0]
+    success, _, obs = record_episode(env, expert, seed=3, image_size=64)
+    assert success
+    phases = np.array(phases)
+    assert (phases < 3).any() and (phases >= 3).any()
+    base = env.unwrapped.sim.cube_pos("green")
+    carrying = obs["target_pos"][phases >= 3]
+    np.testing.assert_allclose(carrying, np.broadcast_to(base, carrying.shape), atol=2e-3)
+    first, _ = env.reset(seed=3)
+    np.testing.assert_allclose(obs["target_pos"][0], env.unwrapped.sim.cube_pos("red"), atol=1e-6)
+    assert np.linalg.norm(obs["target_pos"][phases < 3] - base, axis=-1).min() > 0.05
+
+
 def test_dart_noise_perturbs_execution_and_stores_the_expert_action():
     """With noise the env receives expert action + N(0, noise) on dx, dy, dz; the file keeps the expert's."""
     env = make_env("embedded/lift")

@@ -25,8 +25,8 @@ from vla_agents.atomic import recover, temp_path
 
 DEFAULT_ADAPTER = "libero"
 VECTOR_OBS = {"ee_pos": 3, "ee_ori": 3, "gripper_states": 2, "joint_states": 7}  # sizes checked where present
-# Privileged simulator state our collectors also record (LIBERO's files do not have it): the named object's
-# world position (T, 3) and its uv fractions in each of the adapter's views in policy orientation (T, V, 2);
+# Privileged simulator state our collectors also record (LIBERO's files do not have it): the position of the
+# object the expert's step is about (the named cube; when stacking, the base once the cube is held): world (T, 3) and its uv fractions in each of the adapter's views in policy orientation (T, V, 2);
 # with the gripper's `ee_pos`, the targets of behaviour cloning's auxiliary grounding loss.
 PRIVILEGED_OBS = ("target_pos", "target_uv")
 

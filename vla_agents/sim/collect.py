@@ -38,7 +38,8 @@ class CollectionReport:
 def record_episode(env, expert: ScriptedExpert, seed: int, noise: float = 0.0, image_size: int = 128
                    ) -> tuple[bool, np.ndarray, dict[str, np.ndarray]]:
     """Roll the expert out once; return (success, the expert's actions (T, 7), LIBERO obs arrays (T, ...)
-    plus the target cube's privileged position: world xyz and where it is in each camera view).
+    plus the privileged position of the cube the expert's step is about (`ScriptedExpert.focus`: the
+    named cube, then the base once it is carried there): world xyz and where it is in each camera view).
     `noise`: std of the Gaussian added to the executed translation (dx, dy, dz), seeded by `seed`."""
     if noise < 0:
         raise ValueError(f"noise must be a non-negative std (action units), got {noise}")
@@ -57,10 +58,10 @@ def record_episode(env, expert: ScriptedExpert, seed: int, noise: float = 0.0, i
         frames["ee_ori"].append(quat2axisangle(obs["robot0_eef_quat"]))
         frames["gripper_states"].append(obs["robot0_gripper_qpos"])
         frames["joint_states"].append(obs["robot0_joint_pos"])
-        target = scene.cube_pos(env.unwrapped.target)
+        action = expert.act(obs)
+        target = scene.cube_pos(expert.focus())
         frames["target_pos"].append(target)
         frames["target_uv"].append(np.stack([project(scene.sim, camera, target, image_size)[0][0] for camera in CAMERAS]))
-        action = expert.act(obs)
         actions.append(action)
         executed = action.copy()
         if noise:

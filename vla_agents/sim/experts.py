@@ -21,6 +21,7 @@ class Waypoint:
     goal: Callable[[], np.ndarray]  # end-effector goal, re-read every step (cubes may move)
     gripper: float
     hold: int = 0  # extra steps to stay once reached (time for the fingers to close or open)
+    about: str | None = None  # the cube this stretch of the plan is about (None: the task's target)
 
 
 class ScriptedExpert:
@@ -61,13 +62,20 @@ class ScriptedExpert:
         if env.spec_.kind == "lift":
             return plan + [Waypoint(lambda: grasp_at + [0, 0, 0.12], CLOSE, hold=10**6)]
         place = sim.cube_pos(env.base) + [0, 0, 2 * h + 0.006]  # the base stays put
-        return plan + [
-            Waypoint(lambda: grasp_at + [0, 0, 0.10], CLOSE),
-            Waypoint(lambda: place + [0, 0, 0.05], CLOSE),
-            Waypoint(lambda: place, CLOSE, hold=2),
-            Waypoint(lambda: place, OPEN, hold=6),
-            Waypoint(lambda: place + [0, 0, 0.08], OPEN, hold=10**6),
+        return plan + [  # once the target is held, where it goes is read from the base
+            Waypoint(lambda: grasp_at + [0, 0, 0.10], CLOSE, about=env.base),
+            Waypoint(lambda: place + [0, 0, 0.05], CLOSE, about=env.base),
+            Waypoint(lambda: place, CLOSE, hold=2, about=env.base),
+            Waypoint(lambda: place, OPEN, hold=6, about=env.base),
+            Waypoint(lambda: place + [0, 0, 0.08], OPEN, hold=10**6, about=env.base),
         ]
+
+    def focus(self) -> str:
+        """The cube the current waypoint is about: the named cube until it is held, then (stacking)
+        the base it is carried to. Demonstrations record it as the grounding target, so the policy is
+        taught to read the object its next actions depend on."""
+        about = self.plan[self.index].about if self.plan is not None else None
+        return about or self.env.target
 
     def act(self, obs=None) -> np.ndarray:
         if self.env is None:
