@@ -10,7 +10,6 @@ it, like LIBERO's own downloads, are "libero"), whose `recorded_keys` every epis
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ import h5py
 import numpy as np
 
 from vla_agents.adapters import make_adapter
-from vla_agents.atomic import recover, temp_path
+from vla_agents.atomic import AtomicFile, recover
 
 DEFAULT_ADAPTER = "libero"
 VECTOR_OBS = {"ee_pos": 3, "ee_ori": 3, "gripper_states": 2, "joint_states": 7}  # sizes checked where present
@@ -60,7 +59,6 @@ class DemoWriter:
         self.adapter = adapter
         spec = make_adapter(adapter)
         self.required, self.action_dim = spec.recorded_keys, spec.action_dim
-        self.tmp_path = temp_path(self.path)
         self.instruction = instruction
         self.env_name = env_name
         self.env_kwargs = dict(env_kwargs or {})
@@ -71,27 +69,22 @@ class DemoWriter:
         self._file: h5py.File | None = None
 
     def __enter__(self) -> DemoWriter:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         recover(self.path)  # the unfinished file of a killed earlier run
-        self._file = h5py.File(self.tmp_path, "w")
+        self._target = AtomicFile(self.path).__enter__()
+        self._file = h5py.File(self._target.tmp, "w")
         self._data = self._file.create_group("data")
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         assert self._file is not None
-        if exc_type is None:
+        with self._target:  # moved onto `path` if the attributes are written, else deleted
             try:
+                if exc is not None:
+                    raise exc
                 self._write_attrs()
-            except BaseException:
+            finally:
                 self._file.close()
-                self.tmp_path.unlink(missing_ok=True)
-                raise
-            self._file.close()
-            os.replace(self.tmp_path, self.path)
-        else:
-            self._file.close()
-            self.tmp_path.unlink(missing_ok=True)
-        self._file = None
+                self._file = None
 
     def add_episode(self, actions: np.ndarray, obs: dict[str, np.ndarray], rewards: np.ndarray | None = None,
                     dones: np.ndarray | None = None, instruction: str | None = None) -> None:
