@@ -170,15 +170,19 @@ class _Video:
         n = self.frames * self.shape[0] * self.shape[1]
         mean = self._sum / n
         std = np.sqrt(np.maximum(self._squares / n - mean**2, 0.0))
-        as_image = lambda v: (np.asarray(v) / 255.0).reshape(3, 1, 1).tolist()  # noqa: E731 (LeRobot's (C, 1, 1))
-        return {"min": as_image(self._min), "max": as_image(self._max), "mean": as_image(mean), "std": as_image(std),
-                "count": [self.frames]}
+        return {"min": _per_channel(self._min), "max": _per_channel(self._max), "mean": _per_channel(mean),
+                "std": _per_channel(std), "count": [self.frames]}
 
     def feature(self) -> dict[str, Any]:
         height, width, _ = self.shape
         return {"dtype": "video", "shape": [height, width, 3], "names": ["height", "width", "channels"],
                 "info": {"video.height": height, "video.width": width, "video.codec": "av1", "video.pix_fmt": PIX_FMT,
                          "video.is_depth_map": False, "video.fps": self.fps, "video.channels": 3, "has_audio": False}}
+
+
+def _per_channel(value: np.ndarray) -> list:
+    """Pixel statistics in [0, 1] shaped (3, 1, 1), as LeRobot stores an image feature's."""
+    return (np.asarray(value) / 255.0).reshape(3, 1, 1).tolist()
 
 
 def _column(a: np.ndarray) -> pa.Array:
