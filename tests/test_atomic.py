@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import warnings
 from collections import namedtuple
@@ -141,3 +142,27 @@ def test_the_leftovers_of_the_previous_swap_scheme_are_recovered(tmp_path) -> No
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint", "out"]
     assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
     np.testing.assert_array_equal(load_agent(tmp_path / "out").act_chunk(raw_obs()), new.act_chunk(raw_obs()))
+
+
+def test_an_atomic_file_replaces_the_old_one_only_when_complete(tmp_path) -> None:
+    from vla_agents.atomic import AtomicFile
+
+    path = tmp_path / "log.json"
+    path.write_text("old")
+    with pytest.raises(RuntimeError), AtomicFile(path) as file:
+        file.tmp.write_text("half")
+        raise RuntimeError("killed mid-write")
+    assert path.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["log.json"]
+    file = AtomicFile(tmp_path / "pending.mp4", suffix=".mp4")
+    assert file.tmp.name.startswith(".pending.mp4.tmp-") and file.tmp.suffix == ".mp4"
+    file.tmp.write_text("new")
+    file.path = tmp_path / "success.mp4"  # named once the outcome is known
+    assert file.commit().read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["log.json", "success.mp4"]
+
+
+def test_every_file_the_package_writes_in_place_goes_through_atomic() -> None:
+    """One write-then-rename helper: no module renames files onto their final names itself."""
+    root = Path(__file__).resolve().parents[1] / "vla_agents"
+    own = [f"{p.relative_to(root)}:{n}" for p in root.rglob("*.py") if p.name != "atomic.py"
+           for n, line in enumerate(p.read_text().splitlines(), 1) if re.search(r"os\.(replace|rename)\(|tmp\.(replace|rename)\(", line)]
+    assert own == []

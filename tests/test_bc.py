@@ -211,6 +211,7 @@ def test_resume_refuses_other_settings_and_says_when_it_starts_over(demos, tmp_p
     for change, error in ((dict(policy="vat"), r"policy='oft' \(asked: 'vat'\)"),
                           (dict(seed=1), r"seed=0 \(asked: 1\)"),
                           (dict(batch_size=8), r"batch_size=4 \(asked: 8\)"),
+                          (dict(without_noops=True), r"without_noops=False \(asked: True\)"),
                           (dict(overrides={**SMALL, "loss": "l1"}), r"loss='mse' \(asked: 'l1'\)")):
         kwargs = dict(policy="oft", data=[demos], out_dir=out, resume=True, steps=6, overrides=SMALL, progress=False)
         with pytest.raises(ValueError, match=rf"--resume: the checkpoint in {out / 'checkpoint'} was trained with {error}"):

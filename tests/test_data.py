@@ -278,7 +278,7 @@ def test_unreadable_data_files_name_the_file(tmp_path):
         with pytest.raises(ValueError, match=rf"{name} is not a readable HDF5 file .*empty, truncated or of another format"):
             read_demos(tmp_path / name)
     (tmp_path / "folder").mkdir()
-    with pytest.raises(ValueError, match=r"folder is a directory; expected a demonstration .hdf5 file"):
+    with pytest.raises(ValueError, match=r"folder has no meta/info.json: not a LeRobotDataset folder .*HDF5 demonstrations are passed as the .hdf5 files"):
         DemoDataset([tmp_path / "folder"])
     (tmp_path / "lift.hdf5.tmp").write_bytes(data)  # what a killed `collect` of vla-agents 0.1 left
     with pytest.raises(ValueError, match=r"lift.hdf5.tmp is the unfinished file of an interrupted `collect`"):

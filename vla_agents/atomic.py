@@ -1,6 +1,7 @@
 """Writes that a kill at any instant cannot half-do, and that never lose what was there before.
 
-A file is written beside its final name and renamed onto it (`write_file`). A folder `NAME` is
+A file is written under a hidden name beside its final one and renamed onto it (`AtomicFile`, and
+`write_file` for bytes in hand): every writer of files in the package goes through it. A folder `NAME` is
 filled as `.NAME.tmp-<id>` (unfinished: always safe to delete), renamed to `.NAME.new` once
 complete, then swapped in with two renames, `NAME` -> `.NAME.old` and `.NAME.new` -> `NAME`. The
 entries of the old folder that the new one lacks (a training `checkpoint/`, the user's own files)
@@ -31,9 +32,10 @@ def _sibling(path: Path, tag: str) -> Path:
     return path.with_name(f".{path.name}.{tag}")
 
 
-def temp_path(path: str | Path) -> Path:
-    """A fresh hidden name beside `path` to write it under: `.NAME.tmp-<id>`."""
-    return _sibling(Path(path), f"tmp-{uuid.uuid4().hex[:8]}")
+def temp_path(path: str | Path, suffix: str = "") -> Path:
+    """A fresh hidden name beside `path` to write it under: `.NAME.tmp-<id>` (+ `suffix`, for writers that
+    pick a format by the extension)."""
+    return _sibling(Path(path), f"tmp-{uuid.uuid4().hex[:8]}{suffix}")
 
 
 def check_target(path: str | Path) -> Path:
@@ -67,21 +69,46 @@ def _full_disk_error(target: Path, error: BaseException) -> OSError:
                                  "free some space and write it again")
 
 
+class AtomicFile:
+    """A file filled under `tmp`, a hidden name beside `path`, then moved onto `path` in one rename
+    (`commit`) or deleted (`discard`): readers see the old file or the new one, never a part. `path` may
+    change before `commit` (a video named after its episode's outcome). As a context manager it commits
+    when the block ends cleanly and discards when it raises, naming a full disk as such."""
+
+    def __init__(self, path: str | Path, suffix: str = "") -> None:
+        self.path = Path(path)
+        self.tmp = temp_path(self.path, suffix)
+
+    def commit(self) -> Path:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def discard(self) -> None:
+        self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> AtomicFile:
+        self.tmp.parent.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        try:
+            if exc is not None:
+                raise exc
+            self.commit()
+        except BaseException as error:
+            full = _disk_full(error, self.path.parent)
+            self.discard()
+            if full:
+                raise _full_disk_error(self.path, error) from error
+            raise
+
+
 def write_file(path: str | Path, data: str | bytes) -> Path:
-    """Write `data` to `path` atomically: readers see the old file or the new one, never a part."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(path)
-    try:
-        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException as error:
-        full = _disk_full(error, path.parent)
-        tmp.unlink(missing_ok=True)
-        if full:
-            raise _full_disk_error(path, error) from error
-        raise
-    return path
+    """Write `data` to `path` atomically (`AtomicFile`)."""
+    with AtomicFile(path) as file:
+        file.tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    return file.path
 
 
 def replace_folder(path: str | Path, write: Callable[[Path], object]) -> Path:

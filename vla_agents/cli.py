@@ -21,6 +21,10 @@ if TYPE_CHECKING:
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 
+NOOP_HELP = ("drop no-op steps (arm still, gripper unchanged) as OpenVLA-OFT's LIBERO regeneration does "
+             "(vla_agents/data/noop.py)")
+
+
 def _collect(args: argparse.Namespace) -> None:
     from vla_agents.sim.collect import collect_demos
 
@@ -69,9 +73,15 @@ def _train_bc(args: argparse.Namespace) -> None:
     train_bc(policy=args.policy, data=args.data, steps=args.steps, out_dir=args.out, scale=args.scale,
              batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps, save_every=args.save_every,
              resume=args.resume, seed=args.seed, overrides=overrides, eval_fn=eval_fn, eval_every=args.eval_every,
-             mixed_precision=args.mixed_precision, log_with=args.log_with)
+             mixed_precision=args.mixed_precision, log_with=args.log_with, without_noops=args.without_noops)
     if PartialState().is_main_process:  # under `accelerate launch`, once
         print(f"agent saved to {args.out}")
+
+
+def _convert(args: argparse.Namespace) -> None:
+    from vla_agents.data.formats import convert
+
+    print(f"wrote {convert(args.sources, args.target, without_noops=args.without_noops, fps=args.fps)}")
 
 
 def _train_rl(args: argparse.Namespace) -> None:
@@ -354,11 +364,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overrides", default=None, help="JSON overrides of the base recipe's backbone keys")
     p.set_defaults(func=_pretrain)
 
+    p = sub.add_parser("convert", help="demonstrations between LIBERO/robomimic HDF5 and LeRobotDataset v3.0")
+    p.add_argument("sources", nargs="+", metavar="SRC", help="HDF5 file(s), or one LeRobotDataset folder")
+    p.add_argument("target", metavar="DST", help="a new LeRobotDataset folder (from HDF5) or .hdf5 file (from LeRobot)")
+    p.add_argument("--without-noops", action="store_true", help=NOOP_HELP)
+    p.add_argument("--fps", type=int, default=20, help="frame rate recorded in a LeRobotDataset (HDF5 records none)")
+    p.set_defaults(func=_convert)
+
     train = sub.add_parser("train", help="fine-tune an agent").add_subparsers(dest="mode", required=True)
     p = train.add_parser("bc", help="behaviour cloning from demonstration files")
     p.add_argument("--policy", required=True, help="registered policy name (see `vla-agents policies`)")
     p.add_argument("--scale", choices=["tiny", "paper"], default="tiny", help="recipe size (tiny: CPU, minutes)")
-    p.add_argument("--data", nargs="+", required=True, help="LIBERO/robomimic HDF5 files")
+    p.add_argument("--data", nargs="+", required=True, help="LIBERO/robomimic HDF5 files or LeRobotDataset v3.0 folders")
+    p.add_argument("--without-noops", action="store_true", help=NOOP_HELP)
     p.add_argument("--steps", type=int, default=2000, help="optimizer steps")
     p.add_argument("--batch-size", type=int, default=None, help="default: the recipe's")
     p.add_argument("--lr", type=float, default=None, help="default: the recipe's")

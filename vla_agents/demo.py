@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 
+from vla_agents.atomic import write_file
 from vla_agents.resources import resource_dir
 from vla_agents.sim import INSTALL, make_env
 from vla_agents.sim.experts import ScriptedExpert
@@ -104,8 +105,8 @@ def retrain(data_dir: Path, console: Console) -> None:
     readme = CHECKPOINTS / "README.md"
     previous = readme.read_text() if readme.exists() else ""
     simpler = previous[previous.index(SIMPLER_HEADING):] if SIMPLER_HEADING in previous else ""  # not retrained here
-    readme.write_text(
-        "# Shipped tiny checkpoints\n\nProduced by `vla-agents demo --retrain`, which ran exactly these commands "
+    write_file(
+        readme, "# Shipped tiny checkpoints\n\nProduced by `vla-agents demo --retrain`, which ran exactly these commands "
         "(wall time on the machine that made them after `#`):\n\n```\n" + "\n".join(log) + "\n```\n"
         + (f"\n{simpler}" if simpler else "")
     )

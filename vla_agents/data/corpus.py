@@ -32,6 +32,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from vla_agents.atomic import AtomicFile
+
 FORMAT = "vla-agents-grounding-corpus"
 VERSION = 1
 QUESTION_KINDS = ("locate", "nearest", "exists")
@@ -77,20 +79,19 @@ class Corpus:
 
 
 class CorpusWriter:
-    """Fills a corpus of `num_scenes` scenes scene by scene into `path.tmp`, renamed to `path` only when
-    every scene is written, so a killed generation never leaves a file that looks complete."""
+    """Fills a corpus of `num_scenes` scenes scene by scene under a hidden name (`AtomicFile`), moved onto
+    `path` only when every scene is written, so a killed generation never leaves a file that looks complete."""
 
     def __init__(self, path: str | Path, num_scenes: int, questions_per_scene: int, attrs: dict) -> None:
         self.path = Path(path)
-        self.tmp = self.path.with_name(self.path.name + ".tmp")
         self.n, self.per_scene, self.attrs = num_scenes, questions_per_scene, attrs
         self.written = 0
 
     def __enter__(self) -> CorpusWriter:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.target = AtomicFile(self.path).__enter__()
         n, k, v, size = self.n, len(self.attrs["objects"]), len(self.attrs["views"]), self.attrs["image_size"]
         m = n * self.per_scene
-        self.file = f = h5py.File(self.tmp, "w")
+        self.file = f = h5py.File(self.target.tmp, "w")
         f.attrs.update({"format": FORMAT, "version": VERSION,
                         **{key: json.dumps(val) if isinstance(val, (list, dict)) else val for key, val in self.attrs.items()}})
         for view in self.attrs["views"]:
@@ -122,11 +123,10 @@ class CorpusWriter:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.file.close()
-        if exc_type is None and self.written == self.n:
-            self.tmp.replace(self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)
-            if exc_type is None:
+        with self.target:
+            if exc is not None:
+                raise exc
+            if self.written != self.n:
                 raise RuntimeError(f"{self.path}: only {self.written} of {self.n} scenes were written")
 
 

@@ -16,21 +16,27 @@ import numpy as np
 import torch.utils.data
 
 from vla_agents.adapters import make_adapter
-from vla_agents.data.hdf5 import PRIVILEGED_OBS, read_demos
+from vla_agents.data.formats import read_episodes
+from vla_agents.data.hdf5 import PRIVILEGED_OBS, Episode
 from vla_agents.data.normalization import NormStats, compute_norm_stats
 from vla_agents.types import Observation
 
+PLACEHOLDER_FRAME = np.zeros((1, 1, 3), np.uint8)
+
 
 class DemoDataset(torch.utils.data.Dataset):
-    """All (episode, t) pairs of one or more demonstration files, held in memory."""
+    """All (episode, t) pairs of one or more demonstration files or LeRobotDataset folders: actions and
+    proprio in memory, frames read when a sample needs them (`data.frames`). `without_noops` drops the
+    no-op steps as OpenVLA-OFT's LIBERO data does (`data.noop`)."""
 
-    def __init__(self, paths: list[str | Path], chunk_size: int = 8, stats: NormStats | None = None) -> None:
+    def __init__(self, paths: list[str | Path], chunk_size: int = 8, stats: NormStats | None = None,
+                 without_noops: bool = False) -> None:
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
         if not paths:
             raise ValueError("DemoDataset needs at least one demonstration file")
         self.chunk_size = chunk_size
-        self.episodes = [ep for p in paths for ep in read_demos(p)]
+        self.episodes = [ep for p in paths for ep in read_episodes(p, without_noops)]
         if not self.episodes:
             raise ValueError(f"no episodes in {[str(p) for p in paths]}")
         adapters = sorted({ep.adapter for ep in self.episodes})
@@ -40,7 +46,7 @@ class DemoDataset(torch.utils.data.Dataset):
         self.adapter_name = adapters[0]
         self.adapter = make_adapter(self.adapter_name)
         raw_actions = [ep.actions for ep in self.episodes]
-        raw_proprio = [np.stack([self.observation(e, t).proprio for t in range(len(ep))]) for e, ep in enumerate(self.episodes)]
+        raw_proprio = [np.stack([self._proprio(ep, t) for t in range(len(ep))]) for ep in self.episodes]
         self.stats = stats or compute_norm_stats(np.concatenate(raw_actions), np.concatenate(raw_proprio))
         self.actions = [self.stats.normalize_action(a) for a in raw_actions]
         self.proprio = [self.stats.normalize_proprio(p) for p in raw_proprio]
@@ -53,6 +59,11 @@ class DemoDataset(torch.utils.data.Dataset):
         """Step t of episode e through the adapter (images are views into the file's arrays)."""
         episode = self.episodes[e]
         return self.adapter.recorded({k: v[t] for k, v in episode.obs.items()}, episode.instruction)
+
+    def _proprio(self, episode: Episode, t: int) -> np.ndarray:
+        """The adapter's proprio of step t, without reading its frames (1x1 stand-ins: proprio comes from vectors)."""
+        frame = {k: PLACEHOLDER_FRAME if k.endswith("_rgb") else v[t] for k, v in episode.obs.items()}
+        return self.adapter.recorded(frame, episode.instruction).proprio
 
     def __len__(self) -> int:
         return len(self._index)

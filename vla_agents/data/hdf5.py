@@ -9,8 +9,8 @@ it, like LIBERO's own downloads, are "libero"), whose `recorded_keys` every epis
 """
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +21,7 @@ import h5py
 import numpy as np
 
 from vla_agents.adapters import make_adapter
-from vla_agents.atomic import recover, temp_path
+from vla_agents.atomic import AtomicFile, recover
 
 DEFAULT_ADAPTER = "libero"
 VECTOR_OBS = {"ee_pos": 3, "ee_ori": 3, "gripper_states": 2, "joint_states": 7}  # sizes checked where present
@@ -60,7 +60,6 @@ class DemoWriter:
         self.adapter = adapter
         spec = make_adapter(adapter)
         self.required, self.action_dim = spec.recorded_keys, spec.action_dim
-        self.tmp_path = temp_path(self.path)
         self.instruction = instruction
         self.env_name = env_name
         self.env_kwargs = dict(env_kwargs or {})
@@ -71,27 +70,22 @@ class DemoWriter:
         self._file: h5py.File | None = None
 
     def __enter__(self) -> DemoWriter:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         recover(self.path)  # the unfinished file of a killed earlier run
-        self._file = h5py.File(self.tmp_path, "w")
+        self._target = AtomicFile(self.path).__enter__()
+        self._file = h5py.File(self._target.tmp, "w")
         self._data = self._file.create_group("data")
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         assert self._file is not None
-        if exc_type is None:
+        with self._target:  # moved onto `path` if the attributes are written, else deleted
             try:
+                if exc is not None:
+                    raise exc
                 self._write_attrs()
-            except BaseException:
+            finally:
                 self._file.close()
-                self.tmp_path.unlink(missing_ok=True)
-                raise
-            self._file.close()
-            os.replace(self.tmp_path, self.path)
-        else:
-            self._file.close()
-            self.tmp_path.unlink(missing_ok=True)
-        self._file = None
+                self._file = None
 
     def add_episode(self, actions: np.ndarray, obs: dict[str, np.ndarray], rewards: np.ndarray | None = None,
                     dones: np.ndarray | None = None, instruction: str | None = None) -> None:
@@ -108,7 +102,7 @@ class DemoWriter:
         if not np.all(np.isfinite(actions)):
             raise ValueError("actions contain NaN or inf")
         T = len(actions)
-        _check_obs(obs, T, self.required, where="add_episode")
+        check_obs(obs, T, self.required, where="add_episode")
         rewards, dones = (np.asarray(x) if x is not None else _last_step_flag(T) for x in (rewards, dones))
         for name, x in (("rewards", rewards), ("dones", dones)):
             if x.shape != (T,):
@@ -147,7 +141,8 @@ class DemoWriter:
 
 
 def read_demos(path: str | Path) -> list[Episode]:
-    """All episodes of one file (ours or LIBERO's), in demo index order; extra keys are ignored."""
+    """All episodes of one file (ours or LIBERO's), in demo index order; extra keys are ignored. Vectors
+    are read into memory, frames (`*_rgb`) stay in the file and are read a step at a time."""
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{path} is a directory; expected a demonstration .hdf5 file (pass the files inside it)")
@@ -163,7 +158,9 @@ def read_demos(path: str | Path) -> list[Episode]:
 
 
 def _read_episodes(path: Path) -> list[Episode]:
-    with h5py.File(path, "r") as f:
+    f = h5py.File(path, "r")  # left open: the frames' datasets keep it so, and close it once dropped
+    with contextlib.ExitStack() as failed:
+        failed.callback(f.close)
         if "data" not in f:
             raise ValueError(f"{path}: no 'data' group; not a LIBERO/robomimic demonstration file")
         data = f["data"]
@@ -183,12 +180,14 @@ def _read_episodes(path: Path) -> list[Episode]:
             if missing:
                 raise ValueError(f"{path}: {name}/obs is missing key(s) {missing}; expected {list(required)}")
             actions = np.asarray(demo["actions"][()], dtype=np.float32)
-            obs = {k: demo["obs"][k][()] for k in dict.fromkeys((*required, "ee_pos", *PRIVILEGED_OBS)) if k in demo["obs"]}
+            obs = {k: demo["obs"][k] if k.endswith("_rgb") else demo["obs"][k][()]
+                   for k in dict.fromkeys((*required, "ee_pos", *PRIVILEGED_OBS)) if k in demo["obs"]}
             if actions.ndim != 2 or actions.shape[1] != spec.action_dim:
                 raise ValueError(f"{path}: {name}/actions must have shape (T, {spec.action_dim}), got {actions.shape}")
-            _check_obs(obs, len(actions), required, where=f"{path}: {name}/obs")
+            check_obs(obs, len(actions), required, where=f"{path}: {name}/obs")
             episodes.append(Episode(actions=actions, obs=obs, instruction=str(demo.attrs.get("language_instruction", instruction)),
                                     adapter=adapter))
+        failed.pop_all()
     return episodes
 
 
@@ -203,12 +202,13 @@ def _instruction(path: Path, attrs: h5py.AttributeManager) -> str:
     return text
 
 
-def _check_obs(obs: dict[str, np.ndarray], T: int, required: tuple[str, ...], where: str) -> None:
+def check_obs(obs: dict[str, Any], T: int, required: tuple[str, ...], where: str) -> None:
+    """Keys, shapes and dtypes of one episode's obs; frames read on demand (`frames`) stay unread."""
     missing = [k for k in required if k not in obs]
     if missing:
         raise ValueError(f"{where}: obs is missing key(s) {missing}; expected {list(required)}")
     for key, value in obs.items():
-        value = np.asarray(value)
+        value = value if hasattr(value, "shape") and hasattr(value, "dtype") else np.asarray(value)
         if key.endswith("_rgb"):
             if value.ndim != 4 or value.shape[0] != T or value.shape[3] != 3 or value.dtype != np.uint8:
                 raise ValueError(f"{where}: {key!r} must be uint8 of shape ({T}, H, W, 3), got {value.dtype} {value.shape}")

@@ -12,6 +12,7 @@ import imageio
 import numpy as np
 from PIL import Image
 
+from vla_agents.atomic import write_file
 from vla_agents.eval.compare import ComparisonResult
 from vla_agents.eval.rollout import EvalReport
 
@@ -77,12 +78,7 @@ def write_index(reports: Sequence[EvalReport], out_dir: str | Path, labels: Sequ
                             + "".join(rows) + "</table>")
     page = (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title><style>{_STYLE}</style>"
             f"</head><body><h1>{html.escape(title)}</h1>{''.join(sections) or '<p>No videos were written.</p>'}</body></html>")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "index.html"
-    tmp = path.with_suffix(".html.tmp")
-    tmp.write_text(page)
-    os.replace(tmp, path)
-    return path
+    return write_file(out_dir / "index.html", page)
 
 
 def write_comparison_index(result: ComparisonResult, out_dir: str | Path, title: str = "Comparison videos") -> Path:

@@ -9,7 +9,6 @@ so it keeps the episode's camera frames in memory until then."""
 from __future__ import annotations
 
 import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -18,6 +17,7 @@ import imageio
 import numpy as np
 from PIL import Image, ImageDraw
 
+from vla_agents.atomic import AtomicFile
 from vla_agents.eval.overlay import (CROP_LEGEND, DEFAULT_COLORMAP, check_frame, centre_crop_box, colorbar, colormap_lut,
                                      font, mask_color, mask_label, outline_crop, outline_mask, overlay_heatmap)
 from vla_agents.types import AttentionMaps
@@ -195,10 +195,9 @@ class VideoWriter:
     sizes (yuv420p needs them) instead of letting imageio resize them."""
 
     def __init__(self, path: str | os.PathLike, fps: int = 20):
-        self.path = Path(path)
+        self._file = AtomicFile(path, suffix=".mp4")  # imageio picks the format by the extension
         self.fps = fps
         self.frames_written = 0
-        self._tmp = self.path.with_name(f".{self.path.stem}.{uuid.uuid4().hex[:8]}.tmp.mp4")
         self._writer = None
         self._shape: tuple[int, ...] | None = None
 
@@ -206,8 +205,8 @@ class VideoWriter:
         check_frame(frame)
         frame = np.pad(frame, ((0, frame.shape[0] % 2), (0, frame.shape[1] % 2), (0, 0)))
         if self._writer is None:
-            self._tmp.parent.mkdir(parents=True, exist_ok=True)
-            self._writer = imageio.get_writer(self._tmp, fps=self.fps, codec="libx264", macro_block_size=1)
+            self._file.__enter__()
+            self._writer = imageio.get_writer(self._file.tmp, fps=self.fps, codec="libx264", macro_block_size=1)
             self._shape = frame.shape
         elif frame.shape != self._shape:
             raise ValueError(f"all frames of a video must share one size: got {frame.shape}, expected {self._shape}")
@@ -221,11 +220,17 @@ class VideoWriter:
         self._writer.close()
         self._writer = None
         if not keep:
-            self._tmp.unlink(missing_ok=True)
+            self._file.discard()
             return None
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(self._tmp, self.path)
-        return self.path
+        return self._file.commit()
+
+    @property
+    def path(self) -> Path:
+        return self._file.path
+
+    @path.setter
+    def path(self, path: str | os.PathLike) -> None:
+        self._file.path = Path(path)
 
     def __enter__(self) -> VideoWriter:
         return self

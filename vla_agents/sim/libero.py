@@ -21,6 +21,7 @@ import gymnasium as gym
 import numpy as np
 import yaml
 
+from vla_agents.atomic import write_file
 from vla_agents.sim import INSTALL
 from vla_agents.sim.embedded import (INSTRUCTION_CHARSET, INSTRUCTION_MAX_CHARS, claim_offscreen_rendering,
                                      make_render_context_current, osc_action)
@@ -89,10 +90,7 @@ def configure(cache_dir: Path = CACHE_DIR) -> Path:
     }
     path = folder / "config.yaml"
     if not path.is_file() or yaml.safe_load(path.read_text()) != config:
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(yaml.safe_dump(config))
-        os.replace(tmp, path)  # atomic: parallel workers never read half a file
+        write_file(path, yaml.safe_dump(config))  # atomic: parallel workers never read half a file
     os.environ["LIBERO_CONFIG_PATH"] = str(folder)
     return folder
 

@@ -122,6 +122,7 @@ def _check_resume(checkpoint: Path, agent: VLAAgent, state: dict[str, Any], aske
     is one of them: it sets the global batch and the scheduler's step count (checkpoints from before it
     was recorded were trained by one process)."""
     saved = {"policy": agent.policy_name, "scale": agent.recipe["scale"], "processes": state.get("processes", 1),
+             "without_noops": state.get("without_noops", False),
              **{k: state[k] for k in ("seed", "batch_size", "lr", "warmup_steps") if k in state}}
     differ = [f"{k}={saved[k]!r} (asked: {v!r})" for k, v in asked.items() if v is not None and k in saved and v != saved[k]]
     differ += [f"{k}={agent.recipe.get(k)!r} (asked: {v!r})" for k, v in overrides.items() if agent.recipe.get(k) != v]
@@ -159,12 +160,14 @@ def train_bc(
     progress: bool = True,
     mixed_precision: str | None = None,
     log_with: str | None = None,
+    without_noops: bool = False,
 ) -> BCResult:
     """Train `policy` on demonstration files; the final agent is written to `out_dir`, with train_log.jsonl
     (appended as training runs) and loss_curve.png (`train.logs`).
     `mixed_precision`: "bf16" or "no"; None picks bf16 on a GPU or a CPU that multiplies bf16 natively.
     `log_with`: "tensorboard" (events in `out_dir/vla-agents/`) or "wandb" also receive every step's
-    record, through accelerate's trackers; None sends nothing anywhere."""
+    record, through accelerate's trackers; None sends nothing anywhere. `data` may be HDF5 files or
+    LeRobotDataset folders; `without_noops` drops their no-op steps (`data.noop`)."""
     at_least(1, steps=steps, batch_size=batch_size)
     at_least(0, save_every=save_every, eval_every=eval_every, warmup_steps=warmup_steps, lr=lr)
     if mixed_precision not in (None, "bf16", "no"):
@@ -182,7 +185,8 @@ def train_bc(
     checkpoint = out_dir / CHECKPOINT
     _check_same_settings(accelerator, {"policy": policy, "data": [str(Path(p).resolve()) for p in data], "steps": steps,
                                        "out_dir": str(out_dir), "scale": scale, "batch_size": batch_size, "lr": lr,
-                                       "warmup_steps": warmup_steps, "resume": resume, "seed": seed, "overrides": overrides})
+                                       "warmup_steps": warmup_steps, "resume": resume, "seed": seed, "overrides": overrides,
+                                       "without_noops": without_noops})
     main = accelerator.is_main_process  # the one process that writes, prints and evaluates
     if main:  # a save or checkpoint a kill interrupted is completed, not lost
         recover(out_dir)
@@ -199,19 +203,20 @@ def train_bc(
         agent = load_agent(checkpoint)
         state = load_trainer_state(checkpoint / TRAINER_STATE)
         asked = {"policy": split_name(policy, scale)[0], "scale": split_name(policy, scale)[1], "seed": seed,
-                 "batch_size": batch_size, "lr": lr, "warmup_steps": warmup_steps, "processes": accelerator.num_processes}
+                 "batch_size": batch_size, "lr": lr, "warmup_steps": warmup_steps, "processes": accelerator.num_processes,
+                 "without_noops": without_noops}
         _check_resume(checkpoint, agent, state, asked, overrides or {})
         batch_size, lr = batch_size or state["batch_size"], lr if lr is not None else state.get("lr")
         warmup_steps = warmup_steps if warmup_steps is not None else state.get("warmup_steps")
         history = list(state.get("history", []))
         if main:
             logger.warning("--resume: continuing from step %d of the checkpoint in %s", state["step"], checkpoint)
-        dataset = DemoDataset(data, chunk_size=agent.chunk, stats=agent.stats)
+        dataset = DemoDataset(data, chunk_size=agent.chunk, stats=agent.stats, without_noops=without_noops)
         if dataset.adapter_name != agent.adapter_name:
             raise ValueError(f"{checkpoint} was trained with adapter {agent.adapter_name!r}, these demonstrations are "
                              f"for {dataset.adapter_name!r}")
     else:
-        dataset = DemoDataset(data, chunk_size=load_recipe(*split_name(policy, scale), overrides)["chunk"])
+        dataset = DemoDataset(data, chunk_size=load_recipe(*split_name(policy, scale), overrides)["chunk"], without_noops=without_noops)
         agent = make_agent(policy, scale, adapter=dataset.adapter_name, stats=dataset.stats, **(overrides or {}))
         if agent.recipe["scale"] == "paper" and agent.recipe.get("lora_rank"):
             agent.enable_lora(agent.recipe["lora_rank"], agent.recipe["lora_alpha"])
@@ -220,7 +225,7 @@ def train_bc(
     lr = lr if lr is not None else recipe["lr"]
     warmup_steps = warmup_steps if warmup_steps is not None else recipe["warmup_steps"]
     agent.training = {"data": [Path(p).name for p in data], "steps": steps, "batch_size": batch_size,
-                      "processes": accelerator.num_processes, "lr": lr, "seed": seed}
+                      "processes": accelerator.num_processes, "lr": lr, "seed": seed, "without_noops": without_noops}
 
     probe = None
     attend_weight = recipe.get("aux_attention_weight", 0.0)
@@ -298,6 +303,7 @@ def train_bc(
                     "step": step + 1, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "rng": _rng_state(), "seed": seed, "batch_size": batch_size, "lr": lr,
                     "warmup_steps": warmup_steps, "processes": accelerator.num_processes, "history": history,
+                    "without_noops": without_noops,
                 }, probe)
     for tracker in accelerator.trackers:  # end_training would also end the launch's process group
         tracker.finish()

@@ -1,6 +1,13 @@
 """Training checkpoints, BC's and RL's alike: `out_dir/checkpoint/`, replaced in one recoverable swap
 (`vla_agents.atomic`), so a run killed at any moment leaves the previous checkpoint or the new one;
-and trainer state (optimizer, scheduler, RNG), read back without unpickling code."""
+and trainer state (optimizer, scheduler, RNG), read back without unpickling code.
+
+The trainer state is not accelerate's `save_state`/`load_state`, although it holds the same things: that
+writes a file from every process into a folder all of them name (each its RNG state), where ours is written
+by the main process into a fresh folder swapped in whole; it saves the weights as `model.safetensors`, the
+name of the agent's own file in the same folder; and the step, settings and loss history a resume checks
+would have to be registered objects, which `load_state` unpickles with `weights_only=False`, so opening a
+checkpoint could run code. The optimizer, scheduler and RNG states are what accelerate would save."""
 from __future__ import annotations
 
 import pickle

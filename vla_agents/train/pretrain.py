@@ -23,6 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemaini
 from safetensors.torch import load_file, save_file
 from transformers import get_cosine_schedule_with_warmup
 
+from vla_agents.atomic import write_file
 from vla_agents.data.corpus import Corpus, read_corpus
 from vla_agents.data.images import crop_resize, uv_in_crop
 from vla_agents.models.backbone_folder import VISION_KEYS, save_backbone
@@ -231,6 +232,6 @@ def _load_checkpoint(folder: Path, model: GroundingModel, optimizer, scheduler, 
     log = folder.parent / "pretrain_log.jsonl"
     history = [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
     history = [r for r in history if r["step"] <= state["step"]]
-    log.write_text("".join(json.dumps(r) + "\n" for r in history))
+    write_file(log, "".join(json.dumps(r) + "\n" for r in history))
     print(f"--resume: continuing from step {state['step']} of {folder}")
     return state["step"], history

@@ -10,6 +10,7 @@ agent (`load_agent` reads it back), `rl_log.json` and `curve.png`.
 """
 from __future__ import annotations
 
+import io
 import json
 import time
 from dataclasses import dataclass, field
@@ -90,8 +91,10 @@ def plot_curve(log: dict[str, Any], path: Path) -> None:
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
     plt.close(fig)
+    write_file(path, png.getvalue())
 
 
 def _recorder(log: dict[str, Any], steps: int, eval_every: int, record_eval: Callable[[int], None],
