@@ -31,6 +31,7 @@ from vla_agents.hub import download_agent, looks_like_hub_id
 from vla_agents.models.backbone_folder import resolve_shipped_path
 from vla_agents.models.backbones import build_byte_tokenizer, left_padded
 from vla_agents.models.dtp import DTP, DTPPolicy
+from vla_agents.models.policy import require_language_model
 from vla_agents.policies import (
     WRAPPERS, build_model, check_policy, list_policies, load_recipe, load_wrapper_recipe, split_name, split_wrapper,
 )
@@ -122,6 +123,9 @@ class VLAAgent:
         self.training: dict[str, Any] | None = None  # what `train bc` trained it on, for the hub's model card
         self._prompt_cache: dict[str, list[int]] = {}
         self._last_attention = AttentionMaps(heatmaps={})
+        # (d,) the language model's last hidden state averaged over the sequence at the last `act` model
+        # call: what a residual policy observes (`ResidualAgent`); None before one, or without a language model.
+        self.last_pooled: np.ndarray | None = None
         self._warned: set[str] = set()
         self.reset()
 
@@ -229,6 +233,8 @@ class VLAAgent:
             {v: a[0].float().cpu().numpy() for v, a in out.attention.items()},
             {name: {v: m[0].cpu().numpy() for v, m in per_view.items()} for name, per_view in masks.items()},
         )
+        if out.backbone is not None:
+            self.last_pooled = out.backbone.hidden_states[-1].float().mean(dim=1)[0].cpu().numpy()
         actions = out.actions[0].float().cpu().numpy()
         return actions if self.stats is None else self.stats.unnormalize_action(actions).astype(np.float32)
 
@@ -269,7 +275,8 @@ class VLAAgent:
             self._prompt_cache[instruction] = ids
         return ids
 
-    def _tokenize(self, instructions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def tokenize(self, instructions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompts as the model reads them: (input_ids, attention_mask), left-padded (see `left_padded`)."""
         return left_padded([self.prompt_ids(s) for s in instructions], self.tokenizer.pad_token_id)
 
     def collate(self, items: list[dict[str, Any]], train: bool) -> dict[str, torch.Tensor]:
@@ -277,7 +284,7 @@ class VLAAgent:
         frames = [it["images"][v] for it in items for v in self.views]
         pixels, boxes = crop_resize(frames, self.recipe["image_size"], self.recipe.get("crop_area", 1.0), train)
         images = pixels.reshape(len(items), len(self.views), *pixels.shape[1:])
-        input_ids, attention_mask = self._tokenize([it["instruction"] for it in items])
+        input_ids, attention_mask = self.tokenize([it["instruction"] for it in items])
         batch = {
             "images": images,
             "proprio": torch.as_tensor(np.stack([it["proprio"] for it in items]), dtype=torch.float32),
@@ -311,6 +318,7 @@ class VLAAgent:
 
         if scope not in ("vlm", "llm"):
             raise ValueError(f"LoRA scope must be 'vlm' or 'llm', got {scope!r}")
+        require_language_model(self.model, "LoRA (it adapts the VLM's language model)")
         backbone = self.model.backbone
         adapted = [backbone.llm.model] if scope == "llm" else [backbone.llm.model, backbone.vision, backbone.projector]
         for module in adapted:
@@ -336,7 +344,7 @@ class VLAAgent:
             "chunk": self.chunk,
             "action_dim": self.action_dim,
             "proprio_dim": self.recipe["proprio_dim"],
-            "hf_configs": self.model.backbone.hf_configs(),
+            "hf_configs": self.model.hf_configs(),
             "lora": self.lora,
             "dtp": self.model.settings() if isinstance(self.model, DTPPolicy) else None,
             "has_norm_stats": self.stats is not None,
@@ -385,7 +393,7 @@ def make_agent(
         raise ValueError(f"action-dimension mismatch: recipe action_dim={recipe['action_dim']}, stats have {stats.action.dim}")
     model = build_model(recipe)  # first: a missing or mismatched pretrained backbone is named before anything else
     tokenizer = make_tokenizer(recipe)
-    llm = getattr(getattr(model, "backbone", None), "llm", None)
+    llm = model.language_model
     vocab, where = (llm.config.vocab_size, "its language model's") if llm is not None else (recipe.get("vocab_size"), "the recipe's")
     if vocab and len(tokenizer) > vocab:
         source = recipe.get("tokenizer_path") or recipe.get("backbone_path") or recipe.get("llm_path") or "the byte-level tokenizer"

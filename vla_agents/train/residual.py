@@ -6,8 +6,8 @@ The base is treated as part of the environment (`ResidualEnv`), so every SB3 alg
 unchanged and its replay/rollout buffers store exactly the action the actor produced.
 
 SB3 sees a flat vector: normalized proprio (8) + the base action about to run (7) + pooled VLA
-features (last LLM hidden state, mean over tokens, fixed random projection to `feature_dim`; cached
-per chunk) + the chunk phase (1) + optionally privileged simulator state read from the raw
+features (the base agent's `last_pooled`: last LLM hidden state, mean over tokens, at its last model
+call; fixed random projection to `feature_dim`) + the chunk phase (1) + optionally privileged simulator state read from the raw
 observation (`state_keys`, e.g. the embedded suite's `object-state`: ResiP's residual sees state).
 `ResidualAgent` builds that vector the same way at deployment, so such an agent needs those keys.
 
@@ -37,6 +37,7 @@ from safetensors.torch import save_file
 
 from vla_agents.atomic import replace_folder
 from vla_agents.checksums import digests, verify_digests
+from vla_agents.models.policy import require_language_model
 from vla_agents.train.checkpoint import load_trainer_state
 from vla_agents.train.rl import DEFAULT_ALGO, RESIDUAL_SCALE, REWARDS, RLRun, shape_reward, vec_env
 from vla_agents.types import AttentionMaps
@@ -87,12 +88,10 @@ class ResidualAgent:
         self.state_sizes = dict(state_sizes or {})  # raw-observation key -> flattened size
         self.feature_dim, self.action_low, self.action_high = int(feature_dim), float(action_low), float(action_high)
         self.action_dim = base.action_dim
-        backbone = base.model.backbone
+        width = require_language_model(base.model, "residual RL (it observes the language model's pooled hidden state)").hidden_size
         # A fixed projection (seeded, so a reloaded agent sees the same features) keeps SB3's input small.
         gen = torch.Generator().manual_seed(0)
-        self._projection = torch.randn(backbone.llm.hidden_size, self.feature_dim, generator=gen) / backbone.llm.hidden_size ** 0.5
-        self._features = np.zeros(self.feature_dim, np.float32)
-        self._hook = backbone.register_forward_hook(self._pool)
+        self._projection = torch.randn(width, self.feature_dim, generator=gen) / width ** 0.5
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (self.obs_dim,), np.float32)
 
     @property
@@ -116,10 +115,11 @@ class ResidualAgent:
         extra = sum(p.numel() for p in self.policy.policy.parameters()) if self.policy is not None else 0
         return self.base.num_parameters() + extra
 
-    def _pool(self, module: torch.nn.Module, inputs: Any, out: Any) -> None:
-        """Forward hook on the backbone: runs only when the VLA runs, i.e. once per chunk."""
-        last = out.hidden_states[-1].float().mean(dim=1)[0].cpu()
-        self._features = (last @ self._projection).numpy().astype(np.float32)
+    def features(self) -> np.ndarray:
+        """The base agent's pooled hidden state at its last model call (once per chunk), projected."""
+        if self.base.last_pooled is None:
+            return np.zeros(self.feature_dim, np.float32)
+        return (torch.from_numpy(self.base.last_pooled) @ self._projection).numpy().astype(np.float32)
 
     def reset(self) -> None:
         self.base.reset()
@@ -133,7 +133,7 @@ class ResidualAgent:
         n_open_loop = self.base.recipe.get("n_open_loop", self.base.chunk)
         remaining = len(getattr(self.base, "_queue", ()))
         phase = 0.0 if self.base.recipe.get("temporal_ensemble") else (n_open_loop - 1 - remaining) / n_open_loop
-        obs = np.concatenate([np.asarray(proprio, np.float32), base_action, self._features, [phase],
+        obs = np.concatenate([np.asarray(proprio, np.float32), base_action, self.features(), [phase],
                               *self._state(raw_obs)]).astype(np.float32)
         return base_action, obs
 
