@@ -71,7 +71,7 @@ def residual_observations(folder: Path) -> list[Any] | None:
     """The vector a fresh residual policy observes at the first step of each observation (the VLA's
     pooled features among it); None where residual RL cannot wrap the policy."""
     from vla_agents.agent import load_agent
-    from vla_agents.train.residual import ResidualAgent
+    from vla_agents.residual import ResidualAgent
 
     try:
         residual = ResidualAgent(load_agent(folder))

@@ -39,7 +39,7 @@ def test_dtp_refuses_vat_by_name(vat) -> None:
 
 
 def test_residual_rl_refuses_vat_by_name(vat) -> None:
-    from vla_agents.train.residual import ResidualAgent
+    from vla_agents.residual import ResidualAgent
 
     with pytest.raises(ValueError, match="residual RL .* needs a policy with a language model.* VATPolicy has none"):
         ResidualAgent(vat)
@@ -80,7 +80,7 @@ def test_dtp_leaves_the_wrapped_agent_unchanged() -> None:
 
 @pytest.mark.parametrize("policy", ["oft", "focusvla"])
 def test_residual_rl_reads_the_pooled_state_without_hooks(policy: str) -> None:
-    from vla_agents.train.residual import ResidualAgent
+    from vla_agents.residual import ResidualAgent
 
     torch.manual_seed(0)
     base = make_agent(policy, stats=stats(), **SMALL)

@@ -14,7 +14,8 @@ from stable_baselines3.common.env_checker import check_env
 from vla_agents.agent import load_agent, make_agent
 from vla_agents.data.normalization import compute_norm_stats
 from vla_agents.sim import make_env
-from vla_agents.train.residual import ResidualAgent, ResidualEnv, load_residual_agent
+from vla_agents.residual import ResidualAgent
+from vla_agents.train.residual import ResidualEnv
 from vla_agents.train.rl import train_rl
 
 SMALL = dict(image_size=32, vit_depth=1, llm_layers=2, backbone_path=None)
@@ -68,7 +69,7 @@ def test_train_rl_writes_curve_and_a_reloadable_agent(agent_dir, tmp_path) -> No
     assert json.loads((out / "checkpoint" / "rl_log.json").read_text())["env_steps"] == 40
     assert isinstance(load_agent(out / "checkpoint"), ResidualAgent)
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
-    reloaded = load_residual_agent(out)
+    reloaded = load_agent(out)
     assert isinstance(reloaded, ResidualAgent) and json.loads((out / "residual.json").read_text())["scale"] == 0.5
     assert reloaded.policy_name == f"{reloaded.base.policy_name}+residual-sac"
 
@@ -90,7 +91,7 @@ def test_cli_train_rl_ppo_with_subprocess_envs(agent_dir, tmp_path) -> None:
     assert main(["train", "rl", "--agent", str(agent_dir), "--env", ENV, "--steps", "32",
                  "--n-envs", "2", "--eval-episodes", "0", "--reward", "shaped", "--log-std-init", "-2.5",
                  "--out", str(out)]) == 0
-    agent = load_residual_agent(out)
+    agent = load_agent(out)
     assert (out / "curve.png").exists() and agent.algo == "ppo"  # the default algorithm
     # ResiP's start: a narrow Gaussian (one 32-step update moves the log-std by far less than 0.1)
     np.testing.assert_allclose(agent.policy.policy.log_std.detach().numpy(), -2.5, atol=0.1)
@@ -142,7 +143,7 @@ def test_a_residual_observing_privileged_state_sees_it_saves_it_and_needs_it(age
     trained = train_rl(agent_dir, ENV, steps=16, out_dir=tmp_path / "state", n_envs=1, eval_episodes=0,
                        env_kwargs=ENV_KWARGS, progress=False, state_keys=["object-state"])
     assert trained.state_sizes == {"object-state": 10}
-    reloaded = load_residual_agent(tmp_path / "state")
+    reloaded = load_agent(tmp_path / "state")
     assert reloaded.state_sizes == {"object-state": 10} and reloaded.obs_dim == 58
     env = make_env(ENV, **ENV_KWARGS)
     raw, _ = env.reset(seed=4)

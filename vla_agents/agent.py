@@ -13,17 +13,16 @@ import tempfile
 import warnings
 from collections import deque
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from vla_agents.atomic import complete_folder, replace_folder
-from vla_agents.checksums import digests, verify_digests
+from vla_agents.checksums import digests, read_weights, verify_digests
 from vla_agents.adapters import ObservationError, fit_recipe, make_adapter
 from vla_agents.data.images import crop_resize, uv_in_crop
 from vla_agents.data.normalization import NormStats
@@ -35,12 +34,15 @@ from vla_agents.models.policy import require_language_model
 from vla_agents.policies import (
     WRAPPERS, build_model, check_policy, list_policies, load_recipe, load_wrapper_recipe, split_name, split_wrapper,
 )
+from vla_agents.residual import load_residual_agent
 from vla_agents.types import AttentionMaps, Observation
 
 __all__ = ["VLAAgent", "make_agent", "load_agent", "list_policies"]
 
 FORMAT_VERSION = 1
 CHECKSUMMED = ("model.safetensors", "norm_stats.json")  # the files config.json records SHA-256 digests of
+# Agents other than a VLAAgent folder, by the file that marks them: marker -> loader(path, device, load_agent).
+LOADERS: dict[str, Callable[..., Any]] = {"residual.json": load_residual_agent}  # a residual on a frozen base in base/
 
 
 def make_tokenizer(recipe: dict[str, Any]) -> PreTrainedTokenizerBase:
@@ -436,14 +438,6 @@ def _read_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
         raise ValueError(f"cannot read the tokenizer in {folder}: {e}") from e
 
 
-def read_weights(file: Path) -> dict[str, torch.Tensor]:
-    """A safetensors file's tensors; one that cannot be parsed fails naming the file."""
-    try:
-        return load_file(str(file))
-    except (SafetensorError, OSError) as e:
-        raise ValueError(f"{file} is not a readable safetensors file ({e}); it is empty, truncated or damaged") from e
-
-
 def load_agent(path: str | Path, device: str | torch.device | None = None, revision: str | None = None) -> VLAAgent:
     """Load an agent folder written by `save_pretrained`, or a hub id ("org/name", at `revision`) through
     the Hugging Face cache (`vla_agents.hub`). A bad folder raises FileNotFoundError or
@@ -457,10 +451,9 @@ def load_agent(path: str | Path, device: str | torch.device | None = None, revis
     path = local
     if not path.is_dir():
         raise FileNotFoundError(f"agent folder not found: {path}")
-    if (path / "residual.json").exists():  # an RL residual on a frozen base agent saved in path/base
-        from vla_agents.train.residual import load_residual_agent
-
-        return load_residual_agent(path, device)
+    for marker, loader in LOADERS.items():
+        if (path / marker).exists():
+            return loader(path, device, load_agent)
     for name in ("config.json", "model.safetensors", "norm_stats.json", "tokenizer"):
         if not (path / name).exists():
             raise FileNotFoundError(f"agent folder {path} is missing {name}")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vla_agents.atomic import write_file
-from vla_agents.train.rl import RESIDUAL_SCALE
+from vla_agents.residual import RESIDUAL_SCALE
 
 if TYPE_CHECKING:
     from vla_agents.eval.compare import ComparisonResult

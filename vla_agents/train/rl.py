@@ -19,15 +19,12 @@ from typing import Any, Callable
 import numpy as np
 
 from vla_agents.atomic import check_target, recover, write_file
+from vla_agents.residual import CONFIG_FILE, DEFAULT_ALGO, RESIDUAL_SCALE
 from vla_agents.train.arguments import at_least, check_device
 from vla_agents.train.checkpoint import write_checkpoint
 
 MODES = ("residual", "full")
 REWARDS = ("sparse", "shaped")
-# The measured residual recipe (benchmarks/README.md): PPO gained in every run where SAC collapsed,
-# and a scale of 0.5 or more lets the correction undo the base's saturated pushes.
-DEFAULT_ALGO = "ppo"
-RESIDUAL_SCALE = 0.5
 
 
 def shape_reward(reward: float, mode: str) -> float:
@@ -201,7 +198,6 @@ def train_rl(agent_dir: str | Path, env_spec: str, algo: str | None = None, mode
                              log_std_init=log_std_init, state_keys=state_keys or (), **common)
     else:
         from vla_agents.train.full_rl import setup_full
-        from vla_agents.train.residual import CONFIG_FILE
 
         algo = algo or DEFAULT_ALGO
         if state_keys:
