@@ -11,6 +11,7 @@ import torch
 from conftest import ActionRecorder
 from stable_baselines3.common.env_checker import check_env
 
+from conftest import SMALL
 from vla_agents.agent import load_agent, make_agent
 from vla_agents.data.normalization import compute_norm_stats
 from vla_agents.sim import make_env
@@ -18,7 +19,6 @@ from vla_agents.residual import ResidualAgent
 from vla_agents.train.residual import ResidualEnv
 from vla_agents.train.rl import train_rl
 
-SMALL = dict(image_size=32, vit_depth=1, llm_layers=2, backbone_path=None)
 ENV = "embedded/lift"
 ENV_KWARGS = {"image_size": 32}
 
