@@ -32,7 +32,8 @@ from vla_agents.models.backbones import build_byte_tokenizer, left_padded
 from vla_agents.models.dtp import DTP, DTPPolicy
 from vla_agents.models.policy import require_language_model
 from vla_agents.policies import (
-    WRAPPERS, build_model, check_policy, list_policies, load_recipe, load_wrapper_recipe, split_name, split_wrapper,
+    WRAPPERS, build_model, check_policy, check_recipe, list_policies, load_recipe, load_wrapper_recipe, split_name,
+    split_wrapper,
 )
 from vla_agents.residual import load_residual_agent
 from vla_agents.types import AttentionMaps, Observation
@@ -63,31 +64,6 @@ def lora_targets(module: nn.Module) -> list[str]:
     inside_mha = [name for name, m in module.named_modules() if isinstance(m, nn.MultiheadAttention)]
     return sorted(name for name, m in module.named_modules()
                   if isinstance(m, nn.Linear) and not any(name.startswith(f"{mha}.") for mha in inside_mha))
-
-
-def check_recipe(recipe: Mapping[str, Any]) -> None:
-    """The recipe keys the agent itself reads (each policy builder reads its own): a missing or
-    malformed one fails when the agent is built, not at its first `act`."""
-
-    def need(key: str, ok: Any, expected: str) -> None:
-        if key not in recipe:
-            raise ValueError(f"recipe has no key {key!r}; expected {expected}")
-        if not ok(recipe[key]):
-            raise ValueError(f"recipe key {key!r} is {recipe[key]!r}; expected {expected}")
-
-    def count(value: Any) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-    for key in ("chunk", "action_dim", "image_size"):
-        need(key, count, "an integer >= 1")
-    need("proprio_dim", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
-         "an integer >= 0 (0: a benchmark with no robot state, such as SIMPLER's Google Robot)")
-    need("views", lambda v: isinstance(v, list) and v and all(isinstance(x, str) for x in v), "a list of view names")
-    need("prompt_template", lambda v: isinstance(v, str) and "{instruction}" in v, "a string with {instruction} in it")
-    if recipe.get("temporal_ensemble"):
-        need("ensemble_k", lambda v: isinstance(v, (int, float)) and v >= 0, "a number >= 0")
-    else:
-        need("n_open_loop", lambda v: count(v) and v <= recipe["chunk"], f"an integer from 1 to chunk ({recipe['chunk']})")
 
 
 def preprocess_image(img: np.ndarray, recipe: dict[str, Any], train: bool) -> torch.Tensor:

@@ -41,7 +41,7 @@ from vla_agents.data.normalization import NormStats
 from vla_agents.models.dtp import DTPPolicy
 from vla_agents.models.policy import require_language_model
 from vla_agents.models.blocks import action_loss
-from vla_agents.train.rl import REWARDS, RLRun, shape_reward, vec_env
+from vla_agents.train.rl import REWARDS, RLConfig, RLRun, shape_reward, vec_env
 
 __all__ = ["BCRegulariser", "ChunkEnv", "VLAActorCriticPolicy", "setup_full"]
 
@@ -258,14 +258,15 @@ def env_instructions(env_spec: str, env_kwargs: dict) -> list[str]:
         env.close()
 
 
-def setup_full(agent_dir: str, env_spec: str, env_kwargs: dict, steps: int, n_envs: int, seed: int, reward: str,
-               lr: float | None, device: str, bc_weight: float, bc_data: list[str | Path] | None,
-               log_std_init: float) -> RLRun:
-    """`train_rl`'s full mode: PPO with `VLAActorCriticPolicy` on `ChunkEnv`s. `steps` counts env
+def setup_full(config: RLConfig) -> RLRun:
+    """`train_rl`'s full mode: PPO with `VLAActorCriticPolicy` on `ChunkEnv`s. `config.steps` counts env
     steps; SB3 counts chunks."""
+    agent_dir, env_spec, env_kwargs, steps, n_envs, seed = (config.agent_dir, config.env_spec, config.env_kwargs,
+                                                            config.steps, config.n_envs, config.seed)
+    bc_weight, bc_data, log_std_init = config.bc_weight, config.bc_data, config.log_std_init
     if bc_weight < 0 or (bc_weight > 0) != bool(bc_data):
         raise ValueError("the BC regulariser needs both bc_weight > 0 and bc_data demonstration files")
-    lr = lr or DEFAULT_LR
+    lr = config.lr or DEFAULT_LR
     torch.manual_seed(seed)  # LoRA's random init
     agent = load_agent(agent_dir)
     if agent.lora is None and agent.recipe["scale"] == "paper" and agent.recipe.get("lora_rank"):
@@ -277,10 +278,10 @@ def setup_full(agent_dir: str, env_spec: str, env_kwargs: dict, steps: int, n_en
     batch_size = min(16, n_steps * n_envs)
     bc = BCRegulariser(agent, bc_data, bc_weight, batch_size, seed) if bc_weight > 0 else None
     factory = partial(_make_chunk_env, env_spec, env_kwargs, agent.recipe, agent.stats, agent.adapter_name,
-                      instructions, reward)
+                      instructions, config.reward)
     venv = vec_env(factory, n_envs, seed)
     model = FullPPO(VLAActorCriticPolicy, venv, learning_rate=lr, n_steps=n_steps, batch_size=batch_size,
-                    n_epochs=N_EPOCHS, seed=seed, device=device, verbose=0,
+                    n_epochs=N_EPOCHS, seed=seed, device=config.device, verbose=0,
                     policy_kwargs=dict(agent=agent, instructions=instructions, log_std_init=log_std_init, bc=bc))
     return RLRun(model, agent, decisions, {
         "bc_weight": bc_weight, "bc_data": [str(p) for p in bc_data or []], "log_std_init": log_std_init,

@@ -23,7 +23,7 @@ from vla_agents.residual import (
     load_parameters, read_saved,
 )
 from vla_agents.train.checkpoint import load_trainer_state
-from vla_agents.train.rl import REWARDS, RLRun, shape_reward, vec_env
+from vla_agents.train.rl import REWARDS, RLConfig, RLRun, shape_reward, vec_env
 
 __all__ = ["ResidualEnv", "setup_residual"]
 
@@ -106,9 +106,7 @@ def _make_residual_env(agent_dir: str, env_spec: str, env_kwargs: dict, **wrappe
     return ResidualEnv(make_env(env_spec, **env_kwargs), load_agent(agent_dir), **wrapper_kwargs)
 
 
-def setup_residual(agent_dir: str, env_spec: str, env_kwargs: dict, algo: str | None, steps: int, n_envs: int,
-                   seed: int, reward: str, lr: float | None, device: str, scale: float, progressive_explore: int,
-                   feature_dim: int, log_std_init: float, state_keys: Sequence[str] = ()) -> RLRun:
+def setup_residual(config: RLConfig) -> RLRun:
     """`train_rl`'s residual mode: SB3's MlpPolicy on `ResidualEnv`s, evaluated as a `ResidualAgent`.
 
     PPO starts as ResiP does: a near-zero mean (SB3's orthogonal init, gain 0.01 on the action layer)
@@ -120,6 +118,10 @@ def setup_residual(agent_dir: str, env_spec: str, env_kwargs: dict, algo: str | 
     state keys: a long run can be split into parts, or taken further."""
     from vla_agents.agent import load_agent
 
+    agent_dir, env_spec, env_kwargs, algo, steps, n_envs, seed, lr, device = (
+        config.agent_dir, config.env_spec, config.env_kwargs, config.algo, config.steps, config.n_envs, config.seed,
+        config.lr, config.device)
+    scale, feature_dim, state_keys, log_std_init = config.scale, config.feature_dim, config.state_keys, config.log_std_init
     continued = (Path(agent_dir) / CONFIG_FILE).exists()
     if continued:
         saved, weights, state = _read_for_training(Path(agent_dir))
@@ -135,8 +137,8 @@ def setup_residual(agent_dir: str, env_spec: str, env_kwargs: dict, algo: str | 
     else:
         algo, base_dir = algo or DEFAULT_ALGO, agent_dir
     _algo_class(algo)  # an unknown algorithm fails before any env process starts
-    factory = partial(_make_residual_env, base_dir, env_spec, env_kwargs, scale=scale, reward=reward,
-                      progressive_explore=progressive_explore, feature_dim=feature_dim, algo=algo,
+    factory = partial(_make_residual_env, base_dir, env_spec, env_kwargs, scale=scale, reward=config.reward,
+                      progressive_explore=config.progressive_explore, feature_dim=feature_dim, algo=algo,
                       state_keys=tuple(state_keys))
     venv = vec_env(factory, n_envs, seed)
     if continued:
@@ -156,8 +158,8 @@ def setup_residual(agent_dir: str, env_spec: str, env_kwargs: dict, algo: str | 
         model = build_algorithm(algo, venv, kwargs, device, seed)
     agent = ResidualAgent(load_agent(base_dir), model, scale, feature_dim, algo,
                           state_sizes=venv.get_attr("residual_state_sizes")[0], sb3_kwargs=kwargs)
-    config = {"algo": algo, "scale": scale, "progressive_explore": progressive_explore, "feature_dim": feature_dim,
+    record = {"algo": algo, "scale": scale, "progressive_explore": config.progressive_explore, "feature_dim": feature_dim,
               "state_keys": list(state_keys),
               **({"log_std_init": log_std_init} if algo == "ppo" and not continued else {}),
               **({"continued_from": str(agent_dir)} if continued else {})}
-    return RLRun(model, agent, steps, config)
+    return RLRun(model, agent, steps, record)
