@@ -1,3 +1,4 @@
+"""Fixtures and helpers shared by the test files: import the plain ones with `from conftest import ...`."""
 import os
 
 import gymnasium as gym
@@ -5,6 +6,45 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("MUJOCO_GL", "egl")
+
+# Recipe overrides that make a tiny agent tinier still (32 px, 2x2 patches per view, one ViT block, two
+# LLM layers, no pretrained backbone): seconds to build and act on a CPU.
+SMALL = dict(image_size=32, vit_depth=1, llm_layers=2, backbone_path=None)
+# DeepVision builds two vision branches and couples LLM layers to an expert: its own small sizes.
+DEEPVISION_SMALL = dict(image_size=48, vla_image_size=32, vit_dim=32, vit_depth=1, expert_dim=32, expert_depth=3,
+                        llm_dim=32, llm_intermediate=64, llm_layers=4, coupled_layers=2, agvp_layers=[0, 1],
+                        backbone_path=None)
+
+
+def small(policy: str) -> dict:
+    """`policy`'s SMALL overrides: the keys of SMALL its tiny recipe has (VAT has no LLM keys)."""
+    from vla_agents.policies import load_recipe
+
+    if policy == "deepvision":
+        return dict(DEEPVISION_SMALL)
+    return {k: v for k, v in SMALL.items() if k in load_recipe(policy, "tiny")}
+
+
+def stats(action_dim: int = 7, seed: int = 0):
+    """Normalization statistics of random actions and 8-D proprio, as a trained agent carries."""
+    from vla_agents.data.normalization import compute_norm_stats
+
+    rng = np.random.default_rng(seed)
+    return compute_norm_stats(rng.normal(size=(100, action_dim)), rng.normal(size=(100, 8)))
+
+
+def raw_obs(size: int = 48, seed: int = 0) -> dict:
+    """A raw LIBERO-format observation: random images, random end-effector position."""
+    rng = np.random.default_rng(seed)
+    return {
+        "agentview_image": rng.integers(0, 255, (size, size, 3), dtype=np.uint8),
+        "robot0_eye_in_hand_image": rng.integers(0, 255, (size, size, 3), dtype=np.uint8),
+        "robot0_eef_pos": rng.normal(size=3),
+        "robot0_eef_quat": np.array([0.0, 0.0, 0.0, 1.0]),
+        "robot0_gripper_qpos": np.array([0.02, -0.02]),
+        "robot0_joint_pos": np.zeros(7),
+        "language_instruction": "pick up the red cube",
+    }
 
 
 @pytest.fixture

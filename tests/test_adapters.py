@@ -10,13 +10,13 @@ import pytest
 from test_robotwin_adapter import robotwin_obs
 from test_simpler_adapter import ms2_obs, ms3_obs
 
+from conftest import SMALL
 from vla_agents.adapters import Adapter, ObservationError, list_adapters, make_adapter, register_adapter
 from vla_agents.agent import load_agent, make_agent
 from vla_agents.data import DemoDataset, DemoWriter
 from vla_agents.data.normalization import compute_norm_stats
 from vla_agents.eval.rollout import evaluate
 
-SMALL = dict(image_size=32, vit_depth=1, llm_layers=2, backbone_path=None)
 INSTRUCTION = "put carrot on plate"
 
 

@@ -6,30 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
+from conftest import SMALL, raw_obs, stats
 from vla_agents.agent import load_agent, make_agent
 from vla_agents.data.normalization import NormStats, compute_norm_stats
-
-SMALL = dict(image_size=32, vit_depth=1, llm_layers=2, backbone_path=None)
-
-
-def raw_obs(size: int = 48, seed: int = 0) -> dict:
-    rng = np.random.default_rng(seed)
-    return {
-        "agentview_image": rng.integers(0, 255, (size, size, 3), dtype=np.uint8),
-        "robot0_eye_in_hand_image": rng.integers(0, 255, (size, size, 3), dtype=np.uint8),
-        "robot0_eef_pos": rng.normal(size=3),
-        "robot0_eef_quat": np.array([0.0, 0.0, 0.0, 1.0]),
-        "robot0_gripper_qpos": np.array([0.02, -0.02]),
-        "robot0_joint_pos": np.zeros(7),
-        "language_instruction": "pick up the red cube",
-    }
-
-
-def stats(action_dim: int = 7):
-    rng = np.random.default_rng(0)
-    return compute_norm_stats(rng.normal(size=(100, action_dim)), rng.normal(size=(100, 8)))
 
 
 def drop_digests(path: Path) -> None:

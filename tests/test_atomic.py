@@ -13,15 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import SMALL, stats
 from vla_agents.agent import load_agent, make_agent
-from vla_agents.data.normalization import compute_norm_stats
 
-SMALL = dict(image_size=32, vit_depth=1, llm_layers=2, backbone_path=None)
-
-
-def stats(seed: int = 0):
-    rng = np.random.default_rng(seed)
-    return compute_norm_stats(rng.normal(size=(100, 7)), rng.normal(size=(100, 8)))
 
 
 def raw_obs() -> dict:
@@ -75,7 +69,7 @@ def test_save_pretrained_refuses_the_current_directory_and_its_parents(tmp_path,
 
 
 def test_a_kill_at_every_step_of_a_folder_swap_leaves_a_loadable_agent_and_the_users_files(tmp_path, monkeypatch) -> None:
-    old, new = make_agent("oft", stats=stats(0), **SMALL), make_agent("oft", stats=stats(1), **SMALL)
+    old, new = make_agent("oft", stats=stats(seed=0), **SMALL), make_agent("oft", stats=stats(seed=1), **SMALL)
     expected = {"old": old.act_chunk(raw_obs()), "new": new.act_chunk(raw_obs())}
     out = tmp_path / "runs" / "out"
 
@@ -110,7 +104,7 @@ def test_a_kill_at_every_step_of_a_folder_swap_leaves_a_loadable_agent_and_the_u
 
 def test_a_full_disk_during_a_save_says_so_and_keeps_the_previous_copy(tmp_path, monkeypatch) -> None:
     out = tmp_path / "out"
-    old = make_agent("oft", stats=stats(0), **SMALL)
+    old = make_agent("oft", stats=stats(seed=0), **SMALL)
     old.save_pretrained(out)
     before = old.act_chunk(raw_obs())
 
@@ -120,7 +114,7 @@ def test_a_full_disk_during_a_save_says_so_and_keeps_the_previous_copy(tmp_path,
     monkeypatch.setattr("vla_agents.agent.save_file", full_disk)
     monkeypatch.setattr(shutil, "disk_usage", lambda path: namedtuple("usage", "total used free")(10**9, 10**9, 0))
     with pytest.raises(OSError, match=rf"no space left on the device of {out} while writing it .*unexpected pos") as error:
-        make_agent("oft", stats=stats(1), **SMALL).save_pretrained(out)
+        make_agent("oft", stats=stats(seed=1), **SMALL).save_pretrained(out)
     assert error.value.errno == errno.ENOSPC
     np.testing.assert_array_equal(load_agent(out).act_chunk(raw_obs()), before)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
@@ -131,7 +125,7 @@ def test_the_leftovers_of_the_previous_swap_scheme_are_recovered(tmp_path) -> No
     renamed `out` to `.out.old-<id>`; killed before its last rename, `out` was gone."""
     from vla_agents.atomic import recover
 
-    old, new = make_agent("oft", stats=stats(0), **SMALL), make_agent("oft", stats=stats(1), **SMALL)
+    old, new = make_agent("oft", stats=stats(seed=0), **SMALL), make_agent("oft", stats=stats(seed=1), **SMALL)
     old.save_pretrained(tmp_path / ".out.old-1a2b3c4d")
     new.save_pretrained(tmp_path / ".out.tmp-5e6f7a8b")
     (tmp_path / ".out.tmp-5e6f7a8b" / "notes.txt").write_text("mine")

@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import SMALL
 from vla_agents.agent import load_agent
 from vla_agents.data import DemoDataset
 from vla_agents.data.hdf5 import DemoWriter
@@ -17,7 +18,6 @@ from vla_agents.models.blocks import action_loss
 from vla_agents.policies import load_recipe
 from vla_agents.train.bc import batch_indices, make_scheduler, train_bc
 
-SMALL = dict(image_size=32, vit_depth=1, llm_layers=2, backbone_path=None)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ import torch.nn.functional as F
 
 from transformers.models.qwen2.modeling_qwen2 import repeat_kv
 
+from conftest import DEEPVISION_SMALL as SMALL, raw_obs, stats
 from vla_agents.agent import load_agent, make_agent
 from vla_agents.models import deepvision
 from vla_agents.models.blocks import split_heads
@@ -21,12 +21,7 @@ from vla_agents.models.deepvision import (
     TinyExpert, additive, coupled_expert_layers, joint_mask, qwenvla_mask, shared_attention,
 )
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_agent import raw_obs, stats  # noqa: E402
-
 # expert 48 px -> 3x3 patches (K = 4 at keep_ratio 0.5); VLA branch 32 px -> 2x2
-SMALL = dict(image_size=48, vla_image_size=32, vit_dim=32, vit_depth=1, expert_dim=32, expert_depth=3, llm_dim=32,
-             llm_intermediate=64, llm_layers=4, coupled_layers=2, agvp_layers=[0, 1], backbone_path=None)
 
 
 def agent_and_batch(batch_size: int = 2, **overrides):

@@ -76,36 +76,35 @@ def test_demo_writes_videos_and_a_comparison_table(tmp_path):
 
 
 def test_retrain_trains_each_agent_on_demonstrations_of_its_noise_level(tmp_path, monkeypatch):
+    """`--retrain` calls the library (collect_demos, train_bc), not the CLI, and records the equivalent commands."""
     from rich.console import Console
 
     from vla_agents import demo
 
     calls = []
-    monkeypatch.setattr("vla_agents.cli.main", lambda args: calls.append(args) or 0)
+    monkeypatch.setattr("vla_agents.sim.collect.collect_demos",
+                        lambda spec, episodes, out, **kw: calls.append(("collect", spec, episodes, kw["noise"], str(out))))
+    monkeypatch.setattr("vla_agents.train.bc.train_bc", lambda **kw: calls.append(("train", kw)))
     monkeypatch.setattr(demo, "CHECKPOINTS", tmp_path / "policies" / "checkpoints")
     demo.CHECKPOINTS.mkdir(parents=True)
     (demo.CHECKPOINTS / "README.md").write_text(f"old embedded commands\n\n{demo.SIMPLER_HEADING}: made elsewhere\n")
     demo.retrain(tmp_path / "data", Console(quiet=True))
 
-    def value(args, flag, default=None):
-        return args[args.index(flag) + 1] if flag in args else default
-
     collects = [c for c in calls if c[0] == "collect"]
-    wanted = {(spec, str(n), a.data_noise) for a in SHIPPED for spec, n in a.data}
-    assert sorted((c[1], value(c, "--episodes"), float(value(c, "--noise", 0.0))) for c in collects) == sorted(wanted)
+    wanted = {(spec, n, a.data_noise) for a in SHIPPED for spec, n in a.data}
+    assert sorted(c[1:4] for c in collects) == sorted(wanted)
     for agent in SHIPPED:
-        trains = [c for c in calls if c[:2] == ["train", "bc"] and value(c, "--out").endswith(agent.name)]
-        mine = [value(c, "--out") for spec, n in agent.data for c in collects
-                if (c[1], value(c, "--episodes"), float(value(c, "--noise", 0.0))) == (spec, str(n), agent.data_noise)]
+        trains = [c[1] for c in calls if c[0] == "train" and str(c[1]["out_dir"]).endswith(agent.name)]
+        mine = [c[4] for spec, n in agent.data for c in collects if c[1:4] == (spec, n, agent.data_noise)]
         for train in trains:
-            assert train[train.index("--data") + 1 : train.index("--steps")] == mine and len(mine) == len(agent.data)
+            assert list(map(str, train["data"])) == mine and len(mine) == len(agent.data)
+            assert train["policy"] == agent.policy and train["batch_size"] == agent.batch_size
         # a continued agent: the same run resumed to the longer schedule, right after its first part
-        assert [(value(c, "--steps"), "--resume" in c) for c in trains] == (
-            [(str(agent.steps), False), (str(agent.continued_to), True)] if agent.continued_to else [(str(agent.steps), False)])
+        assert [(t["steps"], t.get("resume", False)) for t in trains] == (
+            [(agent.steps, False), (agent.continued_to, True)] if agent.continued_to else [(agent.steps, False)])
         if agent.continued_to:
-            at = trains[0].index("--steps") + 1
-            assert trains[1] == [*trains[0][:at], str(agent.continued_to), *trains[0][at + 1:], "--resume"]
-            assert calls.index(trains[1]) == calls.index(trains[0]) + 1
+            assert {**trains[0], "steps": agent.continued_to, "resume": True} == trains[1]
+            assert calls.index(("train", trains[1])) == calls.index(("train", trains[0])) + 1
     recorded = (demo.CHECKPOINTS / "README.md").read_text()
     assert all(f"--noise {a.data_noise}" in recorded for a in SHIPPED if a.data_noise)
     assert "old embedded commands" not in recorded and recorded.endswith(f"{demo.SIMPLER_HEADING}: made elsewhere\n")

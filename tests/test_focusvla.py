@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import SMALL, raw_obs, stats  # SMALL: 2 views x 2x2 patches = 8 visual tokens
 from vla_agents.agent import load_agent, make_agent
 from vla_agents.models.backbones import IMAGENET_MEAN, IMAGENET_STD, SIGLIP_MEAN, SIGLIP_STD, _normalize
 from vla_agents.models.blocks import merge_heads, rotary, split_heads
@@ -19,10 +20,8 @@ from vla_agents.models.vla_adapter import BridgeAttention, VLAAdapterPolicy
 from vla_agents.train.auxiliary import attention_target_loss
 from vla_agents.policies import build_model, load_recipe
 
-from test_agent import raw_obs, stats
 from test_models import batch, record_block_inputs, reference_layer_outputs
 
-SMALL = dict(image_size=32, vit_depth=1, llm_layers=2, backbone_path=None)  # 2 views x 2x2 patches = 8 visual tokens
 DIM, HEADS, T, Q, N = 16, 2, 4, 3, 12
 MIXED = dict(attention_mode="mixed", topk=None, gate="none", visual_source="vlm")  # Tab. 2, first row
 
@@ -220,7 +219,7 @@ def test_policy_shapes_attention_and_kept_masks() -> None:
     kept = out.masks["kept"]
     assert set(kept) == {"agentview", "eye_in_hand"} and kept["agentview"].shape == (2, 2, 2)
     total = sum(m.flatten(1).sum(-1) for m in kept.values())
-    assert torch.all(total == 3) and model.last_kept.shape == (2, 8)
+    assert torch.all(total == 3) and out.kept.shape == (2, 8)
     for view, heat in out.attention.items():
         assert heat.shape == (2, 2, 2)
         assert torch.all(heat[~kept[view]] == 0) and torch.all(heat[kept[view]] > 0)
@@ -256,7 +255,7 @@ def test_visual_values_source(source: str) -> None:
     model.loss(batch())[0].backward()
     if source == "raw":  # the encoder features before the VLM projector reach the policy
         assert model.raw_projector[1].weight.shape == (model.backbone.dim, model.backbone.vision.dim)
-        assert model.raw_projector[1].weight.grad.abs().sum() > 0 and model._raw == []
+        assert model.raw_projector[1].weight.grad.abs().sum() > 0
     else:
         assert not hasattr(model, "raw_projector")
 
@@ -323,7 +322,7 @@ def test_agent_acts_and_round_trips(tmp_path: Path) -> None:
     agent = make_agent("focusvla", stats=stats(), topk=4, **SMALL)
     assert agent.act(raw_obs()).shape == (7,)
     assert agent.last_attention.heatmaps["agentview"].shape == (2, 2)
-    assert agent.model.last_kept.sum().item() == 4
+    assert sum(m.sum() for m in agent.last_attention.masks["kept"].values()) == 4
     agent.save_pretrained(tmp_path / "agent")
     loaded = load_agent(tmp_path / "agent")
     np.testing.assert_array_equal(agent.act_chunk(raw_obs()), loaded.act_chunk(raw_obs()))
@@ -341,12 +340,13 @@ def test_paper_scale_values_are_the_towers_last_layer(layout: str, tmp_path: Pat
     assert model.backbone.vision.fused and model.raw_projector[1].in_features == 64  # DINOv2 32 + SigLIP 32
     assert len(model.blocks) == 2 and model.blocks[0].heads == 8 and model.blocks[0].gate.out_features == 32
     assert agent.act(raw_obs()).shape == (7,)
-    assert agent.last_attention.heatmaps["eye_in_hand"].shape == (2, 2) and model.last_kept.sum().item() == 5
+    assert agent.last_attention.heatmaps["eye_in_hand"].shape == (2, 2)
+    assert sum(m.sum() for m in agent.last_attention.masks["kept"].values()) == 5
 
     vision, pixels = model.backbone.vision, torch.rand(4, 3, 28, 28)
-    model._raw = []
     vlm_features = vision(pixels)
-    caught, model._raw = torch.cat(model._raw, dim=-1), []
+    _, caught = model.backbone.encode_with_raw(pixels.view(2, 2, 3, 28, 28), raw_visual=model.raw_visual)
+    caught = caught.reshape(4, -1, caught.shape[-1])
     if layout == "pro":
         dino = vision.dinov2(_normalize(pixels, IMAGENET_MEAN, IMAGENET_STD), output_hidden_states=True).hidden_states
         siglip = vision.siglip(_normalize(pixels, SIGLIP_MEAN, SIGLIP_STD), output_hidden_states=True).hidden_states

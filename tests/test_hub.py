@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import SMALL
 from vla_agents.agent import make_agent
 from vla_agents.data.normalization import compute_norm_stats
 from vla_agents.hub import push_to_hub
 
-SMALL = dict(image_size=32, vit_depth=1, llm_layers=2, backbone_path=None)
 ROOT = Path(__file__).resolve().parents[1]
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 

@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import SMALL
 from vla_agents.models.blocks import action_loss, merge_heads, rotary, split_heads
 from vla_agents.models.vla_adapter import SOURCES, BridgeAttention
 from vla_agents.policies import build_model, load_recipe
 
-SMALL = dict(image_size=32, vit_depth=1, llm_layers=2, backbone_path=None)
 
 
 def batch(b: int = 2, views: int = 2, size: int = 32, length: int = 7) -> dict[str, torch.Tensor]:

@@ -11,13 +11,14 @@ import torch
 from conftest import ActionRecorder
 from stable_baselines3.common.env_checker import check_env
 
+from conftest import SMALL
 from vla_agents.agent import load_agent, make_agent
 from vla_agents.data.normalization import compute_norm_stats
 from vla_agents.sim import make_env
-from vla_agents.train.residual import ResidualAgent, ResidualEnv, load_residual_agent
-from vla_agents.train.rl import train_rl
+from vla_agents.residual import ResidualAgent
+from vla_agents.train.residual import ResidualEnv
+from vla_agents.train.rl import RLConfig, train_rl
 
-SMALL = dict(image_size=32, vit_depth=1, llm_layers=2, backbone_path=None)
 ENV = "embedded/lift"
 ENV_KWARGS = {"image_size": 32}
 
@@ -59,8 +60,8 @@ def test_sb3_check_env_passes(agent_dir) -> None:
 
 def test_train_rl_writes_curve_and_a_reloadable_agent(agent_dir, tmp_path) -> None:
     out = tmp_path / "rl"
-    trained = train_rl(agent_dir, ENV, algo="sac", steps=64, out_dir=out, n_envs=1, eval_episodes=1,
-                       env_kwargs=ENV_KWARGS, progress=False, save_every=40)
+    trained = train_rl(RLConfig(agent_dir, ENV, algo="sac", steps=64, out_dir=out, n_envs=1, eval_episodes=1,
+                       env_kwargs=ENV_KWARGS, save_every=40), progress=False)
     assert (out / "curve.png").stat().st_size > 0
     log = json.loads((out / "rl_log.json").read_text())
     assert [e["step"] for e in log["eval"]] == [0, 64]
@@ -68,7 +69,7 @@ def test_train_rl_writes_curve_and_a_reloadable_agent(agent_dir, tmp_path) -> No
     assert json.loads((out / "checkpoint" / "rl_log.json").read_text())["env_steps"] == 40
     assert isinstance(load_agent(out / "checkpoint"), ResidualAgent)
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
-    reloaded = load_residual_agent(out)
+    reloaded = load_agent(out)
     assert isinstance(reloaded, ResidualAgent) and json.loads((out / "residual.json").read_text())["scale"] == 0.5
     assert reloaded.policy_name == f"{reloaded.base.policy_name}+residual-sac"
 
@@ -90,7 +91,7 @@ def test_cli_train_rl_ppo_with_subprocess_envs(agent_dir, tmp_path) -> None:
     assert main(["train", "rl", "--agent", str(agent_dir), "--env", ENV, "--steps", "32",
                  "--n-envs", "2", "--eval-episodes", "0", "--reward", "shaped", "--log-std-init", "-2.5",
                  "--out", str(out)]) == 0
-    agent = load_residual_agent(out)
+    agent = load_agent(out)
     assert (out / "curve.png").exists() and agent.algo == "ppo"  # the default algorithm
     # ResiP's start: a narrow Gaussian (one 32-step update moves the log-std by far less than 0.1)
     np.testing.assert_allclose(agent.policy.policy.log_std.detach().numpy(), -2.5, atol=0.1)
@@ -98,7 +99,7 @@ def test_cli_train_rl_ppo_with_subprocess_envs(agent_dir, tmp_path) -> None:
     assert main(["train", "rl", "--agent", str(agent_dir), "--env", ENV, "--mode", "full", "--algo", "sac",
                  "--steps", "8", "--out", str(tmp_path / "full")]) == 2  # full mode is PPO only
     with pytest.raises(ValueError, match="save_every is a period in env steps, 0 for never; got -5"):
-        train_rl(agent_dir, ENV, steps=8, out_dir=tmp_path / "bad", save_every=-5)
+        train_rl(RLConfig(agent_dir, ENV, steps=8, out_dir=tmp_path / "bad", save_every=-5), progress=False)
     assert not (tmp_path / "bad").exists()  # refused before anything was built or written
 
 
@@ -106,14 +107,14 @@ def test_training_continues_a_saved_residual_with_its_own_weights_algo_and_scale
     temp = tmp_path / "temp"
     temp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(temp))  # where SB3's default logger would make SB3-<time>
-    first = train_rl(agent_dir, ENV, algo="ppo", steps=32, out_dir=tmp_path / "first", n_envs=1, eval_episodes=0,
-                     env_kwargs=ENV_KWARGS, progress=False, scale=0.3)
+    first = train_rl(RLConfig(agent_dir, ENV, algo="ppo", steps=32, out_dir=tmp_path / "first", n_envs=1, eval_episodes=0,
+                     env_kwargs=ENV_KWARGS, scale=0.3), progress=False)
     with torch.no_grad():
         first.policy.policy.action_net.bias.fill_(0.5)  # a mark a fresh policy could not have
     first.save_pretrained(tmp_path / "first")
     # lr 0: the continued run's update leaves the loaded weights as they were
-    continued = train_rl(tmp_path / "first", ENV, steps=16, out_dir=tmp_path / "second", n_envs=1, eval_episodes=0,
-                         env_kwargs=ENV_KWARGS, progress=False, lr=0.0)
+    continued = train_rl(RLConfig(tmp_path / "first", ENV, steps=16, out_dir=tmp_path / "second", n_envs=1, eval_episodes=0,
+                         env_kwargs=ENV_KWARGS, lr=0.0), progress=False)
     assert continued.algo == "ppo" and continued.scale == 0.3  # from the saved residual, not the defaults
     np.testing.assert_array_equal(continued.policy.policy.action_net.bias.detach().numpy(), np.full(7, 0.5, np.float32))
     config = json.loads((tmp_path / "second" / "rl_log.json").read_text())["config"]
@@ -121,10 +122,10 @@ def test_training_continues_a_saved_residual_with_its_own_weights_algo_and_scale
     assert isinstance(load_agent(tmp_path / "second"), ResidualAgent)
     assert list(temp.iterdir()) == []  # PPO's statistics stay in memory (rl_log.json); no log folder is left
     with pytest.raises(ValueError, match="trained with 'ppo'; it cannot continue with 'sac'"):
-        train_rl(tmp_path / "first", ENV, algo="sac", steps=8, out_dir=tmp_path / "bad", n_envs=1,
-                 env_kwargs=ENV_KWARGS, progress=False)
+        train_rl(RLConfig(tmp_path / "first", ENV, algo="sac", steps=8, out_dir=tmp_path / "bad", n_envs=1,
+                 env_kwargs=ENV_KWARGS), progress=False)
     with pytest.raises(ValueError, match="is a residual agent; full mode fine-tunes a VLA agent folder"):
-        train_rl(tmp_path / "first", ENV, mode="full", steps=8, out_dir=tmp_path / "bad", n_envs=1)
+        train_rl(RLConfig(tmp_path / "first", ENV, mode="full", steps=8, out_dir=tmp_path / "bad", n_envs=1), progress=False)
 
 
 def test_a_residual_observing_privileged_state_sees_it_saves_it_and_needs_it(agent_dir, tmp_path) -> None:
@@ -139,10 +140,10 @@ def test_a_residual_observing_privileged_state_sees_it_saves_it_and_needs_it(age
     with pytest.raises(ValueError, match=r"state keys \['cube_pos'\] are not vector entries .*\['object-state'"):
         ResidualEnv(make_env(ENV, **ENV_KWARGS), load_agent(agent_dir), state_keys=["cube_pos"])
 
-    trained = train_rl(agent_dir, ENV, steps=16, out_dir=tmp_path / "state", n_envs=1, eval_episodes=0,
-                       env_kwargs=ENV_KWARGS, progress=False, state_keys=["object-state"])
+    trained = train_rl(RLConfig(agent_dir, ENV, steps=16, out_dir=tmp_path / "state", n_envs=1, eval_episodes=0,
+                       env_kwargs=ENV_KWARGS, state_keys=["object-state"]), progress=False)
     assert trained.state_sizes == {"object-state": 10}
-    reloaded = load_residual_agent(tmp_path / "state")
+    reloaded = load_agent(tmp_path / "state")
     assert reloaded.state_sizes == {"object-state": 10} and reloaded.obs_dim == 58
     env = make_env(ENV, **ENV_KWARGS)
     raw, _ = env.reset(seed=4)
@@ -156,7 +157,7 @@ def test_a_residual_observing_privileged_state_sees_it_saves_it_and_needs_it(age
         reloaded.act({**raw, "object-state": np.zeros(3)})
     env.close()
     with pytest.raises(ValueError, match="full mode's actor is the VLA"):
-        train_rl(agent_dir, ENV, mode="full", steps=8, out_dir=tmp_path / "bad", state_keys=["object-state"])
+        train_rl(RLConfig(agent_dir, ENV, mode="full", steps=8, out_dir=tmp_path / "bad", state_keys=["object-state"]), progress=False)
 
 
 @pytest.mark.parametrize("change, error", [
@@ -171,9 +172,9 @@ def test_a_residual_observing_privileged_state_sees_it_saves_it_and_needs_it(age
 def test_bad_train_rl_arguments_are_refused_before_anything_starts(agent_dir, tmp_path, change, error) -> None:
     if change.get("device") == "cuda" and torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    kwargs = dict(steps=8, out_dir=tmp_path / "out", n_envs=1, eval_episodes=0, env_kwargs=ENV_KWARGS, progress=False)
+    kwargs = dict(steps=8, out_dir=tmp_path / "out", n_envs=1, eval_episodes=0, env_kwargs=ENV_KWARGS)
     with pytest.raises(ValueError, match=error):
-        train_rl(agent_dir, ENV, **{**kwargs, **change})
+        train_rl(RLConfig(agent_dir, ENV, **{**kwargs, **change}), progress=False)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -194,8 +195,8 @@ def test_a_residual_folder_opens_without_unpickling_in_both_formats(agent_dir, t
 
     import stable_baselines3
 
-    trained = train_rl(agent_dir, ENV, algo="ppo", steps=16, out_dir=tmp_path / "new", n_envs=1, eval_episodes=0,
-                       env_kwargs=ENV_KWARGS, progress=False)
+    trained = train_rl(RLConfig(agent_dir, ENV, algo="ppo", steps=16, out_dir=tmp_path / "new", n_envs=1, eval_episodes=0,
+                       env_kwargs=ENV_KWARGS), progress=False)
     folder = tmp_path / "new"
     assert sorted(p.name for p in folder.iterdir() if p.name.startswith("residual")) == [
         "residual.json", "residual_policy.safetensors", "residual_trainer_state.pt"]
@@ -233,8 +234,8 @@ def test_a_residual_folder_opens_without_unpickling_in_both_formats(agent_dir, t
         trained.reset()
         np.testing.assert_array_equal(agent.act(raw), trained.act(raw))
     assert not marker.exists()
-    again = train_rl(legacy, ENV, steps=8, out_dir=tmp_path / "continued", n_envs=1, eval_episodes=0,
-                     env_kwargs=ENV_KWARGS, progress=False, lr=0.0)  # a legacy residual continues training too
+    again = train_rl(RLConfig(legacy, ENV, steps=8, out_dir=tmp_path / "continued", n_envs=1, eval_episodes=0,
+                     env_kwargs=ENV_KWARGS, lr=0.0), progress=False)  # a legacy residual continues training too
     np.testing.assert_array_equal(again.policy.policy.log_std.detach().numpy(), trained.policy.policy.log_std.detach().numpy())
     assert not marker.exists()
 
@@ -242,8 +243,8 @@ def test_a_residual_folder_opens_without_unpickling_in_both_formats(agent_dir, t
 def test_sb3_tensorboard_log_is_passed_through(agent_dir, tmp_path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    train_rl(agent_dir, ENV, algo="ppo", steps=32, out_dir=tmp_path / "rl", n_envs=1, eval_episodes=0,
-             env_kwargs=ENV_KWARGS, progress=False, tensorboard_log=tmp_path / "tb")
+    train_rl(RLConfig(agent_dir, ENV, algo="ppo", steps=32, out_dir=tmp_path / "rl", n_envs=1, eval_episodes=0,
+                      env_kwargs=ENV_KWARGS, tensorboard_log=tmp_path / "tb"), progress=False)
     assert [p.name for p in (tmp_path / "tb").iterdir()] == ["PPO_1"]  # SB3's own layout: <ALGO>_<run>
     tags = EventAccumulator(str(tmp_path / "tb" / "PPO_1")).Reload().Tags()["scalars"]
     assert {"train/value_loss", "train/learning_rate"} <= set(tags), tags

@@ -69,8 +69,8 @@ def test_shapes_and_attention_maps(policy: VATPolicy) -> None:
     # softmax over the patches of both views: the two maps together sum to one
     total = sum(m.sum(dim=(1, 2)) for m in out.attention.values())
     torch.testing.assert_close(total, torch.ones(2))
-    assert len(policy.layer_attention) == 3 and all(set(m) == set(VIEWS) for m in policy.layer_attention)
-    stacked = torch.stack([m["agentview"] for m in policy.layer_attention]).mean(0)
+    assert len(out.layers) == 3 and all(set(m) == set(VIEWS) for m in out.layers)
+    stacked = torch.stack([m["agentview"] for m in out.layers]).mean(0)
     torch.testing.assert_close(stacked, out.attention["agentview"])
 
 
@@ -219,10 +219,10 @@ def test_last_layer_ablation_keeps_the_depth_and_reads_the_second_to_last_layer(
     blocks = vision_block_inputs(model, batch)
     assert len(blocks) == 2  # the last block itself is never run
     calls = record_block_inputs(monkeypatch, ActionBlock)
-    model.predict(batch)
+    out = model.predict(batch)
     second_to_last = model.backbone.block(1, blocks[1])
     features = model.backbone.layers[2].norm1(second_to_last).reshape(2, -1, 32)  # as the ViT's last block reads it
-    assert len(calls) == 3 and len(model.layer_attention) == 3
+    assert len(calls) == 3 and len(out.layers) == 3
     for i, (tokens, vision, film, num_extra) in enumerate(calls):
         torch.testing.assert_close(vision, features, rtol=0, atol=0)
         assert not torch.allclose(vision, model.action_blocks[i].norm1(second_to_last).reshape(2, -1, 32))

@@ -13,17 +13,16 @@ import tempfile
 import warnings
 from collections import deque
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from vla_agents.atomic import complete_folder, replace_folder
-from vla_agents.checksums import digests, verify_digests
+from vla_agents.checksums import digests, read_weights, verify_digests
 from vla_agents.adapters import ObservationError, fit_recipe, make_adapter
 from vla_agents.data.images import crop_resize, uv_in_crop
 from vla_agents.data.normalization import NormStats
@@ -31,15 +30,20 @@ from vla_agents.hub import download_agent, looks_like_hub_id
 from vla_agents.models.backbone_folder import resolve_shipped_path
 from vla_agents.models.backbones import build_byte_tokenizer, left_padded
 from vla_agents.models.dtp import DTP, DTPPolicy
+from vla_agents.models.policy import require_language_model
 from vla_agents.policies import (
-    WRAPPERS, build_model, check_policy, list_policies, load_recipe, load_wrapper_recipe, split_name, split_wrapper,
+    WRAPPERS, build_model, check_policy, check_recipe, list_policies, load_recipe, load_wrapper_recipe, split_name,
+    split_wrapper,
 )
+from vla_agents.residual import load_residual_agent
 from vla_agents.types import AttentionMaps, Observation
 
 __all__ = ["VLAAgent", "make_agent", "load_agent", "list_policies"]
 
 FORMAT_VERSION = 1
 CHECKSUMMED = ("model.safetensors", "norm_stats.json")  # the files config.json records SHA-256 digests of
+# Agents other than a VLAAgent folder, by the file that marks them: marker -> loader(path, device, load_agent).
+LOADERS: dict[str, Callable[..., Any]] = {"residual.json": load_residual_agent}  # a residual on a frozen base in base/
 
 
 def make_tokenizer(recipe: dict[str, Any]) -> PreTrainedTokenizerBase:
@@ -60,31 +64,6 @@ def lora_targets(module: nn.Module) -> list[str]:
     inside_mha = [name for name, m in module.named_modules() if isinstance(m, nn.MultiheadAttention)]
     return sorted(name for name, m in module.named_modules()
                   if isinstance(m, nn.Linear) and not any(name.startswith(f"{mha}.") for mha in inside_mha))
-
-
-def check_recipe(recipe: Mapping[str, Any]) -> None:
-    """The recipe keys the agent itself reads (each policy builder reads its own): a missing or
-    malformed one fails when the agent is built, not at its first `act`."""
-
-    def need(key: str, ok: Any, expected: str) -> None:
-        if key not in recipe:
-            raise ValueError(f"recipe has no key {key!r}; expected {expected}")
-        if not ok(recipe[key]):
-            raise ValueError(f"recipe key {key!r} is {recipe[key]!r}; expected {expected}")
-
-    def count(value: Any) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-    for key in ("chunk", "action_dim", "image_size"):
-        need(key, count, "an integer >= 1")
-    need("proprio_dim", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
-         "an integer >= 0 (0: a benchmark with no robot state, such as SIMPLER's Google Robot)")
-    need("views", lambda v: isinstance(v, list) and v and all(isinstance(x, str) for x in v), "a list of view names")
-    need("prompt_template", lambda v: isinstance(v, str) and "{instruction}" in v, "a string with {instruction} in it")
-    if recipe.get("temporal_ensemble"):
-        need("ensemble_k", lambda v: isinstance(v, (int, float)) and v >= 0, "a number >= 0")
-    else:
-        need("n_open_loop", lambda v: count(v) and v <= recipe["chunk"], f"an integer from 1 to chunk ({recipe['chunk']})")
 
 
 def preprocess_image(img: np.ndarray, recipe: dict[str, Any], train: bool) -> torch.Tensor:
@@ -122,6 +101,9 @@ class VLAAgent:
         self.training: dict[str, Any] | None = None  # what `train bc` trained it on, for the hub's model card
         self._prompt_cache: dict[str, list[int]] = {}
         self._last_attention = AttentionMaps(heatmaps={})
+        # (d,) the language model's last hidden state averaged over the sequence at the last `act` model
+        # call: what a residual policy observes (`ResidualAgent`); None before one, or without a language model.
+        self.last_pooled: np.ndarray | None = None
         self._warned: set[str] = set()
         self.reset()
 
@@ -229,6 +211,8 @@ class VLAAgent:
             {v: a[0].float().cpu().numpy() for v, a in out.attention.items()},
             {name: {v: m[0].cpu().numpy() for v, m in per_view.items()} for name, per_view in masks.items()},
         )
+        if out.backbone is not None:
+            self.last_pooled = out.backbone.hidden_states[-1].float().mean(dim=1)[0].cpu().numpy()
         actions = out.actions[0].float().cpu().numpy()
         return actions if self.stats is None else self.stats.unnormalize_action(actions).astype(np.float32)
 
@@ -269,7 +253,8 @@ class VLAAgent:
             self._prompt_cache[instruction] = ids
         return ids
 
-    def _tokenize(self, instructions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def tokenize(self, instructions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompts as the model reads them: (input_ids, attention_mask), left-padded (see `left_padded`)."""
         return left_padded([self.prompt_ids(s) for s in instructions], self.tokenizer.pad_token_id)
 
     def collate(self, items: list[dict[str, Any]], train: bool) -> dict[str, torch.Tensor]:
@@ -277,7 +262,7 @@ class VLAAgent:
         frames = [it["images"][v] for it in items for v in self.views]
         pixels, boxes = crop_resize(frames, self.recipe["image_size"], self.recipe.get("crop_area", 1.0), train)
         images = pixels.reshape(len(items), len(self.views), *pixels.shape[1:])
-        input_ids, attention_mask = self._tokenize([it["instruction"] for it in items])
+        input_ids, attention_mask = self.tokenize([it["instruction"] for it in items])
         batch = {
             "images": images,
             "proprio": torch.as_tensor(np.stack([it["proprio"] for it in items]), dtype=torch.float32),
@@ -311,6 +296,7 @@ class VLAAgent:
 
         if scope not in ("vlm", "llm"):
             raise ValueError(f"LoRA scope must be 'vlm' or 'llm', got {scope!r}")
+        require_language_model(self.model, "LoRA (it adapts the VLM's language model)")
         backbone = self.model.backbone
         adapted = [backbone.llm.model] if scope == "llm" else [backbone.llm.model, backbone.vision, backbone.projector]
         for module in adapted:
@@ -336,7 +322,7 @@ class VLAAgent:
             "chunk": self.chunk,
             "action_dim": self.action_dim,
             "proprio_dim": self.recipe["proprio_dim"],
-            "hf_configs": self.model.backbone.hf_configs(),
+            "hf_configs": self.model.hf_configs(),
             "lora": self.lora,
             "dtp": self.model.settings() if isinstance(self.model, DTPPolicy) else None,
             "has_norm_stats": self.stats is not None,
@@ -385,7 +371,7 @@ def make_agent(
         raise ValueError(f"action-dimension mismatch: recipe action_dim={recipe['action_dim']}, stats have {stats.action.dim}")
     model = build_model(recipe)  # first: a missing or mismatched pretrained backbone is named before anything else
     tokenizer = make_tokenizer(recipe)
-    llm = getattr(getattr(model, "backbone", None), "llm", None)
+    llm = model.language_model
     vocab, where = (llm.config.vocab_size, "its language model's") if llm is not None else (recipe.get("vocab_size"), "the recipe's")
     if vocab and len(tokenizer) > vocab:
         source = recipe.get("tokenizer_path") or recipe.get("backbone_path") or recipe.get("llm_path") or "the byte-level tokenizer"
@@ -428,14 +414,6 @@ def _read_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
         raise ValueError(f"cannot read the tokenizer in {folder}: {e}") from e
 
 
-def read_weights(file: Path) -> dict[str, torch.Tensor]:
-    """A safetensors file's tensors; one that cannot be parsed fails naming the file."""
-    try:
-        return load_file(str(file))
-    except (SafetensorError, OSError) as e:
-        raise ValueError(f"{file} is not a readable safetensors file ({e}); it is empty, truncated or damaged") from e
-
-
 def load_agent(path: str | Path, device: str | torch.device | None = None, revision: str | None = None) -> VLAAgent:
     """Load an agent folder written by `save_pretrained`, or a hub id ("org/name", at `revision`) through
     the Hugging Face cache (`vla_agents.hub`). A bad folder raises FileNotFoundError or
@@ -449,10 +427,9 @@ def load_agent(path: str | Path, device: str | torch.device | None = None, revis
     path = local
     if not path.is_dir():
         raise FileNotFoundError(f"agent folder not found: {path}")
-    if (path / "residual.json").exists():  # an RL residual on a frozen base agent saved in path/base
-        from vla_agents.train.residual import load_residual_agent
-
-        return load_residual_agent(path, device)
+    for marker, loader in LOADERS.items():
+        if (path / marker).exists():
+            return loader(path, device, load_agent)
     for name in ("config.json", "model.safetensors", "norm_stats.json", "tokenizer"):
         if not (path / name).exists():
             raise FileNotFoundError(f"agent folder {path} is missing {name}")

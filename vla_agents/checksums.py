@@ -8,6 +8,10 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
 
 def file_sha256(path: str | Path) -> str:
     digest = hashlib.sha256()
@@ -35,3 +39,11 @@ def verify_digests(folder: str | Path, recorded: Any, config_name: str) -> None:
             raise ValueError(f"{folder / name} does not match the SHA-256 digest that {config_name} records for it "
                              f"({actual[:16]}... instead of {expected[:16]}...): the file is damaged, or was replaced "
                              "by another agent's. Restore it, or save the agent again")
+
+
+def read_weights(file: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors; one that cannot be parsed fails naming the file."""
+    try:
+        return load_file(str(file))
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{file} is not a readable safetensors file ({e}); it is empty, truncated or damaged") from e

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vla_agents.atomic import write_file
-from vla_agents.train.rl import RESIDUAL_SCALE
+from vla_agents.residual import RESIDUAL_SCALE
 
 if TYPE_CHECKING:
     from vla_agents.eval.compare import ComparisonResult
@@ -23,6 +23,30 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 NOOP_HELP = ("drop no-op steps (arm still, gripper unchanged) as OpenVLA-OFT's LIBERO regeneration does "
              "(vla_agents/data/noop.py)")
+
+
+def set_overrides(items: list[str]) -> dict:
+    """`--set KEY=VALUE` flags -> overrides. Values are read as YAML, as the recipes are (`loss=l1`,
+    `topk=null`, `agvp_layers=[0, 1]`); a dotted key sets a nested one (`a.b=1` -> {"a": {"b": 1}})."""
+    import yaml
+
+    out: dict = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise ValueError(f"--set takes KEY=VALUE, got {item!r}")
+        *parents, last = key.split(".")
+        node = out
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[last] = yaml.safe_load(value)
+    return out
+
+
+def recipe_overrides(args: argparse.Namespace) -> dict | None:
+    """--overrides (JSON) updated by the --set flags; None when neither is given."""
+    overrides = {**(json.loads(args.overrides) if args.overrides else {}), **set_overrides(args.set)}
+    return overrides or None
 
 
 def _collect(args: argparse.Namespace) -> None:
@@ -44,7 +68,7 @@ def _corpus(args: argparse.Namespace) -> None:
 def _pretrain(args: argparse.Namespace) -> None:
     from vla_agents.train.pretrain import pretrain_backbone
 
-    overrides = dict(json.loads(args.overrides)) if args.overrides else None
+    overrides = recipe_overrides(args)
     result = pretrain_backbone(args.corpus, args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                                seed=args.seed, base=args.base, tokenizer=args.tokenizer, overrides=overrides,
                                save_every=args.save_every, eval_every=args.eval_every, resume=args.resume)
@@ -57,7 +81,7 @@ def _train_bc(args: argparse.Namespace) -> None:
 
     from vla_agents.train.bc import train_bc
 
-    overrides = dict(json.loads(args.overrides)) if args.overrides else None
+    overrides = recipe_overrides(args)
     if bool(args.eval_env) != bool(args.eval_every) or (args.eval_env and args.eval_episodes < 1):
         raise ValueError("evaluation during training needs --eval-env, --eval-every >= 1 and --eval-episodes >= 1 "
                          f"together; got {args.eval_env!r}, {args.eval_every} and {args.eval_episodes}")
@@ -85,14 +109,14 @@ def _convert(args: argparse.Namespace) -> None:
 
 
 def _train_rl(args: argparse.Namespace) -> None:
-    from vla_agents.train.rl import train_rl
+    from vla_agents.train.rl import RLConfig, train_rl
 
-    train_rl(agent_dir=args.agent, env_spec=args.env, algo=args.algo, mode=args.mode_rl, steps=args.steps,
-             out_dir=args.out, n_envs=args.n_envs, seed=args.seed, reward=args.reward,
-             eval_episodes=args.eval_episodes, eval_every=args.eval_every, lr=args.lr, device=args.device,
-             scale=args.scale, progressive_explore=args.progressive_explore,
-             bc_weight=args.bc_weight, bc_data=args.bc_data, log_std_init=args.log_std_init,
-             save_every=args.save_every, state_keys=args.state_keys, tensorboard_log=args.tensorboard_log)
+    train_rl(RLConfig(agent_dir=args.agent, env_spec=args.env, algo=args.algo, mode=args.mode_rl, steps=args.steps,
+                      out_dir=args.out, n_envs=args.n_envs, seed=args.seed, reward=args.reward,
+                      eval_episodes=args.eval_episodes, eval_every=args.eval_every, lr=args.lr, device=args.device,
+                      scale=args.scale, progressive_explore=args.progressive_explore,
+                      bc_weight=args.bc_weight, bc_data=args.bc_data, log_std_init=args.log_std_init,
+                      save_every=args.save_every, state_keys=args.state_keys, tensorboard_log=args.tensorboard_log))
     print(f"{args.mode_rl} RL agent saved to {args.out} (curve: {Path(args.out) / 'curve.png'})")
 
 
@@ -362,6 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, default=0, help="held-out evaluation period in steps (0: at the end only)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint exactly")
     p.add_argument("--overrides", default=None, help="JSON overrides of the base recipe's backbone keys")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="one override, its value read as YAML (repeatable; applied after --overrides)")
     p.set_defaults(func=_pretrain)
 
     p = sub.add_parser("convert", help="demonstrations between LIBERO/robomimic HDF5 and LeRobotDataset v3.0")
@@ -385,6 +411,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint exactly")
     p.add_argument("--seed", type=int, default=0, help="seed of initialization, data order and augmentation")
     p.add_argument("--overrides", default=None, help='JSON recipe overrides, e.g. \'{"gate_mode": "output_scale"}\'')
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="one recipe override, its value read as YAML, e.g. --set loss=l1 --set topk=null "
+                        "(repeatable; applied after --overrides)")
     p.add_argument("--mixed-precision", choices=["bf16", "no"], default=None,
                    help="default: bf16 on a GPU or a CPU that multiplies bf16 natively, else no")
     p.add_argument("--log-with", choices=["tensorboard", "wandb"], default=None,

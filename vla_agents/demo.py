@@ -2,7 +2,7 @@
 
 The shipped checkpoints in `policies/checkpoints/` are produced by the project's own `collect` and
 `train bc`; `SHIPPED` below is the single source of those commands, `--retrain` re-runs them and
-`policies/checkpoints/README.md` records them. Each shipped agent whose policy DTP can wrap (all but
+`policies/checkpoints/README.md` records them as the equivalent command lines. Each shipped agent whose policy DTP can wrap (all but
 VAT, which has no prompt tokens) also appears wrapped in DTP (training-free distracting-token pruning,
 `policies/dtp.yaml` settings) beside the unwrapped one. Where SIMPLER's simulator and assets are
 installed, a second table puts the shipped SIMPLER agent beside its scripted expert on
@@ -10,13 +10,14 @@ installed, a second table puts the shipped SIMPLER agent beside its scripted exp
 """
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from rich.console import Console
 
@@ -41,6 +42,14 @@ SIMPLER_HEADING = "## SIMPLER"  # that README's section on it, which `--retrain`
 
 
 @dataclass(frozen=True)
+class Step:
+    """One step of `--retrain`: the command line the record shows, and the library call that runs it."""
+
+    args: list[str]
+    run: Callable[[], object]
+
+
+@dataclass(frozen=True)
 class ShippedAgent:
     """A checkpoint the demo ships, and how it was made."""
 
@@ -54,15 +63,23 @@ class ShippedAgent:
     continued_to: int = 0  # then `--resume --steps continued_to`: the cosine schedule restretched to the
     # longer run, so it restarts at its value there (half the peak lr when continued_to = 2 x steps)
 
-    def train_commands(self, data: list[Path], out: Path) -> list[list[str]]:
+    def train_steps(self, data: list[Path], out: Path) -> list[Step]:
+        """`train bc`, then `train bc --resume` to `continued_to` steps: run through the library, recorded
+        as the equivalent command lines."""
+        from vla_agents.train.bc import train_bc
+
         overrides = ["--overrides", self.overrides] if self.overrides else []
         first = ["train", "bc", "--policy", self.policy, "--scale", "tiny", "--data", *map(str, data),
                  "--steps", str(self.steps), "--batch-size", str(self.batch_size), "--save-every", "500",
                  *overrides, "--out", str(out)]
-        if not self.continued_to:
-            return [first]
-        steps_at = first.index("--steps") + 1
-        return [first, [*first[:steps_at], str(self.continued_to), *first[steps_at + 1:], "--resume"]]
+        train = partial(train_bc, policy=self.policy, data=list(data), out_dir=out, scale="tiny",
+                        batch_size=self.batch_size, save_every=500, overrides=json.loads(self.overrides) if self.overrides else None)
+        steps = [Step(first, partial(train, steps=self.steps))]
+        if self.continued_to:
+            at = first.index("--steps") + 1
+            steps.append(Step([*first[:at], str(self.continued_to), *first[at + 1:], "--resume"],
+                              partial(train, steps=self.continued_to, resume=True)))
+        return steps
 
 
 UNGROUNDED = '{"backbone_path": null, "aux_target_weight": 0.0, "aux_attention_weight": 0.0}'  # before issue 33
@@ -79,28 +96,29 @@ SHIPPED = (
 
 def retrain(data_dir: Path, console: Console) -> None:
     """Collect the demonstrations and train every shipped checkpoint from scratch."""
-    from vla_agents.cli import main as cli
+    from vla_agents.sim.collect import collect_demos
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    commands: list[list[str]] = []
+    steps: list[Step] = []
     files: dict[tuple[str, int, float], Path] = {}  # each (task, episodes, DART noise) collected once
     for agent in SHIPPED:
         for spec, episodes in agent.data:
             key = (spec, episodes, agent.data_noise)
             if key not in files:
                 files[key] = data_dir / f"{spec.split('/')[1]}{episodes}{f'_noise{agent.data_noise}' if agent.data_noise else ''}.hdf5"
-                commands.append(["collect", spec, "--episodes", str(episodes), "--seed", str(DEMO_DATA_SEED),
-                                 *(["--noise", str(agent.data_noise)] if agent.data_noise else []), "--out", str(files[key])])
-    commands += [c for agent in SHIPPED
-                 for c in agent.train_commands([files[(s, n, agent.data_noise)] for s, n in agent.data], CHECKPOINTS / agent.name)]
+                args = ["collect", spec, "--episodes", str(episodes), "--seed", str(DEMO_DATA_SEED),
+                        *(["--noise", str(agent.data_noise)] if agent.data_noise else []), "--out", str(files[key])]
+                steps.append(Step(args, partial(collect_demos, spec, episodes, files[key], seed=DEMO_DATA_SEED,
+                                                image_size=128, noise=agent.data_noise)))
+    steps += [step for agent in SHIPPED
+              for step in agent.train_steps([files[(s, n, agent.data_noise)] for s, n in agent.data], CHECKPOINTS / agent.name)]
     log = []
     root = CHECKPOINTS.parents[1]
-    for args in commands:
-        console.print(f"[bold]$ vla-agents {shlex.join(args)}")
+    for step in steps:
+        console.print(f"[bold]$ vla-agents {shlex.join(step.args)}")
         start = time.perf_counter()
-        if cli(args) != 0:
-            raise RuntimeError(f"`vla-agents {shlex.join(args)}` failed")
-        shown = [os.path.relpath(a, root) if a.startswith("/") else a for a in args]  # no machine paths in the record
+        step.run()
+        shown = [os.path.relpath(a, root) if a.startswith("/") else a for a in step.args]  # no machine paths in the record
         log.append(f"vla-agents {shlex.join(shown)}    # {time.perf_counter() - start:.0f} s")
     readme = CHECKPOINTS / "README.md"
     previous = readme.read_text() if readme.exists() else ""

@@ -3,7 +3,7 @@ hyperparameter, and one builder per policy turns it into a model."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import yaml
 from torch import nn
@@ -95,7 +95,35 @@ def load_recipe(policy: str, scale: str = "tiny", overrides: dict[str, Any] | No
     unknown = sorted(set(overrides or {}) - set(recipe))
     if unknown:
         raise ValueError(f"unknown recipe keys for {path.name}: {', '.join(unknown)}")
-    return {**recipe, **(overrides or {})}
+    recipe = {**recipe, **(overrides or {})}
+    check_recipe(recipe)
+    return recipe
+
+
+def check_recipe(recipe: Mapping[str, Any]) -> None:
+    """The recipe keys the agent itself reads (each policy builder reads its own): a missing or
+    malformed one, or `n_open_loop` outside 1..chunk, fails when the recipe is loaded (and when a
+    saved agent's is), not at the agent's first `act`."""
+
+    def need(key: str, ok: Any, expected: str) -> None:
+        if key not in recipe:
+            raise ValueError(f"recipe has no key {key!r}; expected {expected}")
+        if not ok(recipe[key]):
+            raise ValueError(f"recipe key {key!r} is {recipe[key]!r}; expected {expected}")
+
+    def count(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+    for key in ("chunk", "action_dim", "image_size"):
+        need(key, count, "an integer >= 1")
+    need("proprio_dim", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+         "an integer >= 0 (0: a benchmark with no robot state, such as SIMPLER's Google Robot)")
+    need("views", lambda v: isinstance(v, list) and v and all(isinstance(x, str) for x in v), "a list of view names")
+    need("prompt_template", lambda v: isinstance(v, str) and "{instruction}" in v, "a string with {instruction} in it")
+    if recipe.get("temporal_ensemble"):
+        need("ensemble_k", lambda v: isinstance(v, (int, float)) and v >= 0, "a number >= 0")
+    else:
+        need("n_open_loop", lambda v: count(v) and v <= recipe["chunk"], f"an integer from 1 to chunk ({recipe['chunk']})")
 
 
 def build_model(recipe: dict[str, Any], hf_configs: dict[str, Any] | None = None) -> nn.Module:

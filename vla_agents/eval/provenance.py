@@ -10,11 +10,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import vla_agents
+from vla_agents import __version__
 from vla_agents.eval.rollout import agent_recipe
 from vla_agents.sim.registration import gym_id
 
-_PACKAGE_DIR = Path(vla_agents.__file__).resolve().parent
+_PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
 
 def recipe_sha256(recipe: dict[str, Any]) -> str:
@@ -53,7 +53,7 @@ def provenance(agent: Any, agent_source: str, specs: Sequence[str], seed: int, e
         "policy": getattr(agent, "policy_name", None) or type(agent).__name__,
         "recipe_sha256": recipe_sha256(recipe) if recipe is not None else None,
         "dtp": config.get("dtp"),  # DTP's settings when it wraps the policy
-        "vla_agents_version": vla_agents.__version__,
+        "vla_agents_version": __version__,
         "git": git_commit(),
         "envs": [{"spec": spec, "gym_id": _gym_id(spec)} for spec in specs],
         "seeds": list(range(seed, seed + episodes)),

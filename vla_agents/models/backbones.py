@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -26,6 +26,7 @@ from transformers import SiglipVisionConfig, SiglipVisionModel
 from vla_agents.models.backbone_folder import load_vision_weights, open_backbone
 from vla_agents.models.blocks import TransformerBlock
 
+RawVisual = Literal["output", "last_layer"] | None
 SIGLIP_MEAN, SIGLIP_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -162,20 +163,29 @@ class HFVisionTower(nn.Module):
 
     def forward(self, pixels: torch.Tensor, film: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
         """`film`: one (gamma, beta) pair per encoder layer (see `film_dims`), or None."""
+        return self.features(pixels, film)[0]
+
+    def features(
+        self, pixels: torch.Tensor, film: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(second-to-last layer, last layer) features, each fused over the towers as `forward`'s: the
+        last layer is what FocusVLA reads as raw vision features (computed anyway, so it costs nothing)."""
         handles = self._attach_film(film) if film is not None else []
         try:
-            features = []
+            features, last = [], []
             if self.dinov2 is not None:
-                hidden = self.dinov2(_normalize(pixels, IMAGENET_MEAN, IMAGENET_STD), output_hidden_states=True).hidden_states[-2]
+                hidden = self.dinov2(_normalize(pixels, IMAGENET_MEAN, IMAGENET_STD), output_hidden_states=True).hidden_states
                 skip = 1 + getattr(self.dinov2.config, "num_register_tokens", 0)
-                features.append(hidden[:, skip:])
+                features.append(hidden[-2][:, skip:])
+                last.append(hidden[-1][:, skip:])
             if self.siglip is not None:
                 resize = pixels.shape[-1] != self.siglip.config.image_size
                 out = self.siglip(
                     _normalize(pixels, SIGLIP_MEAN, SIGLIP_STD), output_hidden_states=True, interpolate_pos_encoding=resize
                 )
                 features.append(out.hidden_states[-2])
-            return torch.cat(features, dim=-1)
+                last.append(out.hidden_states[-1])
+            return torch.cat(features, dim=-1), torch.cat(last, dim=-1)
         finally:
             for handle in handles:
                 handle.remove()
@@ -253,11 +263,20 @@ class LanguageModel(nn.Module):
     def forward(
         self, inputs_embeds: torch.Tensor, mask: torch.Tensor, position_ids: torch.Tensor, output_attentions: bool = False
     ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...] | None]:
-        """`mask` is additive (B, 1, S, S). Returns hidden states of layers 1..L and attentions."""
-        out = self.model(
-            inputs_embeds=inputs_embeds, attention_mask=mask, position_ids=position_ids,
-            output_hidden_states=True, output_attentions=output_attentions, use_cache=False,
-        )
+        """`mask` is additive (B, 1, S, S). Returns hidden states of layers 1..L and attentions. Fused
+        kernels return no attention weights, so a call that asks for them runs eager attention, for
+        that call only: a wrapper that reads them (DTP) leaves the model as it found it."""
+        implementation = self.config._attn_implementation
+        if output_attentions and implementation != "eager":
+            self.model.set_attn_implementation("eager")
+        try:
+            out = self.model(
+                inputs_embeds=inputs_embeds, attention_mask=mask, position_ids=position_ids,
+                output_hidden_states=True, output_attentions=output_attentions, use_cache=False,
+            )
+        finally:
+            if self.config._attn_implementation != implementation:
+                self.model.set_attn_implementation(implementation)
         return tuple(out.hidden_states[1:]), (tuple(out.attentions) if output_attentions else None)
 
 
@@ -319,6 +338,7 @@ class BackboneOutput:
     slots: slice
     grid: tuple[int, int]
     visual_key_mask: torch.Tensor | None = None
+    raw_visual: torch.Tensor | None = None  # (B, V*h*w, vision dim): the towers' own features, when asked for
 
 
 class VisionLanguageBackbone(nn.Module):
@@ -339,14 +359,26 @@ class VisionLanguageBackbone(nn.Module):
     def encode_images(self, images: torch.Tensor, language: torch.Tensor | None = None) -> torch.Tensor:
         """(B, V, 3, H, W) in [0, 1] -> projected visual tokens (B, V*h*w, d), views in order.
         `language` (B, d), the mean prompt embedding, conditions the towers when FiLM is on."""
+        return self.encode_with_raw(images, language)[0]
+
+    def encode_with_raw(
+        self, images: torch.Tensor, language: torch.Tensor | None = None, raw_visual: RawVisual = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`encode_images`, plus the towers' own features (B, V*h*w, vision dim) before the projector:
+        their output (`raw_visual="output"`), their last layer ("last_layer": pretrained towers read
+        features from the second-to-last, see HFVisionTower), or None."""
         b, v = images.shape[:2]
-        if self.film is None:
-            tokens = self.vision(images.flatten(0, 1))
-        elif language is None:
+        if self.film is not None and language is None:
             raise ValueError("this backbone has FiLM: encode_images needs the mean prompt embedding (language=)")
+        film = None if self.film is None else self.film(language.repeat_interleave(v, dim=0))
+        kwargs = {} if film is None else {"film": film}
+        if raw_visual == "last_layer" and isinstance(self.vision, HFVisionTower):
+            tokens, raw = self.vision.features(images.flatten(0, 1), **kwargs)
         else:
-            tokens = self.vision(images.flatten(0, 1), film=self.film(language.repeat_interleave(v, dim=0)))
-        return self.projector(tokens).reshape(b, v * tokens.shape[1], -1)
+            tokens = self.vision(images.flatten(0, 1), **kwargs)
+            raw = tokens if raw_visual else None  # the tiny ViT's output is its last layer
+        flat = lambda t: t.reshape(b, v * t.shape[1], -1)  # noqa: E731
+        return flat(self.projector(tokens)), (None if raw is None else flat(raw))
 
     def forward(
         self,
@@ -358,16 +390,18 @@ class VisionLanguageBackbone(nn.Module):
         causal: bool = True,
         output_attentions: bool = False,
         visual_key_mask: torch.Tensor | None = None,
+        raw_visual: RawVisual = None,
     ) -> BackboneOutput:
         """`visual_key_mask` (B, V*h*w), True = pruned, removes those visual tokens as attention keys
         (every query, every layer) while they keep their positions: token pruning without
-        re-indexing RoPE or the per-view slices."""
+        re-indexing RoPE or the per-view slices. `raw_visual` as in `encode_with_raw`."""
         text = self.llm.embed(input_ids)
         language = None
         if self.film is not None:  # OFT+: the mean input embedding of the (unpadded) prompt
             weights = attention_mask[..., None].to(text.dtype)
             language = (text * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
-        visual = self.encode_images(images, language).to(text.dtype)
+        visual, raw = self.encode_with_raw(images, language, raw_visual)
+        visual = visual.to(text.dtype)
         b = text.shape[0]
         extra = text.new_zeros(b, 0, text.shape[-1]) if extra is None else extra.to(text.dtype)
         parts = [text[:, :1], visual, extra, text[:, 1:], slots.to(text.dtype)]
@@ -397,6 +431,7 @@ class VisionLanguageBackbone(nn.Module):
             slots=slice(embeds.shape[1] - slots.shape[1], embeds.shape[1]),
             grid=self.grid,
             visual_key_mask=visual_key_mask,
+            raw_visual=raw,
         )
 
     def hf_configs(self) -> dict[str, Any]:

@@ -6,9 +6,13 @@ weights; the heads and projectors follow the released OpenVLA-OFT / VLA-Adapter 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from vla_agents.models.backbones import BackboneOutput
 
 
 def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -124,11 +128,14 @@ def rotary(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0) -> t
 @dataclass
 class PolicyOutput:
     """actions: (B, T, A) normalized; attention: view -> (B, h, w) heatmap over its patch grid;
-    features: (B, d) the policy's pooled action features, what auxiliary heads (grounding, RL) read."""
+    features: (B, d) the policy's pooled action features, what auxiliary heads (grounding, RL) read;
+    backbone: the vision-language backbone's output (hidden states, attentions when asked for, token
+    positions), what wrappers (DTP) and RL heads read; None for a policy without a language model."""
 
     actions: torch.Tensor
     attention: dict[str, torch.Tensor] = field(default_factory=dict)
     features: torch.Tensor | None = field(default=None, kw_only=True)
+    backbone: BackboneOutput | None = field(default=None, kw_only=True)
 
     def grounding_maps(self) -> list[dict[str, torch.Tensor]]:
         """The maps BC's attention loss pulls onto the named cube: the overlay's map; policies whose

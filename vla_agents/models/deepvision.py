@@ -53,8 +53,9 @@ from vla_agents.models.backbones import (
     IMAGENET_MEAN, IMAGENET_STD, SIGLIP_MEAN, SIGLIP_STD, BackboneOutput, LanguageModel, TinyViT, VisionLanguageBackbone,
     _normalize, build_backbone,
 )
-from vla_agents.models.blocks import PolicyOutput, ProprioProjector, action_loss, split_heads
+from vla_agents.models.blocks import PolicyOutput, ProprioProjector, split_heads
 from vla_agents.models.dtp import relevance
+from vla_agents.models.policy import Policy
 
 COUPLINGS = ("last", "first", "uniform")
 GUIDANCES = ("action", "instruction", "cls", "none")
@@ -453,11 +454,9 @@ class DeepVisionOutput(PolicyOutput):
     masks: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
 
-class DeepVisionPolicy(nn.Module):
+class DeepVisionPolicy(Policy):
     """QwenVLA-OFT head on a DeepVisionBackbone: T zero action tokens (one per chunk step), robot
     state as one extra token after the images, a two-layer MLP per action token, L1 loss."""
-
-    loss_kind = "l1"  # the papers' loss; `build_model` sets the recipe's `loss`
 
     def __init__(self, backbone: DeepVisionBackbone, chunk: int = 8, action_dim: int = 7, proprio_dim: int = 8) -> None:
         super().__init__()
@@ -466,25 +465,20 @@ class DeepVisionPolicy(nn.Module):
         self.proprio_projector = ProprioProjector(proprio_dim, d)
         self.action_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, action_dim))
 
-    def forward(self, batch: dict[str, torch.Tensor], with_attention: bool = False) -> DeepVisionOutput:
+    def forward(self, batch: dict[str, torch.Tensor], with_attention: bool = False, *,
+                llm_attentions: bool = False, visual_key_mask: torch.Tensor | None = None) -> DeepVisionOutput:
         proprio = batch["proprio"]
         slots = proprio.new_zeros(proprio.shape[0], self.chunk, self.backbone.dim)
         out = self.backbone(
             batch["images"], batch["input_ids"], batch["attention_mask"], slots,
-            extra=self.proprio_projector(proprio), output_attentions=with_attention,
+            extra=self.proprio_projector(proprio), output_attentions=with_attention or llm_attentions,
+            visual_key_mask=visual_key_mask,
         )
         slots = out.hidden_states[-1][:, out.slots].float()
         actions = self.action_head(slots)
         masks = {"kept_expert": out.kept_expert} if out.kept_expert else {}
-        return DeepVisionOutput(actions, out.guidance if with_attention else {}, masks, features=slots.mean(dim=1))
-
-    @torch.no_grad()
-    def predict(self, batch: dict[str, torch.Tensor]) -> DeepVisionOutput:
-        return self.forward(batch, with_attention=True)
-
-    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        loss = action_loss(self.forward(batch).actions, batch["actions"], batch.get("action_is_pad"), self.loss_kind)
-        return loss, {self.loss_kind: loss.item()}
+        return DeepVisionOutput(actions, out.guidance if with_attention else {}, masks, features=slots.mean(dim=1),
+                                backbone=out)
 
 
 def build_deepvision(recipe: dict[str, Any], hf_configs: dict[str, Any] | None = None) -> DeepVisionPolicy:

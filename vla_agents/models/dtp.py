@@ -11,10 +11,11 @@ At every inference step (paper Sec. 3):
    tau * (the largest attention inside G). Distracting tokens are masked as attention keys, and a
    second forward pass regenerates the action.
 
-This works for any policy that runs its VLM through `model.backbone`, a VisionLanguageBackbone. As in
-the paper, forward hooks read the attentions: here they come from the backbone's output. The hooks
-also inject `visual_key_mask` on the regeneration pass. A policy that attends to visual features
-outside the LLM, such as VLA-Adapter's bridge, has to respect `BackboneOutput.visual_key_mask`.
+This works for any policy with a language model (`Policy.language_model`). The detection pass asks
+the policy for every LLM layer's attention (`llm_attentions=True`) and reads them from the backbone
+output the policy returns; the regeneration pass hands it the pruning mask (`visual_key_mask=`). A
+policy that attends to visual features outside the LLM, such as VLA-Adapter's bridge, has to respect
+`BackboneOutput.visual_key_mask`. The wrapped policy is not changed: no hooks, no attention switch.
 
 - "Action tokens" are the policy's slots: OFT's action slots, VLA-Adapter's ActionQueries.
 - "Prompt tokens" are the prompt tokens after the start token, padding excluded.
@@ -30,15 +31,14 @@ Ablations (Sec. 4.3):
 from __future__ import annotations
 
 import copy
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
 from scipy.ndimage import gaussian_filter
 from torch import nn
 
-from vla_agents.models.backbones import BackboneOutput, VisionLanguageBackbone
+from vla_agents.models.backbones import BackboneOutput
 from vla_agents.models.blocks import PolicyOutput
 
 RANDOM_MASKS = (None, "unimportant", "all")
@@ -118,10 +118,10 @@ def random_tokens(count: torch.Tensor, allowed: torch.Tensor, generator: torch.G
 # The wrapper
 # ----------------------------------------------------------------------------------------------
 def can_wrap(policy: nn.Module) -> bool:
-    """DTP reads prompt-to-vision attention inside a vision-language backbone; a policy without one
+    """DTP reads prompt-to-vision attention inside the policy's language model; a policy without one
     (VAT: a ViT with action branches, no prompt tokens) has nothing to detect distractors with."""
     policy = policy.policy if isinstance(policy, DTPPolicy) else policy
-    return isinstance(getattr(policy, "backbone", None), VisionLanguageBackbone)
+    return getattr(policy, "language_model", None) is not None
 
 
 @dataclass
@@ -163,17 +163,14 @@ class DTPPolicy(nn.Module):
         if tau < 0 or sigma < 0 or corners < 0 or k <= 0:
             raise ValueError("DTP needs tau, sigma, corners >= 0 and k > 0")
         if not can_wrap(policy):
-            raise TypeError(f"DTP cannot wrap {type(policy).__name__}: it needs a policy whose backbone is a "
-                            "VisionLanguageBackbone (prompt-to-vision attention), e.g. oft, vla_adapter, focusvla, deepvision")
+            raise TypeError(f"DTP cannot wrap {type(policy).__name__}: it has no language model, so no prompt tokens "
+                            "whose attention finds the important region; DTP wraps oft, vla_adapter, focusvla, deepvision")
         self.policy = policy
         self.layers = None if layers is None else [int(i) for i in layers]
         self.k, self.tau, self.sigma, self.corners = k, float(tau), float(sigma), int(corners)
         self.random_mask, self.seed = random_mask, int(seed)
         self.generator = torch.Generator().manual_seed(self.seed)
         self.last: DTPStep | None = None
-        llm = policy.backbone.llm.model
-        if llm.config._attn_implementation != "eager":  # fused kernels return no attention weights
-            llm.set_attn_implementation("eager")
 
     def settings(self) -> dict[str, Any]:
         """The constructor arguments, so a saved agent can be wrapped again when it is loaded."""
@@ -194,41 +191,13 @@ class DTPPolicy(nn.Module):
     def load_state_dict(self, *args: Any, **kwargs: Any) -> Any:
         return self.policy.load_state_dict(*args, **kwargs)
 
-    def forward(self, batch: dict[str, torch.Tensor], with_attention: bool = False) -> PolicyOutput:
-        return self.policy(batch, with_attention)
+    def forward(self, batch: dict[str, torch.Tensor], with_attention: bool = False, **inputs: Any) -> PolicyOutput:
+        return self.policy(batch, with_attention, **inputs)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         return self.policy.loss(batch)
 
     # ------------------------------------------------------------------ inference
-    @contextmanager
-    def _hooks(self, capture: bool = False, visual_key_mask: torch.Tensor | None = None) -> Iterator[dict[str, Any]]:
-        """Temporary hooks on the backbone. `capture` asks for its attentions and records its output
-        and prompt mask. `visual_key_mask` is passed on as the pruning mask."""
-        seen: dict[str, Any] = {}
-
-        def before(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-            kwargs = dict(kwargs)
-            if capture:
-                kwargs["output_attentions"] = True
-            if visual_key_mask is not None:
-                kwargs["visual_key_mask"] = visual_key_mask
-            return args, kwargs
-
-        def after(module: nn.Module, args: tuple, kwargs: dict, output: BackboneOutput) -> None:
-            seen["attention_mask"] = args[2] if len(args) > 2 else kwargs["attention_mask"]
-            seen["out"] = output
-
-        backbone = self.policy.backbone
-        handles = [backbone.register_forward_pre_hook(before, with_kwargs=True)]
-        if capture:
-            handles.append(backbone.register_forward_hook(after, with_kwargs=True))
-        try:
-            yield seen
-        finally:
-            for h in handles:
-                h.remove()
-
     def region_size(self, grid: tuple[int, int]) -> int:
         """k as a patch count: an int is used as is, a float below 1 is a fraction of the grid."""
         n = grid[0] * grid[1]
@@ -263,15 +232,13 @@ class DTPPolicy(nn.Module):
     def predict(self, batch: dict[str, torch.Tensor]) -> DTPOutput:
         """Detect on the policy's own forward pass. If any token is distracting, run again with
         those tokens masked as keys. With nothing pruned, the output is the policy's own."""
-        with self._hooks(capture=True) as seen:
-            result = self.policy.predict(batch)
-        step, pruned = self.detect(seen["out"], seen["attention_mask"])
+        result = self.policy.predict(batch, llm_attentions=True)
+        step, pruned = self.detect(result.backbone, batch["attention_mask"])
         if pruned.any():
-            with self._hooks(visual_key_mask=pruned):
-                result = self.policy.predict(batch)
+            result = self.policy.predict(batch, visual_key_mask=pruned)
         self.last = step
         masks = {**getattr(result, "masks", {}), "important": step.important, "pruned": step.pruned}  # keep the policy's own
-        return DTPOutput(result.actions, result.attention, masks=masks)
+        return DTPOutput(result.actions, result.attention, masks=masks, features=result.features, backbone=result.backbone)
 
 
 def DTP(agent_or_model: Any, **settings: Any) -> Any:  # noqa: N802 - named after the method

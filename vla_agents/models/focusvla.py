@@ -51,8 +51,9 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from vla_agents.models.backbones import HFVisionTower, VisionLanguageBackbone, build_backbone
+from vla_agents.models.backbones import VisionLanguageBackbone, build_backbone
 from vla_agents.models.blocks import PolicyOutput, ProprioProjector, action_loss, heatmaps, merge_heads, rotary, split_heads
+from vla_agents.models.policy import Policy
 from vla_agents.models.vla_adapter import VLAAdapterPolicy
 
 Cascade = Literal["parallel", "serial"]
@@ -74,6 +75,7 @@ class FocusOutput(PolicyOutput):
 
     masks: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     focus: list[dict[str, torch.Tensor]] = field(default_factory=list)  # per block: softmax of the top-K scores, per view
+    kept: torch.Tensor | None = field(default=None, kw_only=True)  # (B, N_visual) bool, the last block's patch set
 
     def grounding_maps(self) -> list[dict[str, torch.Tensor]]:
         """The overlay's map cannot move a patch the top-K dropped (its share is exactly 0, no gradient):
@@ -179,9 +181,7 @@ class FocusBlock(nn.Module):
         return x + self.ffn(fused), vision_weights, kept, scores
 
 
-class FocusVLAPolicy(nn.Module):
-    loss_kind = "l1"  # the papers' loss; `build_model` sets the recipe's `loss`
-
+class FocusVLAPolicy(Policy):
     def __init__(
         self,
         backbone: VisionLanguageBackbone,
@@ -213,38 +213,22 @@ class FocusVLAPolicy(nn.Module):
             FocusBlock(d, policy_heads, cascade, topk, gate, focus_scores, layout) for _ in range(backbone.llm.num_layers)
         )
         self.fc2 = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, action_dim))
-        self.last_kept: torch.Tensor | None = None  # (B, N_visual) bool, the last block's patch set
+        self.raw_visual = None
         if visual_source == "raw":
-            # Encoder features caught as the backbone computes them anyway: the last layer of each
-            # pretrained tower (Tab. 3); the tiny ViT's output is its last layer already.
+            # Encoder features the backbone computes anyway: the last layer of each pretrained tower
+            # (Tab. 3); the tiny ViT's output is its last layer already. Layout v1 read the towers' output.
             self.raw_projector = nn.Sequential(nn.LayerNorm(backbone.vision.dim), nn.Linear(backbone.vision.dim, d))
-            self._raw: list[torch.Tensor] = []
-            vision = backbone.vision
-            if layout == "pro" and isinstance(vision, HFVisionTower):
-                for tower in (vision.dinov2, vision.siglip):  # the order HFVisionTower fuses them in
-                    if tower is not None:
-                        tower.register_forward_hook(self._catch_last_layer)
-            else:
-                vision.register_forward_hook(self._catch_output)
+            self.raw_visual = "last_layer" if layout == "pro" else "output"
 
-    def _catch_output(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-        self._raw.append(output)
-
-    def _catch_last_layer(self, module: nn.Module, inputs: tuple, output: Any) -> None:
-        skip = 1 + getattr(module.config, "num_register_tokens", 0) if module is self.backbone.vision.dinov2 else 0
-        self._raw.append(output.hidden_states[-1][:, skip:])  # DINOv2's CLS/register tokens dropped
-
-    def forward(self, batch: dict[str, torch.Tensor], with_attention: bool = False) -> FocusOutput:
+    def forward(self, batch: dict[str, torch.Tensor], with_attention: bool = False, *,
+                llm_attentions: bool = False, visual_key_mask: torch.Tensor | None = None) -> FocusOutput:
         images, proprio = batch["images"], batch["proprio"]
         b = images.shape[0]
         queries = self.action_queries.weight.unsqueeze(0).expand(b, -1, -1)
-        self._raw = []
-        out = self.backbone(images, batch["input_ids"], batch["attention_mask"], slots=queries, causal=True)
+        out = self.backbone(images, batch["input_ids"], batch["attention_mask"], slots=queries, causal=True,
+                            output_attentions=llm_attentions, visual_key_mask=visual_key_mask, raw_visual=self.raw_visual)
         visual = slice(out.visual[self.backbone.views[0]].start, out.visual[self.backbone.views[-1]].stop)
-        raw = None
-        if self.visual_source == "raw":
-            raw, self._raw = torch.cat(self._raw, dim=-1), []
-            raw = self.raw_projector(raw.reshape(b, -1, raw.shape[-1]).float())  # views in order, as the LLM sees them
+        raw = None if out.raw_visual is None else self.raw_projector(out.raw_visual.float())  # views in order
 
         p = self.proprio_projector(proprio).float()
         x0 = p.new_zeros(b, self.chunk, self.action_dim * self.backbone.dim)
@@ -257,7 +241,6 @@ class FocusVLAPolicy(nn.Module):
             x, w, kept, scores = block(x, c_aq, p, c_v, c_v if raw is None else raw, out.visual_key_mask)
             vision_attention.append(w)
             focus_scores.append(scores)
-        self.last_kept = kept
         actions = self.fc2(x)
 
         attention, masks, focus = {}, {}, []
@@ -268,15 +251,12 @@ class FocusVLAPolicy(nn.Module):
             masks = {"kept": {view: kept[:, pos].reshape(-1, *out.grid) for view, pos in local.items()}}
             if self.blocks[0].topk is not None:
                 focus = [heatmaps(scores.softmax(dim=-1), local, out.grid) for scores in focus_scores]
-        return FocusOutput(actions, attention, masks, focus, features=x.mean(dim=1))
-
-    @torch.no_grad()
-    def predict(self, batch: dict[str, torch.Tensor]) -> FocusOutput:
-        return self.forward(batch, with_attention=True)
+        return FocusOutput(actions, attention, masks, focus, features=x.mean(dim=1), backbone=out, kept=kept)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        loss = action_loss(self.forward(batch).actions, batch["actions"], batch.get("action_is_pad"), self.loss_kind)
-        return loss, {self.loss_kind: loss.item(), "kept_fraction": float(self.last_kept.float().mean())}
+        out = self(batch)
+        loss = action_loss(out.actions, batch["actions"], batch.get("action_is_pad"), self.loss_kind)
+        return loss, {self.loss_kind: loss.item(), "kept_fraction": float(out.kept.float().mean())}
 
 
 def build_focusvla(recipe: dict[str, Any], hf_configs: dict[str, Any] | None = None) -> nn.Module:

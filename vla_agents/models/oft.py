@@ -12,15 +12,13 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from vla_agents.models.backbones import VisionLanguageBackbone
-from vla_agents.models.blocks import MLPResNet, PolicyOutput, ProprioProjector, action_loss, heatmaps
+from vla_agents.models.blocks import MLPResNet, PolicyOutput, ProprioProjector, heatmaps
+from vla_agents.models.policy import Policy
 
 
-class OFTPolicy(nn.Module):
-    loss_kind = "l1"  # the papers' loss; `build_model` sets the recipe's `loss`
-
+class OFTPolicy(Policy):
     def __init__(self, backbone: VisionLanguageBackbone, chunk: int = 8, action_dim: int = 7, proprio_dim: int = 8) -> None:
         super().__init__()
         self.backbone, self.chunk, self.action_dim = backbone, chunk, action_dim
@@ -32,13 +30,14 @@ class OFTPolicy(nn.Module):
         """Empty action embeddings: zeros at the T*A slots."""
         return like.new_zeros(batch_size, self.chunk * self.action_dim, self.backbone.dim)
 
-    def forward(self, batch: dict[str, torch.Tensor], with_attention: bool = False) -> PolicyOutput:
+    def forward(self, batch: dict[str, torch.Tensor], with_attention: bool = False, *,
+                llm_attentions: bool = False, visual_key_mask: torch.Tensor | None = None) -> PolicyOutput:
         images, proprio = batch["images"], batch["proprio"]
         b = images.shape[0]
         out = self.backbone(
             images, batch["input_ids"], batch["attention_mask"],
             slots=self.action_slots(b, proprio), extra=self.proprio_projector(proprio),
-            causal=False, output_attentions=with_attention,
+            causal=False, output_attentions=with_attention or llm_attentions, visual_key_mask=visual_key_mask,
         )
         h = out.hidden_states[-1][:, out.slots]  # (B, T*A, d)
         actions = self.action_head(h.reshape(b, self.chunk, -1).float())
@@ -46,12 +45,4 @@ class OFTPolicy(nn.Module):
         if with_attention:
             # last-layer attention from the action slots to each view's patches
             attention = heatmaps(out.attentions[-1][:, :, out.slots], out.visual, out.grid)
-        return PolicyOutput(actions, attention, features=h.float().mean(dim=1))
-
-    @torch.no_grad()
-    def predict(self, batch: dict[str, torch.Tensor]) -> PolicyOutput:
-        return self.forward(batch, with_attention=True)
-
-    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        loss = action_loss(self.forward(batch).actions, batch["actions"], batch.get("action_is_pad"), self.loss_kind)
-        return loss, {self.loss_kind: loss.item()}
+        return PolicyOutput(actions, attention, features=h.float().mean(dim=1), backbone=out)

@@ -32,6 +32,7 @@ one extra token in the action stream that the action tokens can attend to.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -40,7 +41,8 @@ from transformers import AutoConfig, AutoModel, SiglipVisionModel
 
 from vla_agents.models.backbone_folder import load_vision_weights, open_backbone
 from vla_agents.models.backbones import IMAGENET_MEAN, IMAGENET_STD, SIGLIP_MEAN, SIGLIP_STD, TinyViT, _normalize
-from vla_agents.models.blocks import Attention, MLPResNet, PolicyOutput, ProprioProjector, action_loss
+from vla_agents.models.blocks import Attention, MLPResNet, PolicyOutput, ProprioProjector
+from vla_agents.models.policy import Policy
 
 VISION_KINDS = ("tiny_vit", "siglip", "dinov2")
 
@@ -231,18 +233,24 @@ class TaskConditioning(nn.Module):
 # ----------------------------------------------------------------------------------------------
 # The policy
 # ----------------------------------------------------------------------------------------------
-class VATPolicy(nn.Module):
-    """Vision Action Transformer. `backbone` is the ViT trunk (named so agents can save its config).
+@dataclass
+class VATOutput(PolicyOutput):
+    """PolicyOutput plus, with attention, each action module's action-to-vision heatmaps
+    (`layers[i]`: view -> (B, h, w)), which `attention` averages."""
+
+    layers: list[dict[str, torch.Tensor]] = field(default_factory=list)
+
+
+class VATPolicy(Policy):
+    """Vision Action Transformer. `backbone` is the ViT trunk; it has no language model, so no
+    prompt tokens (task conditioning is an embedding), which DTP, LoRA and residual RL ask for.
 
     action_layers: "all" pairs every used ViT block with an action module reading that block's
     input (the paper); "last" gives every action module the ViT's second-to-last layer output (the
     last-layer ablation). kv_norm: "vision" normalises the keys/values with the pretrained ViT
     LayerNorm (released code); "action" with the action module's own `norm1`, as agents saved before
-    issue 37 were trained. After `predict`, `layer_attention[i]` holds the action-to-vision heatmaps
-    of the i-th action module (view -> (B, h, w)).
+    issue 37 were trained.
     """
-
-    loss_kind = "l1"  # the papers' loss; `build_model` sets the recipe's `loss`
 
     def __init__(
         self,
@@ -274,7 +282,6 @@ class VATPolicy(nn.Module):
         self.action_blocks = nn.ModuleList(ActionBlock(d, backbone.heads, backbone.mlp_ratio) for _ in range(depth))
         self.films = nn.ModuleList(FiLM(d, film_hidden_mult) for _ in range(depth))
         self.action_head = MLPResNet(action_dim * d, d, action_dim, num_blocks=2)
-        self.layer_attention: list[dict[str, torch.Tensor]] = []
 
     @property
     def num_extra(self) -> int:
@@ -327,7 +334,12 @@ class VATPolicy(nn.Module):
             out[view] = mean[:, start : self.num_extra + (j + 1) * s].reshape(-1, *self.backbone.grid)
         return out
 
-    def forward(self, batch: dict[str, torch.Tensor], with_attention: bool = False) -> PolicyOutput:
+    def forward(self, batch: dict[str, torch.Tensor], with_attention: bool = False, *,
+                llm_attentions: bool = False, visual_key_mask: torch.Tensor | None = None) -> VATOutput:
+        """Actions (B, T, A) and, with attention, action-to-vision heatmaps averaged over layers,
+        heads and tokens. A ViT has no LLM attentions to return and no prompt to prune with."""
+        if llm_attentions or visual_key_mask is not None:
+            raise ValueError("VAT has no language model: no LLM attentions to return, no visual tokens to prune")
         images = batch["images"]
         if images.shape[1] != len(self.views):
             raise ValueError(f"VAT expects {len(self.views)} views {self.views}, got {images.shape[1]}")
@@ -335,19 +347,10 @@ class VATPolicy(nn.Module):
         action_tokens = tokens[:, self.num_extra :]
         actions = self.action_head(action_tokens.reshape(images.shape[0], self.chunk, -1))
         attention: dict[str, torch.Tensor] = {}
+        layers = [self.heatmaps(w) for w in weights] if with_attention else []
         if with_attention:
-            self.layer_attention = [self.heatmaps(w) for w in weights]
-            attention = {view: torch.stack([m[view] for m in self.layer_attention]).mean(0) for view in self.views}
-        return PolicyOutput(actions, attention, features=action_tokens.float().mean(dim=1))
-
-    @torch.no_grad()
-    def predict(self, batch: dict[str, torch.Tensor]) -> PolicyOutput:
-        """Actions (B, T, A) and action-to-vision heatmaps averaged over layers, heads and tokens."""
-        return self.forward(batch, with_attention=True)
-
-    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        loss = action_loss(self.forward(batch).actions, batch["actions"], batch.get("action_is_pad"), self.loss_kind)
-        return loss, {self.loss_kind: loss.item()}
+            attention = {view: torch.stack([m[view] for m in layers]).mean(0) for view in self.views}
+        return VATOutput(actions, attention, layers, features=action_tokens.float().mean(dim=1))
 
 
 def build_vat(recipe: dict[str, Any], hf_configs: dict[str, Any] | None = None) -> VATPolicy:

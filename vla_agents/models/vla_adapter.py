@@ -31,7 +31,8 @@ import torch
 from torch import nn
 
 from vla_agents.models.backbones import VisionLanguageBackbone
-from vla_agents.models.blocks import PolicyOutput, ProprioProjector, action_loss, heatmaps, merge_heads, rotary, split_heads
+from vla_agents.models.blocks import PolicyOutput, ProprioProjector, heatmaps, merge_heads, rotary, split_heads
+from vla_agents.models.policy import Policy
 
 GateMode = Literal["logit_scale", "output_scale", "none"]
 Variant = Literal["pro", "original"]
@@ -92,9 +93,7 @@ class BridgeAttention(nn.Module):
         return x, raw_weights
 
 
-class VLAAdapterPolicy(nn.Module):
-    loss_kind = "l1"  # the papers' loss; `build_model` sets the recipe's `loss`
-
+class VLAAdapterPolicy(Policy):
     def __init__(
         self,
         backbone: VisionLanguageBackbone,
@@ -121,11 +120,13 @@ class VLAAdapterPolicy(nn.Module):
         )
         self.fc2 = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, action_dim))
 
-    def forward(self, batch: dict[str, torch.Tensor], with_attention: bool = False) -> PolicyOutput:
+    def forward(self, batch: dict[str, torch.Tensor], with_attention: bool = False, *,
+                llm_attentions: bool = False, visual_key_mask: torch.Tensor | None = None) -> PolicyOutput:
         images, proprio = batch["images"], batch["proprio"]
         b = images.shape[0]
         queries = self.action_queries.weight.unsqueeze(0).expand(b, -1, -1)
-        out = self.backbone(images, batch["input_ids"], batch["attention_mask"], slots=queries, causal=True)
+        out = self.backbone(images, batch["input_ids"], batch["attention_mask"], slots=queries, causal=True,
+                            output_attentions=llm_attentions, visual_key_mask=visual_key_mask)
         visual = slice(out.visual[self.backbone.views[0]].start, out.visual[self.backbone.views[-1]].stop)
 
         p = self.proprio_projector(proprio).float()
@@ -145,15 +146,10 @@ class VLAAdapterPolicy(nn.Module):
             w = raw_attention[-1] if self.attention_from == "last" else torch.stack(raw_attention).mean(0)
             local = {view: slice(s.start - visual.start, s.stop - visual.start) for view, s in out.visual.items()}
             attention = heatmaps(w, local, out.grid)
-        return PolicyOutput(actions, attention, features=x.mean(dim=1))
-
-    @torch.no_grad()
-    def predict(self, batch: dict[str, torch.Tensor]) -> PolicyOutput:
-        return self.forward(batch, with_attention=True)
+        return PolicyOutput(actions, attention, features=x.mean(dim=1), backbone=out)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        loss = action_loss(self.forward(batch).actions, batch["actions"], batch.get("action_is_pad"), self.loss_kind)
-        metrics = {self.loss_kind: loss.item()}
+        loss, metrics = super().loss(batch)
         if self.blocks[0].gate_mode != "none":
             metrics["gate_abs"] = float(torch.stack([blk.gate.detach().abs() for blk in self.blocks]).mean())
         return loss, metrics

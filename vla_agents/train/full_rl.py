@@ -38,9 +38,10 @@ from torch import nn
 from vla_agents.agent import VLAAgent, load_agent, make_adapter, preprocess_image
 from vla_agents.data.dataset import DemoDataset
 from vla_agents.data.normalization import NormStats
-from vla_agents.models.backbones import VisionLanguageBackbone
+from vla_agents.models.dtp import DTPPolicy
+from vla_agents.models.policy import require_language_model
 from vla_agents.models.blocks import action_loss
-from vla_agents.train.rl import REWARDS, RLRun, shape_reward, vec_env
+from vla_agents.train.rl import REWARDS, RLConfig, RLRun, shape_reward, vec_env
 
 __all__ = ["BCRegulariser", "ChunkEnv", "VLAActorCriticPolicy", "setup_full"]
 
@@ -154,28 +155,26 @@ class RegularisedAdam(torch.optim.Adam):
 class VLAActorCriticPolicy(ActorCriticPolicy):
     """SB3 actor-critic on `ChunkEnv` observations whose actor is `agent`'s VLA (see the module doc).
 
-    The value head reads the VLA's last-layer hidden states at its action slots (mean-pooled, taken
-    by a hook on the backbone) with the proprio. Those features are detached: the critic learns on
+    The value head reads the VLA's last-layer hidden states at its action slots (mean-pooled, from
+    the backbone output the policy returns) with the proprio. Those features are detached: the critic learns on
     them but does not reshape them, so a randomly initialised value head cannot pull the BC
     features around before it is any good."""
 
     def __init__(self, observation_space: gym.spaces.Dict, action_space: gym.spaces.Box, lr_schedule: Any,
                  agent: VLAAgent, instructions: list[str], log_std_init: float = -1.5,
                  bc: BCRegulariser | None = None, **kwargs: Any) -> None:
-        if not isinstance(agent, VLAAgent) or not isinstance(getattr(agent.model, "backbone", None), VisionLanguageBackbone):
-            raise ValueError("full RL needs a plain agent on the vision-language backbone "
-                             "(oft, vla_adapter, focusvla, deepvision), not a wrapper or vat")
+        if not isinstance(agent, VLAAgent) or isinstance(agent.model, DTPPolicy):
+            raise ValueError("full RL fine-tunes a plain agent, not a wrapper (DTP, a residual)")
+        require_language_model(agent.model, "full RL (its value head reads the language model's hidden states)")
         # Plain attributes, set before nn.Module's constructor: the base constructor calls `_build`.
         self.agent, self.instructions, self.bc = agent, list(instructions), bc
         super().__init__(observation_space, action_space, lr_schedule, log_std_init=log_std_init, **kwargs)
 
     def _build(self, lr_schedule: Any) -> None:
         self.vla = self.agent.model.eval()
-        dim = self.vla.backbone.dim + self.observation_space["proprio"].shape[0]
+        dim = self.vla.language_model.hidden_size + self.observation_space["proprio"].shape[0]
         self.log_std = nn.Parameter(torch.full((get_action_dim(self.action_space),), float(self.log_std_init)))
         self.value_head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, 256), nn.Tanh(), nn.Linear(256, 1))
-        self._pooled: torch.Tensor | None = None
-        self.vla.backbone.register_forward_hook(self._pool)
         heads = [self.log_std, *self.value_head.parameters()]
         groups = [{"params": [p for p in self.vla.parameters() if p.requires_grad], "lr_scale": 1.0},
                   {"params": heads, "lr_scale": HEADS_LR_SCALE, "lr": lr_schedule(1) * HEADS_LR_SCALE}]
@@ -183,9 +182,6 @@ class VLAActorCriticPolicy(ActorCriticPolicy):
             self.optimizer = self.optimizer_class(groups, lr=lr_schedule(1), **self.optimizer_kwargs)
         else:
             self.optimizer = RegularisedAdam(groups, self.bc, lr=lr_schedule(1), **self.optimizer_kwargs)
-
-    def _pool(self, module: nn.Module, inputs: Any, out: Any) -> None:
-        self._pooled = out.hidden_states[-1][:, out.slots].float().mean(dim=1)
 
     def set_training_mode(self, mode: bool) -> None:
         """The VLA always runs in eval mode: train-time noise (VLA-Adapter's latent noise, dropout)
@@ -197,15 +193,17 @@ class VLAActorCriticPolicy(ActorCriticPolicy):
         """SB3 observation tensors (uint8 or float images, task index of any shape) -> model batch."""
         images = obs["images"].float().div(255.0).permute(0, 1, 4, 2, 3)
         tasks = obs["task"].reshape(-1).long().tolist()
-        input_ids, attention_mask = self.agent._tokenize([self.instructions[t] for t in tasks])
+        input_ids, attention_mask = self.agent.tokenize([self.instructions[t] for t in tasks])
         return {"images": images, "proprio": obs["proprio"].float(),
                 "input_ids": input_ids.to(images.device), "attention_mask": attention_mask.to(images.device)}
 
     def _heads(self, obs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """The actor mean (B, n_open_loop * A) and the value (B,), from one VLA forward pass."""
         batch = self._batch(obs)
-        mean = self.vla(batch).actions[:, : self.action_space.shape[0]].float().flatten(1)
-        values = self.value_head(torch.cat([self._pooled.detach(), batch["proprio"]], dim=-1)).squeeze(-1)
+        out = self.vla(batch)
+        mean = out.actions[:, : self.action_space.shape[0]].float().flatten(1)
+        pooled = out.backbone.hidden_states[-1][:, out.backbone.slots].float().mean(dim=1)
+        values = self.value_head(torch.cat([pooled.detach(), batch["proprio"]], dim=-1)).squeeze(-1)
         return mean, values
 
     def forward(self, obs: dict[str, torch.Tensor], deterministic: bool = False):
@@ -260,14 +258,15 @@ def env_instructions(env_spec: str, env_kwargs: dict) -> list[str]:
         env.close()
 
 
-def setup_full(agent_dir: str, env_spec: str, env_kwargs: dict, steps: int, n_envs: int, seed: int, reward: str,
-               lr: float | None, device: str, bc_weight: float, bc_data: list[str | Path] | None,
-               log_std_init: float) -> RLRun:
-    """`train_rl`'s full mode: PPO with `VLAActorCriticPolicy` on `ChunkEnv`s. `steps` counts env
+def setup_full(config: RLConfig) -> RLRun:
+    """`train_rl`'s full mode: PPO with `VLAActorCriticPolicy` on `ChunkEnv`s. `config.steps` counts env
     steps; SB3 counts chunks."""
+    agent_dir, env_spec, env_kwargs, steps, n_envs, seed = (config.agent_dir, config.env_spec, config.env_kwargs,
+                                                            config.steps, config.n_envs, config.seed)
+    bc_weight, bc_data, log_std_init = config.bc_weight, config.bc_data, config.log_std_init
     if bc_weight < 0 or (bc_weight > 0) != bool(bc_data):
         raise ValueError("the BC regulariser needs both bc_weight > 0 and bc_data demonstration files")
-    lr = lr or DEFAULT_LR
+    lr = config.lr or DEFAULT_LR
     torch.manual_seed(seed)  # LoRA's random init
     agent = load_agent(agent_dir)
     if agent.lora is None and agent.recipe["scale"] == "paper" and agent.recipe.get("lora_rank"):
@@ -279,10 +278,10 @@ def setup_full(agent_dir: str, env_spec: str, env_kwargs: dict, steps: int, n_en
     batch_size = min(16, n_steps * n_envs)
     bc = BCRegulariser(agent, bc_data, bc_weight, batch_size, seed) if bc_weight > 0 else None
     factory = partial(_make_chunk_env, env_spec, env_kwargs, agent.recipe, agent.stats, agent.adapter_name,
-                      instructions, reward)
+                      instructions, config.reward)
     venv = vec_env(factory, n_envs, seed)
     model = FullPPO(VLAActorCriticPolicy, venv, learning_rate=lr, n_steps=n_steps, batch_size=batch_size,
-                    n_epochs=N_EPOCHS, seed=seed, device=device, verbose=0,
+                    n_epochs=N_EPOCHS, seed=seed, device=config.device, verbose=0,
                     policy_kwargs=dict(agent=agent, instructions=instructions, log_std_init=log_std_init, bc=bc))
     return RLRun(model, agent, decisions, {
         "bc_weight": bc_weight, "bc_data": [str(p) for p in bc_data or []], "log_std_init": log_std_init,

@@ -20,15 +20,12 @@ from typing import Any, Callable
 import numpy as np
 
 from vla_agents.atomic import check_target, recover, write_file
+from vla_agents.residual import CONFIG_FILE, DEFAULT_ALGO, RESIDUAL_SCALE
 from vla_agents.train.arguments import at_least, check_device
 from vla_agents.train.checkpoint import write_checkpoint
 
 MODES = ("residual", "full")
 REWARDS = ("sparse", "shaped")
-# The measured residual recipe (benchmarks/README.md): PPO gained in every run where SAC collapsed,
-# and a scale of 0.5 or more lets the correction undo the base's saturated pushes.
-DEFAULT_ALGO = "ppo"
-RESIDUAL_SCALE = 0.5
 
 
 def shape_reward(reward: float, mode: str) -> float:
@@ -162,73 +159,112 @@ def _recorder(log: dict[str, Any], steps: int, eval_every: int, record_eval: Cal
     return Recorder()
 
 
-def train_rl(agent_dir: str | Path, env_spec: str, algo: str | None = None, mode: str = "residual",
-             steps: int = 10_000, out_dir: str | Path = "runs/rl", n_envs: int = 2, seed: int = 0,
-             reward: str = "sparse", eval_episodes: int = 5, eval_every: int = 0, env_kwargs: dict | None = None,
-             lr: float | None = None, progress: bool = True, device: str = "cpu",
-             scale: float = RESIDUAL_SCALE, progressive_explore: int = 0, feature_dim: int = 32,
-             bc_weight: float = 0.0, bc_data: list[str | Path] | None = None, log_std_init: float = -1.5,
-             save_every: int = 0, state_keys: list[str] | None = None, tensorboard_log: str | Path | None = None) -> Any:
-    """RL fine-tuning of the agent in `agent_dir` on `env_spec` for `steps` env steps (over all envs).
+@dataclass
+class RLConfig:
+    """Everything an RL run is set by, each default here (`vla-agents train rl` flags set the same
+    fields); checked when made, before any env process starts."""
 
-    mode="residual" (algo "ppo" by default, or "sac"): `scale`, `progressive_explore`, `feature_dim`
-    and `state_keys` (privileged state it observes) shape the residual, see `residual.py`; an
-    `agent_dir` that already holds a residual agent continues training that residual. mode="full" (algo "ppo"): `bc_weight` > 0
-    with `bc_data` demonstration files adds the BC regulariser, see `full_rl.py`. `log_std_init` sets
-    the initial exploration noise of PPO's Gaussian (full mode, and residual PPO). `lr` defaults to
-    SB3's (residual) or full mode's own.
-    `save_every` > 0 writes the agent so far (and its log) to `out_dir/checkpoint/` every that many
-    env steps, so an interrupted run keeps a loadable agent. `tensorboard_log` is SB3's: its statistics go
-    to TensorBoard event files in `tensorboard_log/<ALGO>_<n>/`.
-    Returns the trained agent, also written to `out_dir` with `rl_log.json` and `curve.png`."""
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
-    if reward not in REWARDS:
-        raise ValueError(f"unknown reward {reward!r}; expected one of {REWARDS}")
-    for name, value in (("eval_every", eval_every), ("save_every", save_every)):
-        if value < 0:
-            raise ValueError(f"{name} is a period in env steps, 0 for never; got {value}")
-    at_least(1, steps=steps, n_envs=n_envs, feature_dim=feature_dim)
-    at_least(0, eval_episodes=eval_episodes, progressive_explore=progressive_explore, lr=lr, bc_weight=bc_weight)
-    if not scale > 0:
-        raise ValueError(f"scale (of the residual's correction) must be > 0, got {scale}")
-    check_device(device)
-    agent_dir, out_dir, env_kwargs = str(agent_dir), check_target(out_dir), dict(env_kwargs or {})
+    agent_dir: str
+    """the agent folder to fine-tune; a residual agent folder continues training its residual"""
+    env_spec: str
+    """the environment spec, e.g. embedded/lift"""
+    algo: str | None = None
+    """residual: "ppo" (default) or "sac"; full: "ppo" only"""
+    mode: str = "residual"
+    """"residual" (a small SB3 policy corrects the frozen agent, see residual.py) or "full" (PPO on the VLA)"""
+    steps: int = 10_000
+    """env steps over all envs"""
+    out_dir: str = "runs/rl"
+    """where the agent, rl_log.json and curve.png are written"""
+    n_envs: int = 2
+    """envs stepped in worker processes"""
+    seed: int = 0
+    """seed of the SB3 algorithm and the envs"""
+    reward: str = "sparse"
+    """"sparse" (the env's 0/1 success) or "shaped" (Policy Decorator's r - 1)"""
+    eval_episodes: int = 5
+    """seeded episodes per evaluation"""
+    eval_every: int = 0
+    """evaluation period in env steps; 0: at the start and the end only"""
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    """arguments of make_env (image_size, max_episode_steps, ...)"""
+    lr: float | None = None
+    """learning rate; None: SB3's (residual) or full mode's own"""
+    device: str = "cpu"
+    """device of the SB3 policy (full: of the VLA too)"""
+    scale: float = RESIDUAL_SCALE
+    """residual: the correction is scale * clip(r, -1, 1)"""
+    progressive_explore: int = 0
+    """residual: use the residual with probability min(steps / N, 1) (Policy Decorator); 0: always"""
+    feature_dim: int = 32
+    """residual: width of the projected VLA features it observes"""
+    bc_weight: float = 0.0
+    """full: weight of BC's loss to the demonstration chunks in bc_data, added to PPO's"""
+    bc_data: list[str] | None = None
+    """full: demonstration HDF5 files for bc_weight"""
+    log_std_init: float = -1.5
+    """PPO (full, and residual PPO): initial log-std of its Gaussian"""
+    save_every: int = 0
+    """write the agent so far to out_dir/checkpoint every N env steps; 0: only at the end"""
+    state_keys: list[str] = field(default_factory=list)
+    """residual: privileged raw-observation entries it observes too (e.g. object-state, as ResiP)"""
+    tensorboard_log: str | None = None
+    """SB3's tensorboard_log: its statistics as TensorBoard events under this folder"""
+
+    def __post_init__(self) -> None:
+        self.agent_dir, self.env_kwargs, self.state_keys = str(self.agent_dir), dict(self.env_kwargs or {}), list(self.state_keys or [])
+        if self.mode not in MODES:
+            raise ValueError(f"unknown mode {self.mode!r}; expected one of {MODES}")
+        if self.reward not in REWARDS:
+            raise ValueError(f"unknown reward {self.reward!r}; expected one of {REWARDS}")
+        for name, value in (("eval_every", self.eval_every), ("save_every", self.save_every)):
+            if value < 0:
+                raise ValueError(f"{name} is a period in env steps, 0 for never; got {value}")
+        at_least(1, steps=self.steps, n_envs=self.n_envs, feature_dim=self.feature_dim)
+        at_least(0, eval_episodes=self.eval_episodes, progressive_explore=self.progressive_explore, lr=self.lr,
+                 bc_weight=self.bc_weight)
+        if not self.scale > 0:
+            raise ValueError(f"scale (of the residual's correction) must be > 0, got {self.scale}")
+        check_device(self.device)
+
+
+def train_rl(config: RLConfig, progress: bool = True) -> Any:
+    """RL fine-tuning as `config` says. Returns the trained agent, also written to `config.out_dir`
+    with `rl_log.json` and `curve.png`."""
+    agent_dir, env_spec, env_kwargs, algo, steps = config.agent_dir, config.env_spec, config.env_kwargs, config.algo, config.steps
+    out_dir = check_target(config.out_dir)
     recover(out_dir)  # a save or checkpoint a kill interrupted is completed, not lost
-    common = dict(agent_dir=agent_dir, env_spec=env_spec, env_kwargs=env_kwargs, steps=steps, n_envs=n_envs,
-                  seed=seed, reward=reward, lr=lr, device=device)
-    if mode == "residual":
+    if config.mode == "residual":
         from vla_agents.train.residual import setup_residual
 
-        run = setup_residual(algo=algo, scale=scale, progressive_explore=progressive_explore, feature_dim=feature_dim,
-                             log_std_init=log_std_init, state_keys=state_keys or (), **common)
+        run = setup_residual(config)
     else:
         from vla_agents.train.full_rl import setup_full
-        from vla_agents.train.residual import CONFIG_FILE
 
         algo = algo or DEFAULT_ALGO
-        if state_keys:
-            raise ValueError(f"state keys {state_keys} are for the residual's observation; full mode's actor is the VLA")
+        if config.state_keys:
+            raise ValueError(f"state keys {config.state_keys} are for the residual's observation; full mode's actor is the VLA")
         if (Path(agent_dir) / CONFIG_FILE).exists():
             raise ValueError(f"{agent_dir} is a residual agent; full mode fine-tunes a VLA agent folder "
                              "(its base/ folder, for instance)")
         if algo != "ppo":
             raise ValueError(f"mode='full' trains with PPO (its actor is a Gaussian with a log-prob), not {algo!r}")
-        run = setup_full(bc_weight=bc_weight, bc_data=bc_data, log_std_init=log_std_init, **common)
+        run = setup_full(config)
     algo = run.config.get("algo", algo)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    log: dict[str, Any] = {"config": {"agent": agent_dir, "env": env_spec, "algo": algo, "mode": mode, "steps": steps,
-                                      "n_envs": n_envs, "seed": seed, "reward": reward, "lr": lr,
-                                      "eval_episodes": eval_episodes, **run.config},
+    log: dict[str, Any] = {"config": {"agent": agent_dir, "env": env_spec, "algo": algo, "mode": config.mode,
+                                      "steps": steps, "n_envs": config.n_envs, "seed": config.seed,
+                                      "reward": config.reward, "lr": config.lr, "eval_episodes": config.eval_episodes,
+                                      **run.config},
                            "eval": [], "train_episodes": [], "updates": []}
     start, eval_s = time.perf_counter(), 0.0
 
     def record_eval(step: int) -> None:
         nonlocal eval_s
-        if eval_episodes > 0:
+        if config.eval_episodes > 0:
             tic = time.perf_counter()
-            rate = success_rate(run.agent, env_spec, env_kwargs, eval_episodes)
+            rate = success_rate(run.agent, env_spec, env_kwargs, config.eval_episodes)
             eval_s += time.perf_counter() - tic
             log["eval"].append({"step": step, "success_rate": rate, "wall_s": time.perf_counter() - start})
 
@@ -239,13 +275,13 @@ def train_rl(agent_dir: str | Path, env_spec: str, algo: str | None = None, mode
 
         write_checkpoint(out_dir, write)
 
-    recorder = _recorder(log, steps, eval_every, record_eval, save_every, save_checkpoint, progress)
+    recorder = _recorder(log, steps, config.eval_every, record_eval, config.save_every, save_checkpoint, progress)
     # SB3's default logger makes an empty SB3-<time> folder in the temp dir even at verbose=0; the recorder reads
     # PPO's statistics from the logger in memory, and rl_log.json is this run's log.
     from stable_baselines3.common.logger import Logger
     from stable_baselines3.common.utils import configure_logger
 
-    run.model.set_logger(configure_logger(0, str(tensorboard_log), algo.upper()) if tensorboard_log
+    run.model.set_logger(configure_logger(0, str(config.tensorboard_log), algo.upper()) if config.tensorboard_log
                          else Logger(folder=None, output_formats=[]))
     record_eval(0)
     try:
