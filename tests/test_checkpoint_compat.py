@@ -17,19 +17,17 @@ CHECKPOINTS = Path(__file__).resolve().parents[1] / "policies" / "checkpoints"
 DROP = "<not in the saved recipe>"  # a key an agent saved before issue 37 does not have
 
 # Normalised first and last actions of each shipped checkpoint on `observation()`, computed with the
-# code before issue 37 (commit e7ecb1b). The oft and VAT shipped then were replaced by grounded ones (issue 33);
-# a VAT saved before issue 37 is emulated below by a recipe without the new key (oft's mechanism did not change).
+# code before issue 37 (commit e7ecb1b). The oft, VAT and FocusVLA shipped then were replaced by grounded ones
+# (issue 33); a VAT and a FocusVLA saved before issue 37 are emulated below by recipes without the new keys
+# (oft's mechanism did not change).
 BEFORE_ISSUE_37 = {
     "deepvision-tiny-embedded": [[-0.16276, -0.03337, 0.23423, -0.87006, -0.90625, -0.80627, 0.77702],
                                  [-0.2759, 0.02558, 0.44723, -0.90384, -0.97485, -0.86556, 0.88584]],
-    "focusvla-tiny-embedded": [[-0.28726, -0.04438, 1.27279, -0.99715, -1.00935, -0.9991, 0.83345],
-                               [-0.24057, 0.01882, 1.09908, -1.01447, -1.01496, -1.01912, 0.69025]],
     "vla_adapter-tiny-embedded": [[-0.36587, -0.13417, 0.8673, -1.04596, -0.91535, -1.00293, 0.71886],
                                   [-0.34378, -0.10197, 0.78317, -1.00523, -0.92522, -0.96166, 0.81887]],
 }
 OLD_MECHANISM = {
     "vla_adapter-tiny-embedded": lambda m: {blk.variant for blk in m.blocks} == {"original"},
-    "focusvla-tiny-embedded": lambda m: {(blk.layout, blk.focus_scores) for blk in m.blocks} == {("v1", "latent")},
     "deepvision-tiny-embedded": lambda m: m.backbone.shared_attention == "one_way" and m.backbone.expert.prefix == 0,
 }
 
@@ -64,9 +62,29 @@ def test_a_vat_saved_before_issue_37_keeps_the_action_layernorm(tmp_path: Path) 
     assert load_agent(tmp_path / "vat").model.kv_norm == "action"
 
 
+def test_a_focusvla_saved_before_issue_37_keeps_its_block_and_scores(tmp_path: Path) -> None:
+    """Without `layout` / `focus_scores` in its recipe, a FocusVLA gets the v1 block and latent scores it
+    was trained with (the pro block's weights would not even fit), and acts as it did."""
+    from vla_agents.agent import make_agent
+
+    torch.manual_seed(0)
+    agent = make_agent("focusvla", image_size=32, vit_depth=1, llm_layers=2, backbone_path=None,
+                       layout="v1", focus_scores="latent")
+    agent.save_pretrained(tmp_path / "focusvla")
+    config = json.loads((tmp_path / "focusvla" / "config.json").read_text())
+    assert (config["recipe"].pop("layout"), config["recipe"].pop("focus_scores")) == ("v1", "latent")
+    (tmp_path / "focusvla" / "config.json").write_text(json.dumps(config))
+    old = load_agent(tmp_path / "focusvla")
+    assert {(blk.layout, blk.focus_scores) for blk in old.model.blocks} == {("v1", "latent")}
+    obs = {**observation(), "agentview_image": observation()["agentview_image"][:32, :32],
+           "robot0_eye_in_hand_image": observation()["robot0_eye_in_hand_image"][:32, :32]}
+    np.testing.assert_array_equal(old.act_chunk(obs, "pick up the red cube"), agent.act_chunk(obs, "pick up the red cube"))
+
+
 @pytest.mark.parametrize("policy, change, message", [
-    ("focusvla", {"attention_mode": "mixed", "topk": None, "gate": "none", "visual_source": "vlm"}, "'mixed' arm is now"),
-    ("focusvla", {"gate": "scalar"}, "tanh"),
+    ("focusvla", {"attention_mode": "mixed", "topk": None, "gate": "none", "visual_source": "vlm", "layout": DROP,
+                  "focus_scores": DROP}, "'mixed' arm is now"),
+    ("focusvla", {"gate": "scalar", "layout": DROP, "focus_scores": DROP}, "tanh"),
     ("vat", {"action_layers": "last", "kv_norm": DROP}, "last-layer ablation was one action block"),
 ])
 def test_agents_saved_with_a_redefined_arm_are_refused(policy: str, change: dict, message: str, tmp_path: Path) -> None:
