@@ -101,9 +101,7 @@ class VLAAgent:
         self.training: dict[str, Any] | None = None  # what `train bc` trained it on, for the hub's model card
         self._prompt_cache: dict[str, list[int]] = {}
         self._last_attention = AttentionMaps(heatmaps={})
-        # (d,) the language model's last hidden state averaged over the sequence at the last `act` model
-        # call: what a residual policy observes (`ResidualAgent`); None before one, or without a language model.
-        self.last_pooled: np.ndarray | None = None
+        self._last_hidden: torch.Tensor | None = None  # (1, T, d) the LLM's last layer at the last model call
         self._warned: set[str] = set()
         self.reset()
 
@@ -211,8 +209,7 @@ class VLAAgent:
             {v: a[0].float().cpu().numpy() for v, a in out.attention.items()},
             {name: {v: m[0].cpu().numpy() for v, m in per_view.items()} for name, per_view in masks.items()},
         )
-        if out.backbone is not None:
-            self.last_pooled = out.backbone.hidden_states[-1].float().mean(dim=1)[0].cpu().numpy()
+        self._last_hidden = out.backbone.hidden_states[-1] if out.backbone is not None else None
         actions = out.actions[0].float().cpu().numpy()
         return actions if self.stats is None else self.stats.unnormalize_action(actions).astype(np.float32)
 
@@ -252,6 +249,15 @@ class VLAAgent:
                 ids = [self.tokenizer.bos_token_id, *ids]
             self._prompt_cache[instruction] = ids
         return ids
+
+    @property
+    def last_pooled(self) -> np.ndarray | None:
+        """(d,) the language model's last hidden state averaged over the sequence at the last model call:
+        what a residual policy observes (`ResidualAgent`); None before one, or without a language model.
+        Pooled when asked, so plain acting pays nothing for it."""
+        if self._last_hidden is None:
+            return None
+        return self._last_hidden.float().mean(dim=1)[0].cpu().numpy()
 
     def tokenize(self, instructions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompts as the model reads them: (input_ids, attention_mask), left-padded (see `left_padded`)."""
