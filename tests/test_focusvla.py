@@ -246,6 +246,7 @@ def test_attention_loss_reaches_a_target_patch_the_top_k_dropped() -> None:
     shares = [(f["agentview"][0, dropped[0], dropped[1]] / f["agentview"][0].sum()).item() for f in out.focus]
     expected = -sum(np.log(share + 1e-6) for share in shares) / (1 + len(model.blocks))  # the overlay's term is 0
     assert all(0 < share < 1 for share in shares) and loss.item() == pytest.approx(expected, rel=1e-5)
+    assert model.eval().predict(batch()).focus == []  # acting (eval mode) never pays for maps only the training loss reads
 
 
 @pytest.mark.parametrize("source", ["raw", "vlm"])

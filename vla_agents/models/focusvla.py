@@ -249,7 +249,7 @@ class FocusVLAPolicy(Policy):
             local = {view: slice(s.start - visual.start, s.stop - visual.start) for view, s in out.visual.items()}
             attention = heatmaps(w, local, out.grid)
             masks = {"kept": {view: kept[:, pos].reshape(-1, *out.grid) for view, pos in local.items()}}
-            if self.blocks[0].topk is not None:
+            if self.training and self.blocks[0].topk is not None:  # only BC's attention loss reads them
                 focus = [heatmaps(scores.softmax(dim=-1), local, out.grid) for scores in focus_scores]
         return FocusOutput(actions, attention, masks, focus, features=x.mean(dim=1), backbone=out, kept=kept)
 
