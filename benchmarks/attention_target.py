@@ -39,7 +39,7 @@ def target_ranks(agent_dir: str, env_spec: str, episodes: int, seed: int, view: 
                 heat = agent.last_attention.heatmaps[view]
                 uv, in_view = project(sim.sim, camera, target[None], env.unwrapped.image_size)
                 size = env.unwrapped.image_size
-                cell = int(grid_cell(uv, heat.shape[0], size, agent.recipe.get("crop_area", 1.0))[0]) if in_view[0] else -1
+                cell = int(grid_cell(uv, heat.shape[0], size, agent.recipe.backbone.crop_area)[0]) if in_view[0] else -1
                 if cell < 0:
                     skipped += 1
                 else:

@@ -62,7 +62,7 @@ def main() -> None:
     start = time.perf_counter()
     for step in range(args.steps + 1):
         actions = agent.model(batch).actions
-        loss = action_loss(actions, batch["actions"], batch["action_is_pad"], agent.model.loss_kind)
+        loss = action_loss(actions, batch["actions"], batch["action_is_pad"], agent.recipe.training.loss)
         if step % 25 == 0:
             err = (actions[:, 0] - first).abs().mean(0).detach()
             print(f"step {step:4d}  loss {loss.item():.3f}  first-action L1 x {err[0]:.2f} y {err[1]:.2f} z {err[2]:.2f}"

@@ -62,7 +62,7 @@ from vla_agents.agent import VLAAgent, load_agent
 from vla_agents.eval.outcomes import evaluate_outcomes
 from vla_agents.eval.rollout import EvalReport, evaluate, slugify
 from vla_agents.models.dtp import DTP, DTPStep, can_wrap
-from vla_agents.policies import load_recipe, load_wrapper_recipe
+from vla_agents.policies import load_wrapper_recipe, recipe_keys
 from vla_agents.progress import LoggedProgress
 from vla_agents.sim import make_env
 from vla_agents.sim.collect import collect_demos
@@ -236,8 +236,8 @@ def variant_overrides(variant: Variant, shared: dict[str, Any]) -> dict[str, Any
     clash = sorted(set(shared) & set(variant.overrides))
     if clash:
         raise ValueError(f"--overrides {clash} would change what variant {variant.name!r} declares")
-    recipe = load_recipe(variant.policy)
-    return {k: v for k, v in shared.items() if k in recipe} | variant.overrides
+    keys = recipe_keys(variant.policy)
+    return {k: v for k, v in shared.items() if k in keys} | variant.overrides
 
 
 def as_declared(run: dict[str, Any], variant: Variant | None) -> bool:
@@ -339,7 +339,7 @@ def run_training_study(study: TrainingStudy, budget: Budget, seeds: Sequence[int
     unknown = sorted(set(variants or ()) - {v.name for v in study.variants})
     if unknown:
         raise ValueError(f"unknown variants {unknown} for {study.name}; declared: {[v.name for v in study.variants]}")
-    known = {k for v in chosen for k in load_recipe(v.policy)}
+    known = {k for v in chosen for k in recipe_keys(v.policy)}
     if set(budget.overrides) - known:
         raise ValueError(f"--overrides {sorted(set(budget.overrides) - known)} are keys of none of the variants' recipes")
     for v in chosen:
@@ -468,7 +468,7 @@ class AttentionRecorder:
     every model call (the wrapper's `last` analysis), and how many visual tokens each call pruned."""
 
     def __init__(self, agent: VLAAgent) -> None:
-        self.agent, self.policy_name = agent, f"{agent.recipe['policy']}+dtp"
+        self.agent, self.policy_name = agent, f"{agent.recipe.policy}+dtp"
         self.episodes: list[list[float]] = []
         self.pruned: list[int] = []
 
@@ -516,7 +516,7 @@ def run_dtp_study(agents: Sequence[str | Path], env: str, budget: Budget, seeds:
         if can_wrap(agent.model):
             loaded[path] = agent
         else:
-            skipped[path] = f"{agent.recipe['policy']} has no language-model attention for DTP"
+            skipped[path] = f"{agent.recipe.policy} has no language-model attention for DTP"
     todo = [(a, v, s) for a in loaded for v in variants for s in seeds if not results.find(agent=a, variant=v.name, seed=s)]
 
     def extra() -> dict[str, Any]:
@@ -527,11 +527,11 @@ def run_dtp_study(agents: Sequence[str | Path], env: str, budget: Budget, seeds:
         for path, variant, seed in todo:
             settings, _ = load_wrapper_recipe("dtp", budget.overrides | variant.overrides | {"seed": seed})
             wrapped = AttentionRecorder(DTP(loaded[path], **settings))
-            image_size = budget.image_size or loaded[path].recipe["image_size"]
+            image_size = budget.image_size or loaded[path].recipe.backbone.image_size
             report = success_report(wrapped, env, budget.episodes, FINAL_EVAL_SEED + 1000 * seed, budget, image_size)
             m = report.metrics()
             results.add({
-                "agent": path, "policy": loaded[path].recipe["policy"], "variant": variant.name, "settings": settings,
+                "agent": path, "policy": loaded[path].recipe.policy, "variant": variant.name, "settings": settings,
                 "seed": seed, "success": m["pc_success"], "successes": m["successes"], "episodes": m["n_episodes"],
                 "episode_success": [ep.success for ep in report.episodes],
                 "unimportant_share": [float(np.mean(s)) if s else None for s in wrapped.episodes],

@@ -18,11 +18,11 @@ DEEPVISION_SMALL = dict(image_size=48, vla_image_size=32, vit_dim=32, vit_depth=
 
 def small(policy: str) -> dict:
     """`policy`'s SMALL overrides: the keys of SMALL its tiny recipe has (VAT has no LLM keys)."""
-    from vla_agents.policies import load_recipe
+    from vla_agents.policies import recipe_keys
 
     if policy == "deepvision":
         return dict(DEEPVISION_SMALL)
-    return {k: v for k, v in SMALL.items() if k in load_recipe(policy, "tiny")}
+    return {k: v for k, v in SMALL.items() if k in recipe_keys(policy)}
 
 
 def stats(action_dim: int = 7, seed: int = 0):

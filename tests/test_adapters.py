@@ -59,7 +59,7 @@ def test_recorded_observation_through_a_real_agent_and_back_from_disk(name: str,
     adapter = make_adapter(name)
     assert isinstance(adapter, Adapter)
     agent = make_agent("oft", adapter=name, stats=stats_for(adapter), **SMALL)
-    assert agent.views == list(adapter.views) and agent.recipe["proprio_dim"] == adapter.proprio_dim
+    assert agent.views == list(adapter.views) and agent.recipe.agent.proprio_dim == adapter.proprio_dim
     action = agent.act(make_raw(), INSTRUCTION)
     assert action.shape == (env_action_dim,) and np.all(np.isfinite(action))
     assert set(agent.last_attention.heatmaps) == set(adapter.views)

@@ -269,13 +269,13 @@ def _drop(key: str):
 
 
 @pytest.mark.parametrize("change, error", [
-    (_drop("vit_dim"), r"config.json: the recipe has no key 'vit_dim', which policy 'oft' needs"),
-    (_drop("prompt_template"), r"config.json: recipe has no key 'prompt_template'"),
-    (_drop("n_open_loop"), r"config.json: recipe has no key 'n_open_loop'"),
+    (_drop("vit_dim"), r"config.json: recipe has no value for 'vit_dim'; vision 'tiny_vit' needs vit_dim"),
+    (_drop("prompt_template"), r"config.json: the recipe has no key\(s\) prompt_template; expected every key of policies/oft-tiny.yaml"),
+    (_drop("n_open_loop"), r"config.json: the recipe has no key\(s\) n_open_loop"),
     (_set("n_open_loop", 0), r"config.json: recipe key 'n_open_loop' is 0; expected an integer from 1 to chunk \(8\)"),
     (_set("n_open_loop", 9), r"recipe key 'n_open_loop' is 9; expected an integer from 1 to chunk"),
     (_set("views", ["front"]), r"views \['front'\] and proprio_dim 8 do not fit adapter 'libero'"),
-    (_set("image_size", "big"), r"recipe key 'image_size' is 'big'; expected an integer >= 1"),
+    (_set("image_size", "big"), r"config.json: recipe key 'image_size' is 'big'; expected an integer"),
     (lambda c: {**c, "recipe": [1, 2]}, r"config.json: 'recipe' must be an object"),
     (lambda c: {**c, "dtp": {"tau": 0.5, "taus": 1}}, r"config.json: 'dtp' has unknown setting\(s\) \['taus'\]"),
     (lambda c: {**c, "lora": {"rank": 4}}, r"config.json: 'lora' must be an object with 'rank' and 'alpha'"),

@@ -16,6 +16,7 @@ from vla_agents.data import DemoDataset
 from vla_agents.data.hdf5 import DemoWriter
 from vla_agents.models.blocks import action_loss
 from vla_agents.policies import load_recipe
+from vla_agents.recipe import TrainingConfig
 from vla_agents.train.bc import batch_indices, make_scheduler, train_bc
 
 
@@ -79,16 +80,17 @@ def test_bc_trains_on_the_recipe_loss(demos: Path, tmp_path: Path) -> None:
 def test_lr_schedule_is_the_recipes(demos: Path, tmp_path: Path) -> None:
     """Paper recipes of VLA-Adapter and FocusVLA: the released MultiStepLR (x0.1 once, no warmup);
     tiny recipes, and saved recipes without the key, keep cosine with warmup."""
-    assert [load_recipe(p, "paper")["lr_schedule"] for p in ("vla_adapter", "focusvla")] == ["multistep"] * 2
-    assert load_recipe("vla_adapter", "paper")["lr_decay_step"] == 150000 and load_recipe("vla_adapter")["lr_schedule"] == "cosine"
+    assert [load_recipe(p, "paper").training.lr_schedule for p in ("vla_adapter", "focusvla")] == ["multistep"] * 2
+    paper, tiny = load_recipe("vla_adapter", "paper").training, load_recipe("vla_adapter").training
+    assert paper.lr_decay_step == 150000 and tiny.lr_schedule == "cosine"
     overrides = {**SMALL, "lr_schedule": "multistep", "lr_decay_step": 2}
     result = train_bc("vla_adapter", [demos], steps=4, out_dir=tmp_path, batch_size=2, lr=1e-3, overrides=overrides, progress=False)
     assert [r["lr"] for r in result.history] == pytest.approx([1e-3, 1e-4, 1e-4, 1e-4])
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-    cosine = make_scheduler(optimizer, {}, warmup_steps=2, steps=4)
+    cosine = make_scheduler(optimizer, TrainingConfig(lr=1.0, batch_size=1), warmup_steps=2, steps=4)
     assert cosine.get_last_lr() == [0.0]
-    with pytest.raises(ValueError, match="needs lr_decay_step"):
-        make_scheduler(optimizer, {"lr_schedule": "multistep", "lr_decay_step": None}, 0, 4)
+    with pytest.raises(ValueError, match="'multistep' needs the step to decay at"):
+        load_recipe("vla_adapter", "paper", {"lr_decay_step": None})
 
 
 def test_resume_reproduces_uninterrupted_run(demos: Path, tmp_path: Path) -> None:

@@ -1,11 +1,14 @@
-"""Configuration reaches the code checked: a recipe is validated when it is loaded, the CLI's `--set`
-overrides read their values as the recipes do, and an RL run is one `RLConfig` checked when made."""
+"""Configuration reaches the code checked: a recipe is parsed into typed parts and validated when it is
+loaded (from YAML or from a saved agent), the CLI's `--set` overrides read their values as the recipes
+do, and an RL run is one `RLConfig` checked when made."""
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 
 from vla_agents.cli import build_parser, recipe_overrides
-from vla_agents.policies import load_recipe
+from vla_agents.policies import POLICIES, list_policies, load_recipe, parse_recipe, recipe_keys
 from vla_agents.train.rl import RLConfig
 
 
@@ -48,3 +51,46 @@ def test_rl_config_normalises_what_it_is_given() -> None:
 
     config = RLConfig(Path("runs/agent"), "embedded/lift", env_kwargs=None, state_keys=("object-state",))
     assert config.agent_dir == "runs/agent" and config.env_kwargs == {} and config.state_keys == ["object-state"]
+
+
+@pytest.mark.parametrize("scale", ["tiny", "paper"])
+@pytest.mark.parametrize("policy", list_policies())
+def test_every_recipe_file_parses_into_its_policys_parts_and_back(policy: str, scale: str) -> None:
+    """Each YAML key lands in exactly one part, and the flat form an agent saves parses to the same recipe."""
+    recipe = load_recipe(policy, scale)
+    assert type(recipe.model) is POLICIES[policy].config
+    parts = [recipe.backbone, recipe.model, recipe.agent, recipe.training]
+    names = [f.name for part in parts for f in dataclasses.fields(part)]
+    assert len(names) == len(set(names))  # no key in two parts
+    assert recipe_keys(policy, scale) <= {"policy", "scale", *names}
+    assert parse_recipe(recipe.to_dict()) == recipe
+
+
+@pytest.mark.parametrize("change, error", [
+    ({"chunks": 8}, r"unknown recipe key\(s\) chunks; a oft recipe has .*action_dim"),
+    ({"gate": "element"}, r"unknown recipe key\(s\) gate"),  # FocusVLA's key, not OFT's
+    ({"image_size": None}, r"recipe key 'image_size' is None; expected an integer"),
+    ({"loss": "huber"}, r"recipe key 'loss' is 'huber'; expected one of 'l1', 'mse'"),
+    ({"views": "agentview"}, r"recipe key 'views' is 'agentview'; expected a list of a string"),
+    ({"temporal_ensemble": 1}, r"recipe key 'temporal_ensemble' is 1; expected true/false"),
+    ({"lr": "fast"}, r"recipe key 'lr' is 'fast'; expected a number"),
+    ({"prompt_template": "Do it."}, r"recipe key 'prompt_template' is 'Do it.'; expected a string with \{instruction\} in it"),
+])
+def test_a_bad_saved_recipe_is_named_with_what_was_expected(change: dict, error: str) -> None:
+    flat = {**load_recipe("oft", "tiny").to_dict(), **change}
+    with pytest.raises(ValueError, match=f"config.json: {error}"):
+        parse_recipe(flat, "config.json")
+
+
+def test_missing_keys_are_named_and_absent_defaults_come_from_the_dataclasses() -> None:
+    flat = load_recipe("vla_adapter", "tiny").to_dict()
+    with pytest.raises(ValueError, match=r"the recipe has no key\(s\) chunk, num_action_queries; expected every key "
+                                         r"of policies/vla_adapter-tiny.yaml"):
+        parse_recipe({k: v for k, v in flat.items() if k not in ("chunk", "num_action_queries")})
+    older = parse_recipe({k: v for k, v in flat.items() if k not in ("variant", "loss", "llm_max_positions")})
+    assert (older.model.variant, older.training.loss, older.backbone.llm_max_positions) == ("original", "l1", 2048)
+
+
+def test_an_unknown_policy_is_named() -> None:
+    with pytest.raises(ValueError, match="recipe key 'policy' is 'octo'; expected one of deepvision, focusvla"):
+        parse_recipe({"policy": "octo"})

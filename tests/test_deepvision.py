@@ -222,10 +222,10 @@ def test_cls_guidance_keeps_the_top_k_of_the_experts_own_cls_attention(monkeypat
 
 def test_recipes_without_the_new_keys_load_the_one_way_expert_without_cls() -> None:
     new_keys = ("shared_attention", "expert_cls_token")
-    recipe = {k: v for k, v in make_agent("deepvision", **SMALL).recipe.items() if k not in new_keys}
-    from vla_agents.policies import build_model
+    recipe = {k: v for k, v in make_agent("deepvision", **SMALL).recipe.to_dict().items() if k not in new_keys}
+    from vla_agents.policies import build_model, parse_recipe
 
-    backbone = build_model(recipe).backbone
+    backbone = build_model(parse_recipe(recipe)).backbone
     assert backbone.shared_attention == "one_way" and backbone.expert.prefix == 0
     assert not any("cls_token" in n for n, _ in backbone.named_parameters())
 

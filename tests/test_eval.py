@@ -225,7 +225,7 @@ def test_provenance_names_the_agent_code_envs_and_seeds():
     got = info["provenance"]
     assert (got["agent"], got["policy"], got["seeds"], got["n_envs"]) == ("runs/oft", "oft+dtp", [1000, 1001, 1002], 2)
     assert got["envs"] == [{"spec": "embedded/lift", "gym_id": "vla_agents/lift-v0"}, {"spec": "reach/target", "gym_id": None}]
-    assert got["recipe_sha256"] == recipe_sha256(agent.recipe) != recipe_sha256({**agent.recipe, "chunk": 4})
+    assert got["recipe_sha256"] == recipe_sha256(agent.recipe) != recipe_sha256(agent.recipe.replace(chunk=4, n_open_loop=4))
     assert got["dtp"]["tau"] == agent.model.tau and got["vla_agents_version"] == vla_agents.__version__
     assert got["git"] is None or len(got["git"]["commit"]) == 40
 

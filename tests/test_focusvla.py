@@ -18,7 +18,7 @@ from vla_agents.models.blocks import merge_heads, rotary, split_heads
 from vla_agents.models.focusvla import FocusBlock
 from vla_agents.models.vla_adapter import BridgeAttention, VLAAdapterPolicy
 from vla_agents.train.auxiliary import attention_target_loss
-from vla_agents.policies import build_model, load_recipe
+from vla_agents.policies import build_model, load_recipe, parse_recipe
 
 from test_models import batch, record_block_inputs, reference_layer_outputs
 
@@ -308,14 +308,14 @@ def test_loss_decreases_on_a_fixed_batch(overrides: dict) -> None:
 # ------------------------------------------------------------------ recipes saved before issue 37
 def test_recipes_without_the_new_keys_build_the_v1_block_and_refuse_changed_arms() -> None:
     recipe = load_recipe("focusvla", "tiny", SMALL)
-    old = {k: v for k, v in recipe.items() if k not in ("layout", "focus_scores")}
-    model = build_model(old)
+    old = {k: v for k, v in recipe.to_dict().items() if k not in ("layout", "focus_scores")}
+    model = build_model(parse_recipe(old))
     blk = model.blocks[0]
     assert (blk.layout, blk.focus_scores) == ("v1", "latent") and set(blk.q) == {"action", "query", "vision"}
     assert isinstance(blk.fusion, torch.nn.Sequential) and len(blk.ffn) == 4
     for arm in ({**MIXED}, {"gate": "scalar"}):
         with pytest.raises(ValueError, match="predates issue 37.*retrain it"):
-            build_model({**old, **arm})
+            build_model(parse_recipe({**old, **arm}))
 
 
 # ------------------------------------------------------------------ the agent

@@ -4,7 +4,7 @@ late import.
 
 Layers, lowest first (a module may import its own layer and the ones below):
 
-0. foundations: types, resources, atomic, checksums, progress (no knowledge of models or simulators)
+0. foundations: types, recipe, resources, atomic, checksums, progress (no knowledge of models or simulators)
 1. adapters, data, models, hub: benchmark formats, datasets, networks, the hub cache. The issue's
    sketch put adapters above data; here data reads demonstrations through an adapter, and an
    adapter only converts arrays, so they share a layer.
@@ -26,7 +26,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "vla_agents"
 LAYERS = (
-    ("types", "resources", "atomic", "checksums", "progress"),
+    ("types", "recipe", "resources", "atomic", "checksums", "progress"),
     ("adapters", "data", "models", "hub"),
     ("policies",),
     ("agent", "residual", "loading", "sim"),

@@ -3,15 +3,17 @@ layer and which features each block reads, the released Pro and original blocks,
 from __future__ import annotations
 
 import math
+from typing import get_args
 
 import pytest
 import torch
 from torch import nn
 
 from conftest import SMALL
-from vla_agents.models.blocks import action_loss, merge_heads, rotary, split_heads
+from vla_agents.models.blocks import ACTION_LOSSES, action_loss, merge_heads, rotary, split_heads
 from vla_agents.models.vla_adapter import SOURCES, BridgeAttention
 from vla_agents.policies import build_model, load_recipe
+from vla_agents.recipe import ActionLoss
 
 
 
@@ -63,17 +65,16 @@ def test_policy_shapes_and_loss(policy: str) -> None:
     assert set(out.attention) == {"agentview", "eye_in_hand"}
     for heat in out.attention.values():
         assert heat.shape == (2, 2, 2) and torch.all(heat >= 0)
-    loss, metrics = model.loss(batch())
+    kind = load_recipe(policy, "tiny").training.loss
+    loss, metrics = model.loss(batch(), kind)
     loss.backward()
-    assert loss.item() > 0 and model.loss_kind == "mse" and metrics["mse"] == loss.item()  # the tiny recipe's loss
+    assert loss.item() > 0 and kind == "mse" and metrics["mse"] == loss.item()  # the tiny recipe's loss
 
-    with_l1 = build_model(load_recipe(policy, "tiny", {**SMALL, "loss": "l1"}))
-    with_l1.load_state_dict(model.state_dict())
-    model.eval(), with_l1.eval()  # no latent noise: both see the same predictions
+    model.eval()  # no latent noise: both losses see the same predictions
     b = batch()
     err = model.predict(b).actions - b["actions"]
-    assert model.loss(b)[0].item() == pytest.approx(err.square().mean().item(), rel=1e-5)
-    assert with_l1.loss(b)[1]["l1"] == pytest.approx(err.abs().mean().item(), rel=1e-5)
+    assert model.loss(b, "mse")[0].item() == pytest.approx(err.square().mean().item(), rel=1e-5)
+    assert model.loss(b, "l1")[1]["l1"] == pytest.approx(err.abs().mean().item(), rel=1e-5)
 
 
 def test_loss_ignores_padded_steps() -> None:
@@ -96,8 +97,9 @@ def test_action_loss_l1_and_mse_hand_computed() -> None:
     assert action_loss(pred, target, None, "mse").item() == pytest.approx((0.25 + 4.0 + 4.0 + 0.0) / 4)
     with pytest.raises(ValueError, match="unknown action loss 'huber'; expected one of l1, mse"):
         action_loss(pred, target, pad, "huber")
-    with pytest.raises(ValueError, match="recipe key loss: unknown action loss 'huber'; expected one of l1, mse"):
-        build_model(load_recipe("oft", "tiny", {**SMALL, "loss": "huber"}))  # at build time, before any training
+    assert set(get_args(ActionLoss)) == set(ACTION_LOSSES)  # the recipe accepts exactly the losses there are
+    with pytest.raises(ValueError, match="oft-tiny.yaml: recipe key 'loss' is 'huber'; expected one of 'l1', 'mse'"):
+        load_recipe("oft", "tiny", {**SMALL, "loss": "huber"})  # when the recipe is loaded, before any training
 
 
 def test_oft_zero_action_slots_and_one_forward(monkeypatch: pytest.MonkeyPatch) -> None:

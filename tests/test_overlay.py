@@ -1,5 +1,7 @@
 """Attention overlays a person can read: untouched where attention is zero, a perceptually uniform
 colormap, the grid on the policy's centre crop, per-episode scaling, labels, colour bar, legend."""
+import dataclasses
+
 import imageio
 import numpy as np
 import pytest
@@ -7,6 +9,7 @@ import pytest
 from vla_agents.agent import preprocess_image
 from vla_agents.eval.overlay import MAX_ALPHA, centre_crop_box, colormap_lut, overlay_heatmap
 from vla_agents.eval.video import EpisodeVideo, OverlayStyle, compose_frame
+from vla_agents.policies import load_recipe
 from vla_agents.types import AttentionMaps
 
 
@@ -41,7 +44,8 @@ def test_the_grid_covers_only_the_centre_crop_the_policy_saw(shape):
     height, width = shape
     top, left, crop_h, crop_w = centre_crop_box(height, width, 0.81)
     image = (np.arange(height * width * 3) % 251).astype(np.uint8).reshape(height, width, 3)
-    seen = preprocess_image(image, {"crop_area": 0.81, "image_size": crop_h}, train=False)  # no resize when square
+    config = dataclasses.replace(load_recipe("oft", "tiny").backbone, image_size=crop_h, crop_area=0.81)
+    seen = preprocess_image(image, config, train=False)  # no resize when square
     if crop_h == crop_w:
         crop = image[top : top + crop_h, left : left + crop_w]
         np.testing.assert_allclose(seen.permute(1, 2, 0).numpy() * 255, crop, atol=1e-3)

@@ -116,7 +116,7 @@ def test_vat_takes_the_pretrained_vit_and_tokenizer(backbone: Path, tmp_path: Pa
 
 @pytest.mark.parametrize("policy", list_policies())
 def test_every_tiny_recipe_starts_from_the_shipped_backbone(policy: str) -> None:
-    assert load_recipe(policy, "tiny")["backbone_path"] == "backbones/tiny-embedded"
+    assert load_recipe(policy, "tiny").backbone.backbone_path == "backbones/tiny-embedded"
     shipped = load_file(str(Path(__file__).resolve().parents[1] / "policies/backbones/tiny-embedded/vision.safetensors"))
     agent = make_agent(policy, "tiny")
     vision = agent.model.backbone.model if policy == "vat" else agent.model.backbone.vision
@@ -172,9 +172,9 @@ def test_truncated_or_foreign_backbone_files_are_named(backbone: Path, tmp_path:
 
 
 def test_auxiliary_loss_is_off_at_paper_scale_and_needs_recorded_targets(tmp_path: Path) -> None:
-    assert all(load_recipe(p, "paper")["aux_target_weight"] == 0.0 for p in list_policies())
-    assert all(load_recipe(p, "paper")["aux_attention_weight"] == 0.0 for p in list_policies())
-    assert all(load_recipe(p, "tiny")["aux_target_weight"] > 0 for p in list_policies())
+    assert all(load_recipe(p, "paper").training.aux_target_weight == 0.0 for p in list_policies())
+    assert all(load_recipe(p, "paper").training.aux_attention_weight == 0.0 for p in list_policies())
+    assert all(load_recipe(p, "tiny").training.aux_target_weight > 0 for p in list_policies())
     plain = tmp_path / "plain.hdf5"
     rng = np.random.default_rng(0)
     with DemoWriter(plain, instruction="pick up the cube") as writer:
@@ -220,11 +220,11 @@ def test_word_tokenizer_unknown_words() -> None:
 def test_patch_labels_mark_each_visible_object_in_its_own_patch(corpus: Path) -> None:
     from vla_agents.data.corpus import read_corpus
     from vla_agents.sim.projection import grid_cell
-    from vla_agents.train.pretrain import CorpusBatches, backbone_recipe
+    from vla_agents.train.pretrain import CorpusBatches, backbone_config
 
     c = read_corpus(corpus)
     tok = build_word_tokenizer(["where", "is", "the", "cube"])
-    batches = CorpusBatches(c, tok, backbone_recipe("oft-tiny", len(tok), SMALL), (4, 4), seed=0)
+    batches = CorpusBatches(c, tok, backbone_config("oft-tiny", len(tok), SMALL), (4, 4), seed=0)
     questions = np.arange(len(c))
     batch = batches(questions, train=False)  # centre crop: the cells are grid_cell's
     labels = batch["patch_objects"]

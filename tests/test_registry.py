@@ -68,7 +68,7 @@ def test_dtp_wraps_what_has_prompt_tokens_and_refuses_the_rest(agent) -> None:
     assert wrapped.policy_name == f"{agent.policy_name}+dtp"
     assert wrapped.act(raw_obs()).shape == (7,)
     assert {"important", "pruned"} <= set(wrapped.last_attention.masks)
-    assert agent.policy_name == agent.recipe["policy"]  # the wrapped agent is not changed
+    assert agent.policy_name == agent.recipe.policy  # the wrapped agent is not changed
 
 
 def test_residual_rl_wiring(agent) -> None:

@@ -12,6 +12,8 @@ from transformers import Dinov2Config, Dinov2Model, SiglipVisionConfig, SiglipVi
 from vla_agents.models.backbones import SIGLIP_MEAN, SIGLIP_STD, _normalize
 from vla_agents.models.blocks import merge_heads, split_heads
 from vla_agents.models.vat import ActionBlock, VATPolicy, build_vat
+from vla_agents.policies import parse_recipe
+from vla_agents.recipe import Recipe
 
 from test_models import record_block_inputs
 
@@ -20,12 +22,12 @@ VIEWS = ["agentview", "eye_in_hand"]
 T, A = 2, 3
 
 
-def recipe(**overrides) -> dict:
+def recipe(**overrides) -> Recipe:
     r = yaml.safe_load((ROOT / "policies" / "vat-tiny.yaml").read_text())
-    r.update(image_size=32, patch_size=8, vit_dim=32, vit_depth=3, vit_heads=2, chunk=T, action_dim=A,
+    r.update(image_size=32, patch_size=8, vit_dim=32, vit_depth=3, vit_heads=2, chunk=T, n_open_loop=T, action_dim=A,
              task_conditioning="task_id", film_hidden_mult=2, backbone_path=None)
     r.update(overrides)
-    return r
+    return parse_recipe(r)
 
 
 def make_batch(b: int = 2, size: int = 32, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -233,8 +235,8 @@ def test_recipes_without_kv_norm_keep_the_action_layernorm_and_refuse_the_old_la
 ) -> None:
     """Agents saved before issue 37 normalised keys/values with the action module's own norm1; their
     last-layer arm was a single action block, which no longer fits, so it is refused."""
-    old = {k: v for k, v in recipe().items() if k != "kv_norm"}
-    model = build_vat(old).eval()
+    old = {k: v for k, v in recipe().to_dict().items() if k != "kv_norm"}
+    model = build_vat(parse_recipe(old)).eval()
     pretrained_look(model)
     batch = make_batch()
     blocks = vision_block_inputs(model, batch)
@@ -243,7 +245,7 @@ def test_recipes_without_kv_norm_keep_the_action_layernorm_and_refuse_the_old_la
     for i, (tokens, vision, film, num_extra) in enumerate(calls):
         torch.testing.assert_close(vision, model.action_blocks[i].norm1(blocks[i]).reshape(2, -1, 32), rtol=0, atol=0)
     with pytest.raises(ValueError, match="predates issue 37.*retrain it"):
-        build_vat({**old, "action_layers": "last"})
+        build_vat(parse_recipe({**old, "action_layers": "last"}))
 
 
 def test_proprio_token_is_context_not_an_action_token() -> None:
@@ -275,8 +277,8 @@ def test_paper_scale_from_local_pretrained(kind: str, tmp_path: Path) -> None:
     _tiny_hf(kind, tmp_path)
     paper = yaml.safe_load((ROOT / "policies" / "vat-paper.yaml").read_text())
     paper.update(vision=kind, siglip_path=str(tmp_path), dinov2_path=str(tmp_path), image_size=32,
-                 chunk=T, action_dim=A, film_hidden_mult=2)
-    model = build_vat(paper).eval()
+                 chunk=T, n_open_loop=T, action_dim=A, film_hidden_mult=2)
+    model = build_vat(parse_recipe(paper)).eval()
     assert model.backbone.depth == 2 and len(model.action_blocks) == 2  # drop_last_blocks: 1
     norm = model.backbone.attention_norm(0)
     assert norm is (model.backbone.layers[0].layer_norm1 if kind == "siglip" else model.backbone.layers[0].norm1)
@@ -297,7 +299,7 @@ def test_paper_scale_from_local_pretrained(kind: str, tmp_path: Path) -> None:
     torch.testing.assert_close(vision.flatten(0, 1), ref.hidden_states[2], rtol=1e-5, atol=1e-5)
 
     # rebuilt offline from the saved configs, with the same weights, it is the same policy
-    rebuilt = build_vat({**paper, "siglip_path": None, "dinov2_path": None}, model.backbone.hf_configs()).eval()
+    rebuilt = build_vat(parse_recipe({**paper, "siglip_path": None, "dinov2_path": None}), model.backbone.hf_configs()).eval()
     rebuilt.load_state_dict(model.state_dict())
     torch.testing.assert_close(rebuilt.predict(batch).actions, out.actions)
 
@@ -322,12 +324,12 @@ def test_l1_loss_decreases_and_ignores_padding(policy: VATPolicy) -> None:
 
 
 def test_tiny_recipe_builds() -> None:
-    r = yaml.safe_load((ROOT / "policies" / "vat-tiny.yaml").read_text())
+    r = parse_recipe(yaml.safe_load((ROOT / "policies" / "vat-tiny.yaml").read_text()))
     model = build_vat(r).eval()
-    batch = make_batch(b=1, size=r["image_size"])
-    batch["actions"] = torch.zeros(1, r["chunk"], r["action_dim"])
-    batch["action_is_pad"] = torch.zeros(1, r["chunk"], dtype=torch.bool)
+    batch = make_batch(b=1, size=r.backbone.image_size)
+    batch["actions"] = torch.zeros(1, r.agent.chunk, r.agent.action_dim)
+    batch["action_is_pad"] = torch.zeros(1, r.agent.chunk, dtype=torch.bool)
     out = model.predict(batch)
     assert out.actions.shape == (1, 8, 7)
     assert out.attention["agentview"].shape == (1, 8, 8)
-    assert model.action_token.shape == (1, 56, r["vit_dim"])
+    assert model.action_token.shape == (1, 56, r.backbone.vit_dim)

@@ -32,9 +32,10 @@ from vla_agents.models.backbones import build_byte_tokenizer, left_padded
 from vla_agents.models.dtp import DTP, DTPPolicy
 from vla_agents.models.policy import require_language_model
 from vla_agents.policies import (
-    WRAPPERS, build_model, check_policy, check_recipe, list_policies, load_recipe, load_wrapper_recipe, split_name,
+    WRAPPERS, build_model, check_policy, list_policies, load_recipe, load_wrapper_recipe, parse_recipe, split_name,
     split_wrapper,
 )
+from vla_agents.recipe import BackboneConfig, Recipe
 from vla_agents.residual import load_residual_agent
 from vla_agents.types import AttentionMaps, Observation
 
@@ -46,14 +47,14 @@ CHECKSUMMED = ("model.safetensors", "norm_stats.json")  # the files config.json 
 LOADERS: dict[str, Callable[..., Any]] = {"residual.json": load_residual_agent}  # a residual on a frozen base in base/
 
 
-def make_tokenizer(recipe: dict[str, Any]) -> PreTrainedTokenizerBase:
+def make_tokenizer(config: BackboneConfig) -> PreTrainedTokenizerBase:
     """The recipe's tokenizer: its own path, the pretrained backbone's, the LLM's, or the byte-level one."""
-    if recipe.get("tokenizer_path"):
-        path = resolve_shipped_path(recipe["tokenizer_path"])
-    elif recipe.get("backbone_path"):
-        path = resolve_shipped_path(recipe["backbone_path"]) / "tokenizer"
+    if config.tokenizer_path:
+        path = resolve_shipped_path(config.tokenizer_path)
+    elif config.backbone_path:
+        path = resolve_shipped_path(config.backbone_path) / "tokenizer"
     else:
-        path = recipe.get("llm_path")
+        path = config.llm_path
     return AutoTokenizer.from_pretrained(str(path)) if path else build_byte_tokenizer()
 
 
@@ -66,11 +67,11 @@ def lora_targets(module: nn.Module) -> list[str]:
                   if isinstance(m, nn.Linear) and not any(name.startswith(f"{mha}.") for mha in inside_mha))
 
 
-def preprocess_image(img: np.ndarray, recipe: dict[str, Any], train: bool) -> torch.Tensor:
+def preprocess_image(img: np.ndarray, config: BackboneConfig, train: bool) -> torch.Tensor:
     """uint8 (H, W, 3) -> float (3, S, S) in [0, 1]: the recipe's `crop_area` crop (random when training,
     centred otherwise) resized to its `image_size`. A function of the recipe alone, so env wrappers can
     prepare policy inputs without loading the model."""
-    return crop_resize([img], recipe["image_size"], recipe.get("crop_area", 1.0), train)[0][0]
+    return crop_resize([img], config.image_size, config.crop_area, train)[0][0]
 
 
 class VLAAgent:
@@ -83,20 +84,19 @@ class VLAAgent:
         self,
         model: nn.Module,
         tokenizer: PreTrainedTokenizerBase,
-        recipe: dict[str, Any],
+        recipe: Recipe,
         stats: NormStats | None = None,
         adapter: str = "libero",
         overrides: dict[str, Any] | None = None,
     ) -> None:
-        check_recipe(recipe)
         self.model, self.tokenizer, self.recipe, self.stats = model, tokenizer, recipe, stats
         self.adapter_name, self.adapter = adapter, make_adapter(adapter)
         self.overrides = dict(overrides or {})
-        self.views: list[str] = list(recipe["views"])
-        if not set(self.views) <= set(self.adapter.views) or recipe["proprio_dim"] != self.adapter.proprio_dim:
-            raise ValueError(f"the recipe's views {self.views} and proprio_dim {recipe['proprio_dim']} do not fit adapter "
+        self.views: list[str] = list(recipe.backbone.views)
+        if not set(self.views) <= set(self.adapter.views) or recipe.agent.proprio_dim != self.adapter.proprio_dim:
+            raise ValueError(f"the recipe's views {self.views} and proprio_dim {recipe.agent.proprio_dim} do not fit adapter "
                              f"{adapter!r} (views {list(self.adapter.views)}, proprio_dim {self.adapter.proprio_dim})")
-        self.chunk, self.action_dim = recipe["chunk"], recipe["action_dim"]
+        self.chunk, self.action_dim = recipe.agent.chunk, recipe.agent.action_dim
         self.lora: dict[str, int] | None = None
         self.training: dict[str, Any] | None = None  # what `train bc` trained it on, for the hub's model card
         self._prompt_cache: dict[str, list[int]] = {}
@@ -128,16 +128,16 @@ class VLAAgent:
     def act(self, raw_obs: Mapping, instruction: str | None = None) -> np.ndarray:
         """One env-ready action. The model runs only when the queue is empty (open-loop chunks, as
         OFT), or every step with temporal ensembling (as ACT: weights exp(-k*i), oldest first)."""
-        if self.recipe.get("temporal_ensemble"):
+        if self.recipe.agent.temporal_ensemble:
             self._history.append((self._t, self._predict(raw_obs, instruction)))
             while self._history and self._history[0][0] <= self._t - self.chunk:
                 self._history.popleft()
             preds = np.stack([chunk[self._t - t0] for t0, chunk in self._history])
-            weights = np.exp(-self.recipe["ensemble_k"] * np.arange(len(preds)))
+            weights = np.exp(-self.recipe.agent.ensemble_k * np.arange(len(preds)))
             self._t += 1
             return self.adapter.action((weights[:, None] * preds).sum(0) / weights.sum())
         if not self._queue:
-            self._queue.extend(self._predict(raw_obs, instruction)[: self.recipe["n_open_loop"]])
+            self._queue.extend(self._predict(raw_obs, instruction)[: self.recipe.agent.n_open_loop])
         return self.adapter.action(self._queue.popleft())
 
     @torch.inference_mode()
@@ -146,7 +146,7 @@ class VLAAgent:
         actions as N agents' `act`, with one model call for the envs whose chunk queue is empty.
         `episode_start[i]` (as in SB3's `predict`) empties env i's queue first; `reset()` empties all.
         Each env's attention maps are in `batch_attention`; `batch_queried` marks the envs it just ran for."""
-        if self.recipe.get("temporal_ensemble"):
+        if self.recipe.agent.temporal_ensemble:
             raise NotImplementedError("act_batch runs open-loop chunks; with temporal_ensemble call act() per env")
         envs = [{key: value[i] for key, value in raw_obs.items()} for i in range(len(raw_obs["language_instruction"]))]
         if len(self._batch_queues) != len(envs):
@@ -169,7 +169,7 @@ class VLAAgent:
             actions = out.actions.float().cpu().numpy()
             actions = actions if self.stats is None else self.stats.unnormalize_action(actions).astype(np.float32)
             for row, i in enumerate(due):
-                self._batch_queues[i].extend(actions[row, : self.recipe["n_open_loop"]])
+                self._batch_queues[i].extend(actions[row, : self.recipe.agent.n_open_loop])
                 self.batch_attention[i] = AttentionMaps(
                     {v: a[row].float().cpu().numpy() for v, a in out.attention.items()},
                     {name: {v: m[row].cpu().numpy() for v, m in per_view.items()}
@@ -183,7 +183,7 @@ class VLAAgent:
     @property
     def policy_name(self) -> str:
         """The registered name this agent is made by: "oft", or "oft+dtp" when DTP wraps it."""
-        return f"{self.recipe['policy']}+dtp" if isinstance(self.model, DTPPolicy) else self.recipe["policy"]
+        return f"{self.recipe.policy}+dtp" if isinstance(self.model, DTPPolicy) else self.recipe.policy
 
     @property
     def last_attention(self) -> AttentionMaps:
@@ -218,7 +218,7 @@ class VLAAgent:
         them, but what it does there was never trained. The proprio is checked at the start of an
         episode, where the robot is in its initial pose: later a failing episode may drift anywhere,
         while a unit, frame or quaternion-order error is there from the first step."""
-        size = self.recipe["image_size"]
+        size = self.recipe.backbone.image_size
         for view in self.views:
             h, w = obs.images[view].shape[:2]
             if h != w:
@@ -243,9 +243,9 @@ class VLAAgent:
         """Tokenized prompt, cached per instruction (act() is a hot path)."""
         ids = self._prompt_cache.get(instruction)
         if ids is None:
-            text = self.recipe["prompt_template"].format(instruction=instruction.strip().rstrip(".").lower())
+            text = self.recipe.agent.prompt_template.format(instruction=instruction.strip().rstrip(".").lower())
             ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-            if self.recipe.get("add_bos"):
+            if self.recipe.agent.add_bos:
                 ids = [self.tokenizer.bos_token_id, *ids]
             self._prompt_cache[instruction] = ids
         return ids
@@ -266,7 +266,7 @@ class VLAAgent:
     def collate(self, items: list[dict[str, Any]], train: bool) -> dict[str, torch.Tensor]:
         """Dataset items (or one observation) -> the model batch, on the agent's device."""
         frames = [it["images"][v] for it in items for v in self.views]
-        pixels, boxes = crop_resize(frames, self.recipe["image_size"], self.recipe.get("crop_area", 1.0), train)
+        pixels, boxes = crop_resize(frames, self.recipe.backbone.image_size, self.recipe.backbone.crop_area, train)
         images = pixels.reshape(len(items), len(self.views), *pixels.shape[1:])
         input_ids, attention_mask = self.tokenize([it["instruction"] for it in items])
         batch = {
@@ -320,14 +320,14 @@ class VLAAgent:
     def config(self) -> dict[str, Any]:
         return {
             "format_version": FORMAT_VERSION,
-            "policy": self.recipe["policy"],
-            "scale": self.recipe["scale"],
-            "recipe": self.recipe,
+            "policy": self.recipe.policy,
+            "scale": self.recipe.scale,
+            "recipe": self.recipe.to_dict(),
             "overrides": self.overrides,
             "adapter": self.adapter_name,
             "chunk": self.chunk,
             "action_dim": self.action_dim,
-            "proprio_dim": self.recipe["proprio_dim"],
+            "proprio_dim": self.recipe.agent.proprio_dim,
             "hf_configs": self.model.hf_configs(),
             "lora": self.lora,
             "dtp": self.model.settings() if isinstance(self.model, DTPPolicy) else None,
@@ -372,15 +372,24 @@ def make_agent(
     if wrapper:
         settings, overrides = load_wrapper_recipe(wrapper, overrides)
         return WRAPPERS[wrapper](make_agent(base, scale, adapter, stats, **overrides), **settings)
-    recipe = load_recipe(policy, scale, overrides)
-    if stats is not None and stats.action.dim != recipe["action_dim"]:
-        raise ValueError(f"action-dimension mismatch: recipe action_dim={recipe['action_dim']}, stats have {stats.action.dim}")
+    return agent_from_recipe(load_recipe(policy, scale, overrides), adapter, stats, overrides)
+
+
+def agent_from_recipe(recipe: Recipe, adapter: str = "libero", stats: NormStats | None = None,
+                      overrides: dict[str, Any] | None = None) -> VLAAgent:
+    """A fresh agent of a loaded recipe, its views, proprio_dim and action_dim fitted to `adapter`
+    (`overrides`: the keys the recipe was loaded with, recorded in the saved agent)."""
+    overrides = fit_recipe(adapter, overrides or {})
+    recipe = recipe.replace(**{k: overrides[k] for k in ("views", "proprio_dim", "action_dim")})
+    if stats is not None and stats.action.dim != recipe.agent.action_dim:
+        raise ValueError(f"action-dimension mismatch: recipe action_dim={recipe.agent.action_dim}, stats have {stats.action.dim}")
     model = build_model(recipe)  # first: a missing or mismatched pretrained backbone is named before anything else
-    tokenizer = make_tokenizer(recipe)
+    tokenizer = make_tokenizer(recipe.backbone)
     llm = model.language_model
-    vocab, where = (llm.config.vocab_size, "its language model's") if llm is not None else (recipe.get("vocab_size"), "the recipe's")
+    vocab, where = (llm.config.vocab_size, "its language model's") if llm is not None else (recipe.backbone.vocab_size, "the recipe's")
     if vocab and len(tokenizer) > vocab:
-        source = recipe.get("tokenizer_path") or recipe.get("backbone_path") or recipe.get("llm_path") or "the byte-level tokenizer"
+        b = recipe.backbone
+        source = b.tokenizer_path or b.backbone_path or b.llm_path or "the byte-level tokenizer"
         raise ValueError(f"tokenizer ({source}) has {len(tokenizer)} tokens but {where} vocabulary has {vocab}: "
                          "another tokenizer than the one the model was trained with")
     return VLAAgent(model, tokenizer, recipe, stats, adapter, overrides)
@@ -453,21 +462,20 @@ def load_agent(path: str | Path, device: str | torch.device | None = None, revis
     except ValueError as e:
         raise ValueError(f"{config_path}: {e}") from e
     verify_digests(path, config.get("sha256"), "config.json")
-    recipe = config["recipe"]
+    recipe = parse_recipe(config["recipe"], str(config_path))
     stats = _read_stats(path, config)
 
-    dims = {"config.json action_dim": config.get("action_dim"), "recipe action_dim": recipe.get("action_dim")}
+    dims = {"config.json action_dim": config.get("action_dim"), "recipe action_dim": recipe.agent.action_dim}
     if stats is not None:
         dims["norm_stats.json action"] = stats.action.dim
-        if stats.proprio.dim != recipe.get("proprio_dim"):
-            raise ValueError(f"proprio-dimension mismatch in {path}: recipe proprio_dim={recipe.get('proprio_dim')}, "
+        if stats.proprio.dim != recipe.agent.proprio_dim:
+            raise ValueError(f"proprio-dimension mismatch in {path}: recipe proprio_dim={recipe.agent.proprio_dim}, "
                              f"norm_stats.json proprio has {stats.proprio.dim}")
     if len(set(dims.values())) > 1:
         raise ValueError(f"action-dimension mismatch in {path}: " + ", ".join(f"{k}={v}" for k, v in dims.items()))
 
     tokenizer = _read_tokenizer(path / "tokenizer")
     try:
-        check_recipe(recipe)  # before the builder, whose KeyError or TypeError would not name the key
         model = build_model(recipe, config.get("hf_configs"))
         agent = VLAAgent(model, tokenizer, recipe, stats, config.get("adapter", "libero"), config.get("overrides"))
         agent.training = config.get("training")
@@ -476,9 +484,6 @@ def load_agent(path: str | Path, device: str | torch.device | None = None, revis
             if not (isinstance(lora, dict) and {"rank", "alpha"} <= set(lora)):
                 raise ValueError(f"'lora' must be an object with 'rank' and 'alpha', got {lora!r}")
             agent.enable_lora(lora["rank"], lora["alpha"], lora.get("scope", "llm"))  # no scope: saved before issue 37
-    except KeyError as e:
-        raise ValueError(f"{config_path}: the recipe has no key {e.args[0]!r}, which policy {config['policy']!r} "
-                         f"needs; expected the keys of policies/{config['policy']}-{recipe.get('scale')}.yaml") from e
     except (ValueError, TypeError) as e:
         raise ValueError(f"{config_path}: {e}") from e
     state = read_weights(path / "model.safetensors")
@@ -486,7 +491,7 @@ def load_agent(path: str | Path, device: str | torch.device | None = None, revis
     bad = [f"{k}: weights {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
            for k, v in state.items() if k in expected and v.shape != expected[k].shape]
     if bad:
-        raise ValueError(f"weights in {path / 'model.safetensors'} do not match config (action_dim={recipe['action_dim']}); "
+        raise ValueError(f"weights in {path / 'model.safetensors'} do not match config (action_dim={recipe.agent.action_dim}); "
                          "action-dimension or architecture mismatch: " + "; ".join(bad[:5]))
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:

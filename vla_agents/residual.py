@@ -93,7 +93,7 @@ class ResidualAgent:
 
     @property
     def obs_dim(self) -> int:
-        return self.base.recipe["proprio_dim"] + self.action_dim + self.feature_dim + 1 + sum(self.state_sizes.values())
+        return self.base.recipe.agent.proprio_dim + self.action_dim + self.feature_dim + 1 + sum(self.state_sizes.values())
 
     @property
     def policy_name(self) -> str:
@@ -127,9 +127,9 @@ class ResidualAgent:
         proprio = self.base.adapter.observation(raw_obs).proprio
         if self.base.stats is not None:
             proprio = self.base.stats.normalize_proprio(proprio)
-        n_open_loop = self.base.recipe.get("n_open_loop", self.base.chunk)
+        n_open_loop = self.base.recipe.agent.n_open_loop
         remaining = len(getattr(self.base, "_queue", ()))
-        phase = 0.0 if self.base.recipe.get("temporal_ensemble") else (n_open_loop - 1 - remaining) / n_open_loop
+        phase = 0.0 if self.base.recipe.agent.temporal_ensemble else (n_open_loop - 1 - remaining) / n_open_loop
         obs = np.concatenate([np.asarray(proprio, np.float32), base_action, self.features(), [phase],
                               *self._state(raw_obs)]).astype(np.float32)
         return base_action, obs

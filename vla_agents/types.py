@@ -1,5 +1,5 @@
-"""The currency between layers: benchmark adapters produce `Observation`s, policies consume them
-and return `ActionChunk`s plus `AttentionMaps`. Nothing here knows about a simulator or a model."""
+"""The currency between layers: benchmark adapters produce `Observation`s, agents act on them and
+record where the policy looked as `AttentionMaps`. Nothing here knows about a simulator or a model."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -21,16 +21,6 @@ class Observation:
     proprio: np.ndarray
     instruction: str
     task_id: int | None = None
-
-
-@dataclass
-class ActionChunk:
-    """`actions` is (T, A) float32 in the benchmark's canonical action space (un-normalized)."""
-
-    actions: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.actions)
 
 
 @dataclass

@@ -12,14 +12,15 @@ from typing import Any
 
 from vla_agents import __version__
 from vla_agents.eval.rollout import agent_recipe
+from vla_agents.recipe import Recipe
 from vla_agents.sim.registration import gym_id
 
 _PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
 
-def recipe_sha256(recipe: dict[str, Any]) -> str:
+def recipe_sha256(recipe: Recipe) -> str:
     """A stable fingerprint of every recipe key (sorted JSON), to tell apart agents that share a policy name."""
-    return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(recipe.to_dict(), sort_keys=True, default=str).encode()).hexdigest()
 
 
 def git_commit() -> dict[str, Any] | None:

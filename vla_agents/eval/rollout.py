@@ -21,6 +21,7 @@ from vla_agents.adapters import Adapter, make_adapter
 from vla_agents.eval.stats import wilson_interval
 from vla_agents.eval.video import EpisodeVideo, OverlayStyle
 from vla_agents.progress import LoggedProgress
+from vla_agents.recipe import Recipe
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ def caption_lines(result: EpisodeResult, step: int, map_step: int | None, has_ma
     return [result.instruction, f"step {step}   success: {result.success}", where]
 
 
-def agent_recipe(agent: Any) -> dict[str, Any] | None:
+def agent_recipe(agent: Any) -> Recipe | None:
     """The policy recipe behind an agent (a residual agent's is its frozen base's); None for other agents."""
     recipe = getattr(agent, "recipe", None)
     if recipe is None and hasattr(agent, "base"):
@@ -102,7 +103,8 @@ def episode_video(path: str | Path | None, agent: Any, fps: int, overlay: Overla
     """The episode's video, with the attention grid laid over the centre crop the agent's policy saw."""
     if path is None:
         return None
-    crop_area = (agent_recipe(agent) or {}).get("crop_area", 1.0)
+    recipe = agent_recipe(agent)
+    crop_area = recipe.backbone.crop_area if recipe is not None else 1.0
     return EpisodeVideo(path, fps=fps, style=overlay, crop_area=crop_area, min_view_px=min_view_px)
 
 

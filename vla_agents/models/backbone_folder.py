@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vla_agents.atomic import replace_folder
+from vla_agents.recipe import BackboneConfig
 from vla_agents.resources import resource_dir
 
 FORMAT = "vla-agents-backbone"
@@ -59,23 +60,24 @@ def read_backbone_info(folder: str | Path) -> dict[str, Any]:
     return info
 
 
-def check_architecture(folder: Path, info: dict[str, Any], recipe: dict[str, Any]) -> None:
-    """The recipe must describe the architecture the weights were trained in; name every key that differs."""
+def check_architecture(folder: Path, info: dict[str, Any], config: BackboneConfig) -> None:
+    """The recipe must describe the architecture the weights were trained in; name every key that differs
+    (a recipe without a language model, VAT's, leaves the LLM widths unset)."""
     arch = info.get("architecture", {})
     llm = json.loads((folder / "llm" / "config.json").read_text())
-    wrong = [f"{key}: recipe {recipe.get(key)!r}, backbone {arch.get(key)!r}" for key in VISION_KEYS
-             if key in arch and recipe.get(key) != arch[key]]
-    wrong += [f"{key}: recipe {recipe.get(key)!r}, llm/config.json {field} {llm.get(field)!r}" for key, field in LLM_KEYS.items()
-              if key in recipe and recipe[key] != llm.get(field)]
+    wrong = [f"{key}: recipe {getattr(config, key)!r}, backbone {arch.get(key)!r}" for key in VISION_KEYS
+             if key in arch and getattr(config, key) != arch[key]]
+    wrong += [f"{key}: recipe {getattr(config, key)!r}, llm/config.json {field} {llm.get(field)!r}"
+              for key, field in LLM_KEYS.items() if getattr(config, key) is not None and getattr(config, key) != llm.get(field)]
     if wrong:
         raise ValueError(f"backbone folder {folder} was trained with another architecture than the recipe asks for: "
                          + "; ".join(wrong))
 
 
-def open_backbone(recipe: dict[str, Any]) -> Path:
+def open_backbone(config: BackboneConfig) -> Path:
     """The folder the recipe's `backbone_path` names, after checking it is complete and of the recipe's architecture."""
-    folder = resolve_shipped_path(recipe["backbone_path"])
-    check_architecture(folder, read_backbone_info(folder), recipe)
+    folder = resolve_shipped_path(config.backbone_path)
+    check_architecture(folder, read_backbone_info(folder), config)
     return folder
 
 

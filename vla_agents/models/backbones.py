@@ -25,6 +25,7 @@ from transformers import SiglipVisionConfig, SiglipVisionModel
 
 from vla_agents.models.backbone_folder import load_vision_weights, open_backbone
 from vla_agents.models.blocks import TransformerBlock
+from vla_agents.recipe import BackboneConfig
 
 RawVisual = Literal["output", "last_layer"] | None
 SIGLIP_MEAN, SIGLIP_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
@@ -442,45 +443,40 @@ class VisionLanguageBackbone(nn.Module):
         return out
 
 
-def build_backbone(recipe: dict[str, Any], hf_configs: dict[str, Any] | None = None) -> VisionLanguageBackbone:
-    """Recipe -> backbone. With `hf_configs` (from a saved agent) the architecture is rebuilt
+def build_backbone(config: BackboneConfig, hf_configs: dict[str, Any] | None = None) -> VisionLanguageBackbone:
+    """Backbone keys -> backbone. With `hf_configs` (from a saved agent) the architecture is rebuilt
     without touching the original pretrained paths; the weights then come from the checkpoint."""
-    attn = recipe.get("attn_implementation", "eager")
+    attn = config.attn_implementation
     folder = None
-    if recipe.get("backbone_path") and hf_configs is None:  # a pretrained tiny backbone, loaded as paper recipes load theirs
-        folder = open_backbone(recipe)
-    if recipe["vision"] == "tiny_vit":
-        vision: nn.Module = TinyViT(
-            recipe["image_size"], recipe["patch_size"], recipe["vit_dim"], recipe["vit_depth"], recipe["vit_heads"],
-            recipe.get("vit_pos_std", 0.02),
-        )
+    if config.backbone_path and hf_configs is None:  # a pretrained tiny backbone, loaded as paper recipes load theirs
+        folder = open_backbone(config)
+    if config.vision == "tiny_vit":
+        vision: nn.Module = TinyViT(config.image_size, config.patch_size, config.vit_dim, config.vit_depth,
+                                    config.vit_heads, config.vit_pos_std)
     elif hf_configs is not None:
-        vision = HFVisionTower.from_configs(hf_configs["vision"], recipe["image_size"])
-    else:
-        use = recipe["vision"]  # "siglip" | "dinov2" | "dinosiglip"
-        vision = HFVisionTower.from_pretrained(
-            recipe["siglip_path"] if "siglip" in use else None,
-            recipe["dinov2_path"] if "dino" in use else None,
-            recipe["image_size"],
-        )
+        vision = HFVisionTower.from_configs(hf_configs["vision"], config.image_size)
+    else:  # "siglip" | "dinov2" | "dinosiglip"
+        vision = HFVisionTower.from_pretrained(config.siglip_path if "siglip" in config.vision else None,
+                                               config.dinov2_path if "dino" in config.vision else None, config.image_size)
     if hf_configs is not None:
         llm = LanguageModel.from_config(hf_configs["llm"], attn)
     elif folder is not None:
         llm = LanguageModel.from_pretrained(str(folder / "llm"), attn)
-        llm.config._name_or_path = f"{recipe['backbone_path']}/llm"  # as the recipe names it: saved configs stay portable
-    elif recipe.get("llm_path"):
-        llm = LanguageModel.from_pretrained(recipe["llm_path"], attn)
+        llm.config._name_or_path = f"{config.backbone_path}/llm"  # as the recipe names it: saved configs stay portable
+    elif config.llm_path:
+        llm = LanguageModel.from_pretrained(config.llm_path, attn)
     else:
+        w = config.llm_widths()
         llm = LanguageModel.from_config(
             dict(
-                vocab_size=recipe["vocab_size"], hidden_size=recipe["llm_dim"], num_hidden_layers=recipe["llm_layers"],
-                num_attention_heads=recipe["llm_heads"], num_key_value_heads=recipe["llm_kv_heads"],
-                intermediate_size=recipe["llm_intermediate"], max_position_embeddings=recipe.get("llm_max_positions", 2048),
-                tie_word_embeddings=False, initializer_range=recipe.get("llm_init_std", 0.02),
+                vocab_size=w["vocab_size"], hidden_size=w["llm_dim"], num_hidden_layers=w["llm_layers"],
+                num_attention_heads=w["llm_heads"], num_key_value_heads=w["llm_kv_heads"],
+                intermediate_size=w["llm_intermediate"], max_position_embeddings=config.llm_max_positions,
+                tie_word_embeddings=False, initializer_range=config.llm_init_std,
             ),
             attn,
         )
-    backbone = VisionLanguageBackbone(vision, llm, recipe["views"], film=recipe.get("film", False))
+    backbone = VisionLanguageBackbone(vision, llm, config.views, film=config.film)
     if folder is not None:
         load_vision_weights(folder, {"vision": backbone.vision, "projector": backbone.projector})
     return backbone

@@ -40,8 +40,9 @@ With coupled_layers=0 the model is exactly its QwenVLA-OFT base: no expert is bu
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +57,7 @@ from vla_agents.models.backbones import (
 from vla_agents.models.blocks import PolicyOutput, ProprioProjector, split_heads
 from vla_agents.models.dtp import relevance
 from vla_agents.models.policy import Policy
+from vla_agents.recipe import PolicyConfig, Recipe
 
 COUPLINGS = ("last", "first", "uniform")
 GUIDANCES = ("action", "instruction", "cls", "none")
@@ -481,21 +483,43 @@ class DeepVisionPolicy(Policy):
                                 backbone=out)
 
 
-def build_deepvision(recipe: dict[str, Any], hf_configs: dict[str, Any] | None = None) -> DeepVisionPolicy:
-    """Recipe -> policy. `image_size` is the expert's (and the agent's input) resolution; the VLA
-    branch is built at `vla_image_size`. With `hf_configs` every tower is rebuilt offline."""
-    base = build_backbone({**recipe, "image_size": recipe["vla_image_size"]}, hf_configs)
+@dataclass(frozen=True)
+class DeepVisionConfig(PolicyConfig):
+    """DeepVision-VLA's own recipe keys (the module doc explains each mechanism). The backbone's
+    `image_size` is the expert's (and the camera input's) resolution."""
+
+    vla_image_size: int  # the VLA branch sees the input resized to this
+    expert: Literal["tiny_vit", "dinov2"]  # the vision expert: a tiny ViT, or any DINOv2 at expert_path
+    expert_path: str | None  # hub id or local folder of the DINOv2 expert
+    expert_patch_size: int | None  # the tiny expert's ViT (None for DINOv2)
+    expert_dim: int | None
+    expert_depth: int | None
+    expert_heads: int | None
+    coupled_layers: int  # VL-MoT: the last n LLM layers share attention with n expert layers; 0 = QwenVLA-OFT base
+    coupling: Literal["last", "first", "uniform"]  # which expert layers (paper ablation; last is best)
+    agvp_layers: list[int]  # AGVP guidance averaged over these LLM layers (first, last; inclusive)
+    pruning: bool  # AGVP on; false: every expert token joins
+    guidance: Literal["action", "instruction", "cls", "none"]  # what ranks the expert tokens (none: random K)
+    keep_ratio: float  # fraction of expert patch tokens kept
+    expert_cls_token: bool = False  # a learned CLS token on the tiny expert, as DINO's (read by guidance cls)
+    shared_attention: Literal["joint", "one_way"] = "one_way"  # recipes saved before the key existed: one_way
+
+
+def build_deepvision(recipe: Recipe, hf_configs: dict[str, Any] | None = None) -> DeepVisionPolicy:
+    """Recipe -> policy (the registry's builder for "deepvision"). The VLA branch is built at
+    `vla_image_size`; with `hf_configs` every tower is rebuilt offline."""
+    m, agent, size = recipe.model, recipe.agent, recipe.backbone.image_size
+    base = build_backbone(dataclasses.replace(recipe.backbone, image_size=m.vla_image_size), hf_configs)
     expert = None
-    if recipe["coupled_layers"]:
-        if recipe["expert"] == "tiny_vit":
-            expert = TinyExpert(TinyViT(recipe["image_size"], recipe["expert_patch_size"], recipe["expert_dim"],
-                                        recipe["expert_depth"], recipe["expert_heads"]), cls=bool(recipe.get("expert_cls_token")))
+    if m.coupled_layers:
+        if m.expert == "tiny_vit":
+            expert = TinyExpert(TinyViT(size, m.expert_patch_size, m.expert_dim, m.expert_depth, m.expert_heads),
+                                cls=m.expert_cls_token)
         else:
-            expert = DinoExpert.build(recipe["expert_path"], (hf_configs or {}).get("expert"), recipe["image_size"])
+            expert = DinoExpert.build(m.expert_path, (hf_configs or {}).get("expert"), size)
     backbone = DeepVisionBackbone(
-        base.vision, base.llm, base.views, recipe["vla_image_size"], expert,
-        coupled_layers=recipe["coupled_layers"], coupling=recipe["coupling"], agvp_layers=recipe["agvp_layers"],
-        pruning=recipe["pruning"], guidance=recipe["guidance"], keep_ratio=recipe["keep_ratio"],
-        shared_attention=recipe.get("shared_attention", "one_way"),  # recipes saved before the key existed
+        base.vision, base.llm, base.views, m.vla_image_size, expert, coupled_layers=m.coupled_layers,
+        coupling=m.coupling, agvp_layers=m.agvp_layers, pruning=m.pruning, guidance=m.guidance,
+        keep_ratio=m.keep_ratio, shared_attention=m.shared_attention,
     )
-    return DeepVisionPolicy(backbone, recipe["chunk"], recipe["action_dim"], recipe["proprio_dim"])
+    return DeepVisionPolicy(backbone, agent.chunk, agent.action_dim, agent.proprio_dim)

@@ -194,8 +194,8 @@ class DTPPolicy(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor], with_attention: bool = False, **inputs: Any) -> PolicyOutput:
         return self.policy(batch, with_attention, **inputs)
 
-    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        return self.policy.loss(batch)
+    def loss(self, batch: dict[str, torch.Tensor], kind: str = "l1") -> tuple[torch.Tensor, dict[str, float]]:
+        return self.policy.loss(batch, kind)
 
     # ------------------------------------------------------------------ inference
     def region_size(self, grid: tuple[int, int]) -> int:

@@ -55,6 +55,7 @@ from vla_agents.models.backbones import VisionLanguageBackbone, build_backbone
 from vla_agents.models.blocks import PolicyOutput, ProprioProjector, action_loss, heatmaps, merge_heads, rotary, split_heads
 from vla_agents.models.policy import Policy
 from vla_agents.models.vla_adapter import VLAAdapterPolicy
+from vla_agents.recipe import PolicyConfig, Recipe
 
 Cascade = Literal["parallel", "serial"]
 Gate = Literal["none", "scalar", "head", "element"]
@@ -253,32 +254,47 @@ class FocusVLAPolicy(Policy):
                 focus = [heatmaps(scores.softmax(dim=-1), local, out.grid) for scores in focus_scores]
         return FocusOutput(actions, attention, masks, focus, features=x.mean(dim=1), backbone=out, kept=kept)
 
-    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, batch: dict[str, torch.Tensor], kind: str = "l1") -> tuple[torch.Tensor, dict[str, float]]:
         out = self(batch)
-        loss = action_loss(out.actions, batch["actions"], batch.get("action_is_pad"), self.loss_kind)
-        return loss, {self.loss_kind: loss.item(), "kept_fraction": float(out.kept.float().mean())}
+        loss = action_loss(out.actions, batch["actions"], batch.get("action_is_pad"), kind)
+        return loss, {kind: loss.item(), "kept_fraction": float(out.kept.float().mean())}
 
 
-def build_focusvla(recipe: dict[str, Any], hf_configs: dict[str, Any] | None = None) -> nn.Module:
-    """Recipe -> policy (the `policies.BUILDERS` entry for "focusvla"). Recipes saved before issue 37
+@dataclass(frozen=True)
+class FocusVLAConfig(PolicyConfig):
+    """FocusVLA's own recipe keys (the module doc explains each mechanism)."""
+
+    num_action_queries: int  # ActionQuery embeddings appended after the prompt
+    policy_heads: int  # attention heads of each FocusVLA block
+    latent_noise_std: float  # noise on the zero latents, when training only
+    attention_from: Literal["last", "mean"]  # the overlay's map: the last block's, or the mean over blocks
+    cascade: Cascade  # parallel (eqs. 6-7: every attention queries A_t) | serial
+    attention_mode: Literal["cascaded", "mixed"]  # a softmax per modality | VLA-Adapter-Pro's own attention
+    topk: int | None  # patches kept per sample (Patch-level Focus); null keeps all
+    gate: Gate  # element: Channel-level Focus
+    visual_source: VisualSource  # raw: the towers' last-layer features as values | VLM hidden states
+    layout: Layout = "v1"  # recipes saved before issue 37 had the v1 block
+    focus_scores: FocusScores = "latent"  # ... and scored patches with the latent's queries
+
+
+def build_focusvla(recipe: Recipe, hf_configs: dict[str, Any] | None = None) -> nn.Module:
+    """Recipe -> policy (the registry's builder for "focusvla"). Recipes saved before issue 37
     have no `layout` / `focus_scores` keys: they get the block and scores they were trained with."""
-    layout, focus_scores = recipe.get("layout", "v1"), recipe.get("focus_scores", "latent")
-    mode, gate, topk, source = recipe["attention_mode"], recipe["gate"], recipe["topk"], recipe["visual_source"]
-    _check("attention_mode", mode, ("cascaded", "mixed"))
-    if layout == "v1" and (mode == "mixed" or gate == "scalar"):
+    m, agent = recipe.model, recipe.agent
+    if m.layout == "v1" and (m.attention_mode == "mixed" or m.gate == "scalar"):
         raise ValueError(
-            f"this FocusVLA recipe predates issue 37 (no `layout` key) and uses attention_mode={mode!r}, gate={gate!r}: "
-            "the 'mixed' arm is now VLA-Adapter-Pro's own attention and the 'scalar' gate tanh(g) with g = 0 (it was "
-            "sigmoid(g)), so its weights would act differently; retrain it")
-    backbone = build_backbone(recipe, hf_configs)
-    shared = dict(num_action_queries=recipe["num_action_queries"], policy_heads=recipe["policy_heads"],
-                  latent_noise_std=recipe["latent_noise_std"], attention_from=recipe["attention_from"])
-    if mode == "mixed":  # Tab. 2, first row: VLA-Adapter's mixed attention, no top-K, VLM features
-        if topk is not None or gate not in ("none", "scalar") or source != "vlm":
+            f"this FocusVLA recipe predates issue 37 (no `layout` key) and uses attention_mode={m.attention_mode!r}, "
+            f"gate={m.gate!r}: the 'mixed' arm is now VLA-Adapter-Pro's own attention and the 'scalar' gate tanh(g) "
+            "with g = 0 (it was sigmoid(g)), so its weights would act differently; retrain it")
+    backbone = build_backbone(recipe.backbone, hf_configs)
+    shared = dict(num_action_queries=m.num_action_queries, policy_heads=m.policy_heads,
+                  latent_noise_std=m.latent_noise_std, attention_from=m.attention_from)
+    if m.attention_mode == "mixed":  # Tab. 2, first row: VLA-Adapter's mixed attention, no top-K, VLM features
+        if m.topk is not None or m.gate not in ("none", "scalar") or m.visual_source != "vlm":
             raise ValueError("attention_mode 'mixed' is VLA-Adapter-Pro's own attention: it needs topk null, "
-                             f"gate 'none' or 'scalar' and visual_source 'vlm'; got topk={topk}, gate={gate!r}, "
-                             f"visual_source={source!r}")
-        return VLAAdapterPolicy(backbone, recipe["chunk"], recipe["action_dim"], recipe["proprio_dim"],
-                                gate_mode="none" if gate == "none" else "logit_scale", variant="pro", **shared)
-    return FocusVLAPolicy(backbone, recipe["chunk"], recipe["action_dim"], recipe["proprio_dim"], cascade=recipe["cascade"],
-                          topk=topk, gate=gate, visual_source=source, focus_scores=focus_scores, layout=layout, **shared)
+                             f"gate 'none' or 'scalar' and visual_source 'vlm'; got topk={m.topk}, gate={m.gate!r}, "
+                             f"visual_source={m.visual_source!r}")
+        return VLAAdapterPolicy(backbone, agent.chunk, agent.action_dim, agent.proprio_dim,
+                                gate_mode="none" if m.gate == "none" else "logit_scale", variant="pro", **shared)
+    return FocusVLAPolicy(backbone, agent.chunk, agent.action_dim, agent.proprio_dim, cascade=m.cascade, topk=m.topk,
+                          gate=m.gate, visual_source=m.visual_source, focus_scores=m.focus_scores, layout=m.layout, **shared)

@@ -11,11 +11,15 @@
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 
-from vla_agents.models.backbones import VisionLanguageBackbone
+from vla_agents.models.backbones import VisionLanguageBackbone, build_backbone
 from vla_agents.models.blocks import MLPResNet, PolicyOutput, ProprioProjector, heatmaps
 from vla_agents.models.policy import Policy
+from vla_agents.recipe import PolicyConfig, Recipe
 
 
 class OFTPolicy(Policy):
@@ -46,3 +50,14 @@ class OFTPolicy(Policy):
             # last-layer attention from the action slots to each view's patches
             attention = heatmaps(out.attentions[-1][:, :, out.slots], out.visual, out.grid)
         return PolicyOutput(actions, attention, features=h.float().mean(dim=1), backbone=out)
+
+
+@dataclass(frozen=True)
+class OFTConfig(PolicyConfig):
+    """OpenVLA-OFT has no keys of its own: the backbone and the chunk define it."""
+
+
+def build_oft(recipe: Recipe, hf_configs: dict[str, Any] | None = None) -> OFTPolicy:
+    """Recipe -> policy (the registry's builder for "oft")."""
+    agent = recipe.agent
+    return OFTPolicy(build_backbone(recipe.backbone, hf_configs), agent.chunk, agent.action_dim, agent.proprio_dim)

@@ -27,9 +27,8 @@ from vla_agents.models.blocks import PolicyOutput, action_loss
 
 
 class Policy(nn.Module):
-    """Base class of every model in `policies.BUILDERS` (see the module doc)."""
+    """Base class of every model in `policies.POLICIES` (see the module doc)."""
 
-    loss_kind = "l1"  # the papers' loss; `build_model` sets the recipe's `loss`
     backbone: nn.Module
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -47,10 +46,10 @@ class Policy(nn.Module):
         """Acting: no gradients, attention maps included; `inputs` as `forward`'s keyword arguments."""
         return self.forward(batch, with_attention=True, **inputs)
 
-    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        """The recipe's action loss on the chunk, and the metrics to log."""
-        loss = action_loss(self(batch).actions, batch["actions"], batch.get("action_is_pad"), self.loss_kind)
-        return loss, {self.loss_kind: loss.item()}
+    def loss(self, batch: dict[str, torch.Tensor], kind: str = "l1") -> tuple[torch.Tensor, dict[str, float]]:
+        """The action loss `kind` (a recipe's `training.loss`; L1 is the papers') on the chunk, and the metrics to log."""
+        loss = action_loss(self(batch).actions, batch["actions"], batch.get("action_is_pad"), kind)
+        return loss, {kind: loss.item()}
 
     @property
     def language_model(self) -> LanguageModel | None:

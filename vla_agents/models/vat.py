@@ -33,7 +33,7 @@ one extra token in the action stream that the action tokens can attend to.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -43,6 +43,7 @@ from vla_agents.models.backbone_folder import load_vision_weights, open_backbone
 from vla_agents.models.backbones import IMAGENET_MEAN, IMAGENET_STD, SIGLIP_MEAN, SIGLIP_STD, TinyViT, _normalize
 from vla_agents.models.blocks import Attention, MLPResNet, PolicyOutput, ProprioProjector
 from vla_agents.models.policy import Policy
+from vla_agents.recipe import BackboneConfig, PolicyConfig, Recipe
 
 VISION_KINDS = ("tiny_vit", "siglip", "dinov2")
 
@@ -87,25 +88,24 @@ class ViTTrunk(nn.Module):
         return self.model.encoder.layers if self.kind == "siglip" else self.model.encoder.layer
 
     @classmethod
-    def build(cls, recipe: dict[str, Any], hf_configs: dict[str, Any] | None = None) -> ViTTrunk:
-        """Recipe -> trunk. With `hf_configs` (from a saved agent) the architecture is rebuilt
+    def build(cls, config: BackboneConfig, drop_last_blocks: int = 0, hf_configs: dict[str, Any] | None = None) -> ViTTrunk:
+        """Backbone keys -> trunk. With `hf_configs` (from a saved agent) the architecture is rebuilt
         offline and the weights come from the checkpoint."""
-        kind, size, drop = recipe["vision"], recipe["image_size"], recipe.get("drop_last_blocks", 0)
+        kind, size = config.vision, config.image_size
         if kind == "tiny_vit":
-            vit = TinyViT(size, recipe["patch_size"], recipe["vit_dim"], recipe["vit_depth"], recipe["vit_heads"],
-                          recipe.get("vit_pos_std", 0.02))
-            if recipe.get("backbone_path") and hf_configs is None:  # the pretrained tiny ViT, as paper recipes load theirs
-                load_vision_weights(open_backbone(recipe), {"vision": vit})
-            return cls(kind, vit, size, drop)
+            vit = TinyViT(size, config.patch_size, config.vit_dim, config.vit_depth, config.vit_heads, config.vit_pos_std)
+            if config.backbone_path and hf_configs is None:  # the pretrained tiny ViT, as paper recipes load theirs
+                load_vision_weights(open_backbone(config), {"vision": vit})
+            return cls(kind, vit, size, drop_last_blocks)
         if hf_configs is not None:
             cfg = dict(hf_configs["vision"])
-            config = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
-            model = SiglipVisionModel(config) if kind == "siglip" else AutoModel.from_config(config)
+            auto = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
+            model = SiglipVisionModel(auto) if kind == "siglip" else AutoModel.from_config(auto)
         elif kind == "siglip":
-            model = SiglipVisionModel.from_pretrained(recipe["siglip_path"])
+            model = SiglipVisionModel.from_pretrained(config.siglip_path)
         else:
-            model = AutoModel.from_pretrained(recipe["dinov2_path"])
-        return cls(kind, model, size, drop)
+            model = AutoModel.from_pretrained(config.dinov2_path)
+        return cls(kind, model, size, drop_last_blocks)
 
     def hf_configs(self) -> dict[str, Any]:
         """What `ViTTrunk.build(..., hf_configs=...)` needs to rebuild this architecture offline."""
@@ -353,16 +353,29 @@ class VATPolicy(Policy):
         return VATOutput(actions, attention, layers, features=action_tokens.float().mean(dim=1))
 
 
-def build_vat(recipe: dict[str, Any], hf_configs: dict[str, Any] | None = None) -> VATPolicy:
-    """Recipe -> VATPolicy (the `policies.BUILDERS` entry for "vat"). Recipes saved before issue 37
-    have no `kv_norm` key: their keys/values went through the action module's own LayerNorm."""
-    if "kv_norm" not in recipe and recipe["action_layers"] == "last":
+@dataclass(frozen=True)
+class VATConfig(PolicyConfig):
+    """VAT's own recipe keys (the module doc explains each mechanism)."""
+
+    task_conditioning: Literal["task_id", "instruction"]  # task_id (paper: needs the batch's task index) | mean-pooled instruction tokens
+    num_tasks: int  # task_id embeddings
+    action_layers: Literal["all", "last"]  # all (paper) | the last-layer ablation
+    use_proprio: bool  # paper: no proprio; true adds one proprio token to the action stream
+    film_hidden_mult: int  # FiLM MLP: Linear(C, mC) -> GELU -> Linear(mC, 2C)
+    drop_last_blocks: int = 0  # ViT blocks not run at the end (released SigLIP recipe: 1)
+    kv_norm: Literal["vision", "action"] = "action"  # recipes saved before issue 37 normed keys/values in the action module
+
+
+def build_vat(recipe: Recipe, hf_configs: dict[str, Any] | None = None) -> VATPolicy:
+    """Recipe -> VATPolicy (the registry's builder for "vat")."""
+    m, agent = recipe.model, recipe.agent
+    if m.kv_norm == "action" and m.action_layers == "last":
         raise ValueError("this VAT recipe predates issue 37 (no `kv_norm` key) and uses action_layers 'last': the "
                          "last-layer ablation was one action block at the last layer and is now a full-depth action "
                          "module reading the second-to-last layer, so its weights do not fit; retrain it")
     return VATPolicy(
-        ViTTrunk.build(recipe, hf_configs), recipe["views"], recipe["chunk"], recipe["action_dim"], recipe["proprio_dim"],
-        task_conditioning=recipe["task_conditioning"], num_tasks=recipe["num_tasks"], vocab_size=recipe["vocab_size"],
-        action_layers=recipe["action_layers"], use_proprio=recipe["use_proprio"],
-        film_hidden_mult=recipe["film_hidden_mult"], kv_norm=recipe.get("kv_norm", "action"),
+        ViTTrunk.build(recipe.backbone, m.drop_last_blocks, hf_configs), recipe.backbone.views, agent.chunk,
+        agent.action_dim, agent.proprio_dim, task_conditioning=m.task_conditioning, num_tasks=m.num_tasks,
+        vocab_size=recipe.backbone.vocab_size, action_layers=m.action_layers, use_proprio=m.use_proprio,
+        film_hidden_mult=m.film_hidden_mult, kv_norm=m.kv_norm,
     )

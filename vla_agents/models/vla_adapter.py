@@ -25,14 +25,17 @@ Two released block versions (`prismatic/models/action_heads.py`, `use_pro_versio
 """
 from __future__ import annotations
 
-from typing import Literal
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from vla_agents.models.backbones import VisionLanguageBackbone
+from vla_agents.models.backbones import VisionLanguageBackbone, build_backbone
 from vla_agents.models.blocks import PolicyOutput, ProprioProjector, heatmaps, merge_heads, rotary, split_heads
 from vla_agents.models.policy import Policy
+from vla_agents.recipe import PolicyConfig, Recipe
 
 GateMode = Literal["logit_scale", "output_scale", "none"]
 Variant = Literal["pro", "original"]
@@ -148,8 +151,27 @@ class VLAAdapterPolicy(Policy):
             attention = heatmaps(w, local, out.grid)
         return PolicyOutput(actions, attention, features=x.mean(dim=1), backbone=out)
 
-    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        loss, metrics = super().loss(batch)
+    def loss(self, batch: dict[str, torch.Tensor], kind: str = "l1") -> tuple[torch.Tensor, dict[str, float]]:
+        loss, metrics = super().loss(batch, kind)
         if self.blocks[0].gate_mode != "none":
             metrics["gate_abs"] = float(torch.stack([blk.gate.detach().abs() for blk in self.blocks]).mean())
         return loss, metrics
+
+
+@dataclass(frozen=True)
+class VLAAdapterConfig(PolicyConfig):
+    """VLA-Adapter's own recipe keys (the module doc explains each mechanism)."""
+
+    num_action_queries: int  # ActionQuery embeddings appended after the prompt (paper: 64)
+    policy_heads: int  # attention heads of each Bridge Attention block
+    gate_mode: GateMode  # how the learnable gate g scales the raw vision
+    latent_noise_std: float  # noise on the zero latents, when training only
+    attention_from: Literal["last", "mean"]  # the overlay's map: the last bridge block's, or the mean over blocks
+    variant: Variant = "original"  # recipes saved before the key existed were the original block
+
+
+def build_vla_adapter(recipe: Recipe, hf_configs: dict[str, Any] | None = None) -> VLAAdapterPolicy:
+    """Recipe -> policy (the registry's builder for "vla_adapter")."""
+    agent = recipe.agent
+    return VLAAdapterPolicy(build_backbone(recipe.backbone, hf_configs), agent.chunk, agent.action_dim,
+                            agent.proprio_dim, **dataclasses.asdict(recipe.model))

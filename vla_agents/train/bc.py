@@ -27,13 +27,14 @@ from safetensors.torch import load_file, save_file
 from torch.optim.lr_scheduler import LRScheduler, MultiStepLR
 from transformers import get_cosine_schedule_with_warmup
 
-from vla_agents.agent import VLAAgent, load_agent, make_agent
+from vla_agents.agent import VLAAgent, agent_from_recipe, load_agent
 from vla_agents.atomic import check_target, recover
 from vla_agents.data.dataset import DemoDataset
 from vla_agents.data.hdf5 import PRIVILEGED_OBS
 from vla_agents.models.blocks import action_loss
 from vla_agents.policies import load_recipe, split_name
 from vla_agents.progress import LoggedProgress
+from vla_agents.recipe import TrainingConfig
 from vla_agents.train.arguments import at_least
 from vla_agents.train.auxiliary import TargetProbe, attention_target_loss, target_loss
 from vla_agents.train.checkpoint import CHECKPOINT, load_trainer_state, write_checkpoint
@@ -85,7 +86,7 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, recipe: dict[str, Any], warmup_steps: int, steps: int,
+def make_scheduler(optimizer: torch.optim.Optimizer, training: TrainingConfig, warmup_steps: int, steps: int,
                    processes: int = 1) -> LRScheduler:
     """The recipe's `lr_schedule`: "cosine" with linear warmup (the default, and recipes saved without
     the key), or "multistep", VLA-Adapter's released MultiStepLR: the rate drops x0.1 once, at
@@ -93,14 +94,9 @@ def make_scheduler(optimizer: torch.optim.Optimizer, recipe: dict[str, Any], war
     Once prepared by accelerate, the scheduler steps `processes` times per optimizer step (each process
     brings its own batch), so every length is counted in scheduler steps, x `processes`, as accelerate's
     examples do: the rate at each optimizer step is then the one-process run's."""
-    schedule = recipe.get("lr_schedule", "cosine")
-    if schedule == "cosine":
+    if training.lr_schedule == "cosine":
         return get_cosine_schedule_with_warmup(optimizer, warmup_steps * processes, steps * processes)
-    if schedule == "multistep":
-        if recipe.get("lr_decay_step") is None:
-            raise ValueError("recipe key lr_schedule 'multistep' needs lr_decay_step (the step the rate drops x0.1 at)")
-        return MultiStepLR(optimizer, milestones=[recipe["lr_decay_step"] * processes], gamma=0.1)
-    raise ValueError(f"recipe key lr_schedule: unknown schedule {schedule!r}; expected 'cosine' or 'multistep'")
+    return MultiStepLR(optimizer, milestones=[training.lr_decay_step * processes], gamma=0.1)
 
 
 def save_checkpoint(agent: VLAAgent, out_dir: Path, trainer_state: dict[str, Any], probe: TargetProbe | None = None) -> Path:
@@ -121,11 +117,12 @@ def _check_resume(checkpoint: Path, agent: VLAAgent, state: dict[str, Any], aske
     run (its policy, data order, optimizer) while reporting the new settings. The number of processes
     is one of them: it sets the global batch and the scheduler's step count (checkpoints from before it
     was recorded were trained by one process)."""
-    saved = {"policy": agent.policy_name, "scale": agent.recipe["scale"], "processes": state.get("processes", 1),
+    saved = {"policy": agent.policy_name, "scale": agent.recipe.scale, "processes": state.get("processes", 1),
              "without_noops": state.get("without_noops", False),
              **{k: state[k] for k in ("seed", "batch_size", "lr", "warmup_steps") if k in state}}
     differ = [f"{k}={saved[k]!r} (asked: {v!r})" for k, v in asked.items() if v is not None and k in saved and v != saved[k]]
-    differ += [f"{k}={agent.recipe.get(k)!r} (asked: {v!r})" for k, v in overrides.items() if agent.recipe.get(k) != v]
+    flat = agent.recipe.to_dict()
+    differ += [f"{k}={flat.get(k)!r} (asked: {v!r})" for k, v in overrides.items() if flat.get(k) != v]
     if differ:
         raise ValueError(f"--resume: the checkpoint in {checkpoint} was trained with {', '.join(differ)}; resume with "
                          "its settings, or train into another --out without --resume")
@@ -216,33 +213,34 @@ def train_bc(
             raise ValueError(f"{checkpoint} was trained with adapter {agent.adapter_name!r}, these demonstrations are "
                              f"for {dataset.adapter_name!r}")
     else:
-        dataset = DemoDataset(data, chunk_size=load_recipe(*split_name(policy, scale), overrides)["chunk"], without_noops=without_noops)
-        agent = make_agent(policy, scale, adapter=dataset.adapter_name, stats=dataset.stats, **(overrides or {}))
-        if agent.recipe["scale"] == "paper" and agent.recipe.get("lora_rank"):
-            agent.enable_lora(agent.recipe["lora_rank"], agent.recipe["lora_alpha"])
-    recipe = agent.recipe
-    batch_size = batch_size or recipe["batch_size"]
-    lr = lr if lr is not None else recipe["lr"]
-    warmup_steps = warmup_steps if warmup_steps is not None else recipe["warmup_steps"]
+        recipe = load_recipe(*split_name(policy, scale), overrides)
+        dataset = DemoDataset(data, chunk_size=recipe.agent.chunk, without_noops=without_noops)
+        agent = agent_from_recipe(recipe, dataset.adapter_name, dataset.stats, overrides)
+        if agent.recipe.scale == "paper" and agent.recipe.training.lora_rank:
+            agent.enable_lora(agent.recipe.training.lora_rank, agent.recipe.training.lora_alpha)
+    recipe, training = agent.recipe, agent.recipe.training
+    batch_size = batch_size or training.batch_size
+    lr = lr if lr is not None else training.lr
+    warmup_steps = warmup_steps if warmup_steps is not None else training.warmup_steps
     agent.training = {"data": [Path(p).name for p in data], "steps": steps, "batch_size": batch_size,
                       "processes": accelerator.num_processes, "lr": lr, "seed": seed, "without_noops": without_noops}
 
     probe = None
-    attend_weight = recipe.get("aux_attention_weight", 0.0)
-    if recipe.get("aux_target_weight", 0.0) > 0 or attend_weight > 0:
+    attend_weight = training.aux_attention_weight
+    if training.aux_target_weight > 0 or attend_weight > 0:
         if not dataset.has_target:
             lacking = [str(p) for p in data if not DemoDataset([p], chunk_size=1).has_target]
-            raise ValueError(f"recipe keys aux_target_weight={recipe.get('aux_target_weight', 0.0)}, aux_attention_weight="
+            raise ValueError(f"recipe keys aux_target_weight={training.aux_target_weight}, aux_attention_weight="
                              f"{attend_weight} need demonstrations that record the "
                              f"named object (obs {'/'.join(PRIVILEGED_OBS)}, written by `vla-agents collect`); "
                              f"{', '.join(lacking)} do not. Collect them again, or set both to 0")
-    if recipe.get("aux_target_weight", 0.0) > 0:
+    if training.aux_target_weight > 0:
         probe = TargetProbe(agent.model.backbone.dim, len(agent.views))
         if resuming and (checkpoint / AUX_PROBE).is_file():
             probe.load_state_dict(load_file(str(checkpoint / AUX_PROBE)))
     params = [p for p in agent.model.parameters() if p.requires_grad] + (list(probe.parameters()) if probe else [])
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=recipe.get("weight_decay", 0.0))
-    scheduler = make_scheduler(optimizer, recipe, warmup_steps, steps, accelerator.num_processes)
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=training.weight_decay)
+    scheduler = make_scheduler(optimizer, training, warmup_steps, steps, accelerator.num_processes)
     start = 0
     if resuming:
         optimizer.load_state_dict(state["optimizer"])
@@ -254,7 +252,7 @@ def train_bc(
     trained_probe = accelerator.prepare(probe) if probe is not None else None  # its gradients averaged like the model's
 
     accelerator.init_trackers("vla-agents", config={
-        "policy": recipe["policy"], "scale": recipe["scale"], "steps": steps, "batch_size": batch_size, "lr": lr,
+        "policy": recipe.policy, "scale": recipe.scale, "steps": steps, "batch_size": batch_size, "lr": lr,
         "warmup_steps": warmup_steps, "seed": seed, "processes": accelerator.num_processes})
     log = TrainLog(out_dir / TRAIN_LOG, history) if main else None
     columns = [TextColumn("[bold]bc {task.fields[policy]}"), BarColumn(), MofNCompleteColumn(),
@@ -262,7 +260,7 @@ def train_bc(
                TimeRemainingColumn()]
     bar = LoggedProgress(*columns, disable=not (progress and main))
     with bar, log or contextlib.nullcontext():
-        task = bar.add_task("train", total=steps, completed=start, policy=recipe["policy"], loss=float("nan"), lr=lr, sps=0.0)
+        task = bar.add_task("train", total=steps, completed=start, policy=recipe.policy, loss=float("nan"), lr=lr, sps=0.0)
         for step in range(start, steps):
             tic = time.perf_counter()
             model.train()
@@ -270,12 +268,12 @@ def train_bc(
             batch = agent.collate([dataset[i] for i in idx], train=True)
             with accelerator.autocast(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=cpu_bf16):
                 out = model(batch, with_attention=attend_weight > 0)
-            loss = action_loss(out.actions.float(), batch["actions"], batch["action_is_pad"], agent.model.loss_kind)
+            loss = action_loss(out.actions.float(), batch["actions"], batch["action_is_pad"], recipe.training.loss)
             terms = {"action_loss": loss.item()} if probe is not None or attend_weight > 0 else {}
             if probe is not None:
                 aux, probe_terms = target_loss(trained_probe, out.features, batch)
                 terms |= probe_terms
-                loss = loss + recipe["aux_target_weight"] * aux
+                loss = loss + training.aux_target_weight * aux
             if attend_weight > 0:
                 attend = torch.stack([attention_target_loss(maps, batch["target_uv"], agent.views)
                                       for maps in out.grounding_maps()]).mean()
@@ -310,5 +308,5 @@ def train_bc(
     accelerator.wait_for_everyone()
     if main:
         agent.save_pretrained(out_dir)
-        plot_loss_curve(history, out_dir / LOSS_CURVE, f"bc {recipe['policy']}-{recipe['scale']}")
+        plot_loss_curve(history, out_dir / LOSS_CURVE, f"bc {recipe.policy}-{recipe.scale}")
     return BCResult(agent, history)

@@ -41,6 +41,7 @@ from vla_agents.data.normalization import NormStats
 from vla_agents.models.dtp import DTPPolicy
 from vla_agents.models.policy import require_language_model
 from vla_agents.models.blocks import action_loss
+from vla_agents.recipe import Recipe
 from vla_agents.train.rl import REWARDS, RLConfig, RLRun, shape_reward, vec_env
 
 __all__ = ["BCRegulariser", "ChunkEnv", "VLAActorCriticPolicy", "setup_full"]
@@ -64,28 +65,28 @@ class ChunkEnv(gym.Wrapper):
     Reward: the sum over the steps run, per step "sparse" or "shaped" as in residual mode.
     `info["env_steps"]` says how many env steps the chunk took."""
 
-    def __init__(self, env: gym.Env, recipe: dict[str, Any], stats: NormStats | None, adapter: str,
+    def __init__(self, env: gym.Env, recipe: Recipe, stats: NormStats | None, adapter: str,
                  instructions: list[str], reward: str = "sparse") -> None:
         super().__init__(env)
         if reward not in REWARDS:
             raise ValueError(f"unknown reward {reward!r}; expected one of {REWARDS}")
-        if recipe.get("temporal_ensemble"):
+        if recipe.agent.temporal_ensemble:
             raise ValueError("full RL runs chunks open-loop; this agent's recipe uses temporal ensembling")
         self.recipe, self.stats, self.adapter = recipe, stats, make_adapter(adapter)
-        self.instructions, self.reward_mode, self.views = list(instructions), reward, list(recipe["views"])
-        size = recipe["image_size"]
+        self.instructions, self.reward_mode, self.views = list(instructions), reward, list(recipe.backbone.views)
+        size = recipe.backbone.image_size
         self.observation_space = gym.spaces.Dict({
             "images": gym.spaces.Box(0, 255, (len(self.views), size, size, 3), np.uint8),
-            "proprio": gym.spaces.Box(-np.inf, np.inf, (recipe["proprio_dim"],), np.float32),
+            "proprio": gym.spaces.Box(-np.inf, np.inf, (recipe.agent.proprio_dim,), np.float32),
             "task": gym.spaces.Discrete(len(self.instructions)),
         })
-        self.action_space = gym.spaces.Box(-1.0, 1.0, (recipe["n_open_loop"], recipe["action_dim"]), np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (recipe.agent.n_open_loop, recipe.agent.action_dim), np.float32)
 
     def observation(self, raw: Mapping) -> dict[str, Any]:
         obs = self.adapter.observation(raw)
         if obs.instruction not in self.instructions:
             raise ValueError(f"instruction {obs.instruction!r} is not one of {self.instructions}")
-        images = [preprocess_image(obs.images[v], self.recipe, train=False).mul(255).round().byte().permute(1, 2, 0)
+        images = [preprocess_image(obs.images[v], self.recipe.backbone, train=False).mul(255).round().byte().permute(1, 2, 0)
                   for v in self.views]
         proprio = obs.proprio if self.stats is None else self.stats.normalize_proprio(obs.proprio)
         return {"images": torch.stack(images).numpy(), "proprio": np.asarray(proprio, np.float32),
@@ -127,7 +128,7 @@ class BCRegulariser:
         items = [self.data[int(i)] for i in self.rng.integers(len(self.data), size=self.batch_size)]
         batch = self.agent.collate(items, train=False)
         return action_loss(self.agent.model(batch).actions.float(), batch["actions"], batch["action_is_pad"],
-                           self.agent.model.loss_kind)
+                           self.agent.recipe.training.loss)
 
     def pop_mean(self) -> float:
         mean, self.l1 = float(np.mean(self.l1)) if self.l1 else math.nan, []
@@ -269,10 +270,11 @@ def setup_full(config: RLConfig) -> RLRun:
     lr = config.lr or DEFAULT_LR
     torch.manual_seed(seed)  # LoRA's random init
     agent = load_agent(agent_dir)
-    if agent.lora is None and agent.recipe["scale"] == "paper" and agent.recipe.get("lora_rank"):
-        agent.enable_lora(agent.recipe["lora_rank"], agent.recipe["lora_alpha"])
+    training = agent.recipe.training
+    if agent.lora is None and agent.recipe.scale == "paper" and training.lora_rank:
+        agent.enable_lora(training.lora_rank, training.lora_alpha)
     instructions = env_instructions(env_spec, env_kwargs)
-    chunk_steps = agent.recipe["n_open_loop"]
+    chunk_steps = agent.recipe.agent.n_open_loop
     decisions = math.ceil(steps / chunk_steps)
     n_steps = max(4, min(32, decisions // n_envs))
     batch_size = min(16, n_steps * n_envs)

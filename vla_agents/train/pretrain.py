@@ -11,6 +11,7 @@ RNG states, so `resume=True` continues exactly; nothing in a checkpoint is unpic
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from vla_agents.models.backbones import build_backbone, build_byte_tokenizer, bu
 from vla_agents.models.grounding import OFFSET_UNIT, GroundingModel, grounding_loss, grounding_metrics
 from vla_agents.policies import list_policies, load_recipe
 from vla_agents.progress import LoggedProgress
+from vla_agents.recipe import BackboneConfig
 from vla_agents.resources import resource_dir
 from vla_agents.train.bc import batch_indices, cpu_autocast_dtype
 from vla_agents.train.checkpoint import CHECKPOINT, write_checkpoint
@@ -56,7 +58,7 @@ def vocabulary(corpus: Corpus) -> list[str]:
     texts = list(set(corpus.qa_question))
     suite = yaml.safe_load((resource_dir("envs") / "embedded.yaml").read_text())["tasks"]
     texts += [t["instruction"].format(target=c) for t in suite.values() for c in corpus.objects]
-    texts += [load_recipe(p, "tiny").get("prompt_template", "") for p in list_policies()]
+    texts += [load_recipe(p, "tiny").agent.prompt_template for p in list_policies()]
     return sorted({w.lower() for text in texts for w in WORD_PATTERN.findall(text.replace("{instruction}", " "))})
 
 
@@ -64,11 +66,11 @@ class CorpusBatches:
     """Corpus questions -> model batches: images in policy orientation, cropped and resized as the
     policies' recipe does, answers mapped into the crop (a patch cropped away is "not in view")."""
 
-    def __init__(self, corpus: Corpus, tokenizer: Any, recipe: dict[str, Any], grid: tuple[int, int], seed: int) -> None:
-        self.corpus, self.tokenizer, self.recipe, self.grid = corpus, tokenizer, recipe, grid
+    def __init__(self, corpus: Corpus, tokenizer: Any, config: BackboneConfig, grid: tuple[int, int], seed: int) -> None:
+        self.corpus, self.tokenizer, self.config, self.grid = corpus, tokenizer, config, grid
         held_out = corpus.qa_scene >= int(corpus.num_scenes * (1 - HELD_OUT))
         self.train_ids, self.eval_ids = np.flatnonzero(~held_out), np.flatnonzero(held_out)
-        templates = sorted({load_recipe(p, "tiny").get("prompt_template", "{instruction}") for p in list_policies()})
+        templates = sorted({load_recipe(p, "tiny").agent.prompt_template for p in list_policies()})
         # half the questions are wrapped in a policy's prompt template, so the colour word is found in either context
         rng = np.random.default_rng(seed)
         self.prompts = [q if rng.random() < 0.5 else str(rng.choice(templates)).format(instruction=q) for q in corpus.qa_question]
@@ -83,7 +85,7 @@ class CorpusBatches:
         c, views = self.corpus, self.corpus.views
         scenes, objects = c.qa_scene[questions], c.qa_object[questions].astype(np.int64)
         frames = [c.images[v][s][::-1, ::-1] for s in scenes for v in views]
-        pixels, boxes = crop_resize(frames, self.recipe["image_size"], self.recipe.get("crop_area", 1.0), train)
+        pixels, boxes = crop_resize(frames, self.config.image_size, self.config.crop_area, train)
         b, n_views = len(questions), len(views)
         known = objects >= 0
         obj = np.where(known, objects, 0)
@@ -115,10 +117,10 @@ class CorpusBatches:
         return labels
 
 
-def backbone_recipe(base: str, tokenizer_size: int, overrides: dict[str, Any] | None) -> dict[str, Any]:
-    """The recipe whose backbone keys (vision tower, language model) the pretrained backbone takes."""
+def backbone_config(base: str, tokenizer_size: int, overrides: dict[str, Any] | None) -> BackboneConfig:
+    """The backbone keys (vision tower, language model) of the recipe `base`, which the pretrained backbone takes."""
     recipe = load_recipe(*base.rsplit("-", 1), {**(overrides or {}), "backbone_path": None, "film": False})
-    return {**recipe, "vocab_size": tokenizer_size}
+    return dataclasses.replace(recipe.backbone, vocab_size=tokenizer_size)
 
 
 @torch.no_grad()
@@ -152,15 +154,15 @@ def pretrain_backbone(
     checkpoint = out_dir / CHECKPOINT
     data = read_corpus(corpus)
     tok = build_word_tokenizer(vocabulary(data)) if tokenizer == "word" else build_byte_tokenizer()
-    recipe = backbone_recipe(base, len(tok), overrides)
-    if recipe["vision"] != "tiny_vit" or recipe.get("llm_path"):
-        raise ValueError(f"pretrain builds a tiny backbone from scratch; {base} names vision={recipe['vision']!r}, "
-                         f"llm_path={recipe.get('llm_path')!r}")
-    if data.attrs["image_size"] < recipe["image_size"]:
-        raise ValueError(f"{data.path}: corpus images are {data.attrs['image_size']} px, the recipe needs {recipe['image_size']}")
+    config = backbone_config(base, len(tok), overrides)
+    if config.vision != "tiny_vit" or config.llm_path:
+        raise ValueError(f"pretrain builds a tiny backbone from scratch; {base} names vision={config.vision!r}, "
+                         f"llm_path={config.llm_path!r}")
+    if data.attrs["image_size"] < config.image_size:
+        raise ValueError(f"{data.path}: corpus images are {data.attrs['image_size']} px, the recipe needs {config.image_size}")
     torch.manual_seed(seed)
-    model = GroundingModel(build_backbone(recipe), num_objects=len(data.objects), causal=causal)
-    batches = CorpusBatches(data, tok, recipe, model.backbone.grid, seed)
+    model = GroundingModel(build_backbone(config), num_objects=len(data.objects), causal=causal)
+    batches = CorpusBatches(data, tok, config, model.backbone.grid, seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     scheduler = get_cosine_schedule_with_warmup(optimizer, warmup_steps, steps)
     start, history = 0, []
@@ -203,7 +205,7 @@ def pretrain_backbone(
         "held_out_metrics": metrics,
     }
     bb = model.backbone
-    save_backbone(out_dir, bb.vision, bb.projector, bb.llm.model, tok, {k: recipe[k] for k in VISION_KEYS}, provenance)
+    save_backbone(out_dir, bb.vision, bb.projector, bb.llm.model, tok, {k: getattr(config, k) for k in VISION_KEYS}, provenance)
     return PretrainResult(out_dir, metrics, history)
 
 
