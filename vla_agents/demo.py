@@ -88,8 +88,7 @@ SHIPPED = (
     ShippedAgent("vla_adapter-tiny-embedded", "vla_adapter", steps=4000, continued_to=8000, overrides=UNGROUNDED),
     ShippedAgent("focusvla-tiny-embedded", "focusvla", steps=8000, data_noise=0.4, data=GROUNDED_DATA),  # as oft and VAT
     ShippedAgent("vat-tiny-embedded", "vat", steps=8000, data_noise=0.4, data=GROUNDED_DATA),  # an OFT head: oft's data
-    ShippedAgent("deepvision-tiny-embedded", "deepvision", steps=4000, data_noise=0.4,  # QwenVLA-OFT base: oft's data
-                 overrides=UNGROUNDED),
+    ShippedAgent("deepvision-tiny-embedded", "deepvision", steps=8000, data_noise=0.4, data=GROUNDED_DATA),  # QwenVLA-OFT base
 )
 
 
