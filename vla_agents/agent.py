@@ -367,7 +367,6 @@ def make_agent(
     A wrapper suffix ("oft+dtp") builds the base agent and wraps it, with settings from the
     wrapper's recipe (`policies/dtp.yaml`) updated by the overrides that name its keys."""
     policy, scale = split_name(policy, scale)
-    overrides = fit_recipe(adapter, overrides)
     base, wrapper = split_wrapper(policy)
     if wrapper:
         settings, overrides = load_wrapper_recipe(wrapper, overrides)
