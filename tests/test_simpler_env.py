@@ -134,6 +134,12 @@ def test_stand_in_collect_writes_simpler_demonstrations(carrot, tmp_path, monkey
     assert set(np.unique(dataset.episodes[0].actions[:, 6])) == {0.0, 1.0}  # the policy's gripper: 1 open, 0 closed
     uv = item["target_uv"]["3rd_view_camera"]
     assert 0.2 < uv[0] < 0.8 and 0.2 < uv[1] < 0.8  # the carrot is in view, where the projection says
+    carrot_name, plate_name = carrot.unwrapped.objects
+    plate = carrot.unwrapped.object_pose(plate_name)[0]
+    target = dataset.episodes[0].obs["target_pos"]
+    gripper_closed = np.flatnonzero(dataset.episodes[0].actions[:, 6] == 0.0)
+    assert np.linalg.norm(target[0, :2] - plate[:2]) > 0.05  # first the carrot, away from the plate
+    np.testing.assert_allclose(target[gripper_closed[-1]], plate, atol=0.01)  # once it is carried: the plate
 
 
 @pytest.mark.parametrize("task", ["widowx_spoon_on_towel", "widowx_stack_cube"])

@@ -28,6 +28,7 @@ class Waypoint:
     position: np.ndarray  # gripper tool point in the world
     gripper: float
     hold: int = 0  # extra steps to stay once reached (time for the fingers)
+    about_target: bool = False  # this stretch is about where the object goes (the target), not the object itself
 
 
 class SimplerExpert:
@@ -69,12 +70,19 @@ class SimplerExpert:
             Waypoint(grasp + up, OPEN),
             Waypoint(grasp, OPEN),
             Waypoint(grasp, CLOSED, hold=2),
-            Waypoint(grasp + up, CLOSED),
-            Waypoint(place + up, CLOSED),
-            Waypoint(place, CLOSED),
-            Waypoint(place, OPEN, hold=2),
-            Waypoint(place + up, OPEN, hold=10**6),
+            Waypoint(grasp + up, CLOSED, about_target=True),  # once held, where it goes is read from the target
+            Waypoint(place + up, CLOSED, about_target=True),
+            Waypoint(place, CLOSED, about_target=True),
+            Waypoint(place, OPEN, hold=2, about_target=True),
+            Waypoint(place + up, OPEN, hold=10**6, about_target=True),
         ]
+
+    def focus(self) -> str:
+        """The object the current waypoint is about: the one to pick until it is held, then the one it is put
+        on. Demonstrations record its position as the grounding target (as `ScriptedExpert.focus` does), so
+        the policy is taught to read the object its next actions depend on."""
+        source, target = self.env.objects
+        return target if self.plan is not None and self.plan[self.index].about_target else source
 
     def act(self, obs=None) -> np.ndarray:
         if self.env is None:
@@ -109,26 +117,25 @@ def record_episode(env: SimplerEnv, expert: SimplerExpert, seed: int, noise: flo
                    ) -> tuple[bool, np.ndarray, dict[str, np.ndarray]]:
     """Roll the expert out for SIMPLER's whole 60 steps; return (success at the last step, its policy actions
     (T, 7), obs arrays (T, ...) in `simpler_widowx`'s recorded layout: the camera frame scaled to `image_size`
-    rows and the joint positions `qpos`, plus privileged `ee_pos`, and the object's `target_pos` and
-    `target_uv` (T, 1, 2)).
+    rows and the joint positions `qpos`, plus privileged `ee_pos`, and the `target_pos` and `target_uv` (T, 1, 2)
+    of the object the expert's step is about (`SimplerExpert.focus`: the object to pick, then where it goes)).
     `noise`: std (m) of the Gaussian added to the executed translation, seeded by `seed` (DART)."""
     if noise < 0:
         raise ValueError(f"noise must be a non-negative std (m), got {noise}")
     rng = np.random.default_rng(seed)
     obs, info = env.reset(seed=seed)
     expert.reset()
-    source = env.unwrapped.objects[0]
     frames: dict[str, list] = {f"{CAMERA}_rgb": [], "qpos": [], "ee_pos": [], "target_pos": [], "target_uv": []}
     actions = []
     truncated = False
     while not truncated:
-        target = env.unwrapped.object_pose(source)[0]
         frames[f"{CAMERA}_rgb"].append(_downscale(env.unwrapped.render(), image_size))
         frames["qpos"].append(np.asarray(obs["agent"]["qpos"][0], dtype=np.float32))
         frames["ee_pos"].append(env.unwrapped.ee_position())
+        executed = expert.act(obs)
+        target = env.unwrapped.object_pose(expert.focus())[0]
         frames["target_pos"].append(target)
         frames["target_uv"].append(env.unwrapped.project(target[None]))
-        executed = expert.act(obs)
         actions.append(expert.policy_action)
         if noise:
             executed[:3] += rng.normal(0.0, noise, 3)
