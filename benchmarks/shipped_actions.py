@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINTS = ROOT / "policies" / "checkpoints"
 REFERENCE = ROOT / "tests" / "data" / "shipped_actions.json"
 INSTRUCTIONS = ("pick up the red cube", "put the blue cube on the green cube", "lift the cube")
+SIMPLER_INSTRUCTIONS = ("put carrot on plate", "put the spoon on the towel", "stack the green block on the yellow block")
 REGENERATE = "python benchmarks/shipped_actions.py"
 
 
@@ -31,11 +32,17 @@ def sha256(file: Path) -> str:
     return hashlib.sha256(file.read_bytes()).hexdigest()
 
 
-def observations() -> list[dict[str, Any]]:
-    """Three seeded LIBERO-format raw observations (random images, plausible robot state)."""
+def observations(adapter: str = "libero") -> list[dict[str, Any]]:
+    """Three seeded raw observations of the benchmark the agent's adapter reads (random images, plausible
+    robot state): LIBERO-format for `libero` and `embedded`, ManiSkill3's (batch of one) for `simpler_widowx`."""
     out = []
-    for seed, instruction in enumerate(INSTRUCTIONS):
+    for seed, instruction in enumerate(SIMPLER_INSTRUCTIONS if adapter == "simpler_widowx" else INSTRUCTIONS):
         rng = np.random.default_rng(1000 + seed)
+        if adapter == "simpler_widowx":
+            out.append({"agent": {"qpos": rng.normal(0, 0.3, (1, 8)).astype(np.float32)},
+                        "sensor_data": {"3rd_view_camera": {"rgb": rng.integers(0, 255, (1, 480, 640, 3), dtype=np.uint8)}},
+                        "language_instruction": instruction})
+            continue
         out.append({"agentview_image": rng.integers(0, 255, (128, 128, 3), dtype=np.uint8),
                     "robot0_eye_in_hand_image": rng.integers(0, 255, (128, 128, 3), dtype=np.uint8),
                     "robot0_eef_pos": np.array([0.05, -0.02, 0.9]) + rng.normal(0, 0.02, 3),
@@ -57,7 +64,7 @@ def record(folder: Path) -> dict[str, Any]:
     agent = load_agent(folder)
     dtp = DTP(agent) if can_wrap(agent.model) else None
     rows = []
-    for obs in observations():
+    for obs in observations(agent.adapter_name):
         row = {"actions": rounded(agent.act_chunk(obs)),
                "attention": {v: rounded(m) for v, m in agent.last_attention.heatmaps.items()}}
         if dtp is not None:
@@ -78,7 +85,7 @@ def residual_observations(folder: Path) -> list[Any] | None:
     except (AttributeError, TypeError, ValueError):
         return None
     out = []
-    for obs in observations():
+    for obs in observations(residual.base.adapter_name):
         residual.reset()
         out.append(rounded(residual.observe(obs)[1]))
     return out

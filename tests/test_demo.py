@@ -6,7 +6,7 @@ from pathlib import Path
 
 import imageio.v3 as iio
 
-from vla_agents.demo import CHECKPOINTS, SHIPPED
+from vla_agents.demo import CHECKPOINTS, SHIPPED, SIMPLER_AGENT, SIMPLER_HEADING
 from vla_agents.policies import load_recipe, parse_recipe
 
 
@@ -19,6 +19,28 @@ def test_shipped_checkpoints_are_small_and_documented():
     recorded = (CHECKPOINTS / "README.md").read_text()
     for agent in SHIPPED:
         assert f"--policy {agent.policy}" in recorded and f"--out policies/checkpoints/{agent.name}" in recorded
+
+
+def test_the_shipped_simpler_agent_exists_is_documented_and_acts_on_a_maniskill3_observation():
+    """The demo's SIMPLER rows load SIMPLER_AGENT: it must be shipped, made with the `simpler_widowx` adapter,
+    recorded in the README's SIMPLER section, and act on a ManiSkill3 (batched) observation."""
+    import numpy as np
+    from test_simpler_adapter import ms3_obs
+
+    from vla_agents.agent import load_agent
+
+    folder = CHECKPOINTS / SIMPLER_AGENT
+    assert (folder / "config.json").is_file() and (folder / "model.safetensors").is_file(), folder
+    shipped = [f for f in folder.rglob("*") if f.is_file()]
+    assert sum(f.stat().st_size for f in shipped) < 20 * 2**20 and not (folder / "checkpoint").exists()
+    agent = load_agent(folder)
+    assert agent.adapter_name == "simpler_widowx"
+    recorded = (CHECKPOINTS / "README.md").read_text()
+    section = recorded[recorded.index(SIMPLER_HEADING):]
+    assert f"--out policies/checkpoints/{SIMPLER_AGENT}" in section and "collect simpler/widowx_carrot_on_plate" in section
+    agent.reset()
+    action = agent.act(ms3_obs(), "put carrot on plate")  # the adapter reads env 0 of the batch
+    assert action.shape == (7,) and np.all(np.isfinite(action)) and action[6] in (-1.0, 1.0)
 
 
 def test_a_wheel_installs_every_shipped_checkpoint_file_where_the_demo_looks():

@@ -37,7 +37,7 @@ GROUNDED_DATA = (("embedded/lift", 200), ("embedded/pick_color", 300), ("embedde
                  ("embedded/stack", 200))
 DEMO_DATA_SEED = 100000  # far from the evaluation seeds (1000 on), so no training scene is evaluated
 SIMPLER_TASK = "simpler/widowx_carrot_on_plate"
-SIMPLER_AGENT = "oft-tiny-simpler"  # trained on SIMPLER_TASK; its commands are in policies/checkpoints/README.md
+SIMPLER_AGENT = "vat-tiny-simpler"  # trained on SIMPLER_TASK; its commands are in policies/checkpoints/README.md
 SIMPLER_HEADING = "## SIMPLER"  # that README's section on it, which `--retrain` (embedded only) keeps
 
 
