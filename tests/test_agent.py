@@ -83,6 +83,32 @@ def test_act_batch_equals_one_act_per_env(policy: str) -> None:
         make_agent("oft", stats=stats(), temporal_ensemble=True, **SMALL).act_batch(batched)
 
 
+def test_a_shorter_open_loop_horizon_runs_the_model_that_often_and_executes_the_chunk_head() -> None:
+    agent = make_agent("oft", stats=stats(), **SMALL)
+    chunk = agent.act_chunk(raw_obs())
+    agent.set_n_open_loop(3)
+    calls = count_predict(agent)
+    actions = [agent.act(raw_obs()) for _ in range(7)]
+    assert calls[0] == 3 and agent.recipe.agent.n_open_loop == 3  # steps 0, 3, 6
+    np.testing.assert_array_equal(actions[:3], chunk[:3])  # same observation: the head of the same chunk
+    np.testing.assert_array_equal(actions[3:6], chunk[:3])
+    for bad in (0, 9, 2.0, True):
+        with pytest.raises(ValueError, match=r"n_open_loop must be an integer from 1 to the agent's chunk \(8\)"):
+            agent.set_n_open_loop(bad)
+
+
+def test_eval_n_open_loop_runs_the_agent_with_it_and_records_it(tmp_path: Path, monkeypatch) -> None:
+    from vla_agents.cli import main
+
+    agent = make_agent("oft", stats=stats(), **SMALL)
+    calls = count_predict(agent)
+    monkeypatch.setattr("vla_agents.agent.load_agent", lambda path: agent)
+    assert main(["eval", "--agent", "unused", "--env", "embedded/lift", "--episodes", "1", "--max-steps", "6",
+                 "--n-open-loop", "2", "--json", str(tmp_path / "info.json")]) == 0
+    assert calls[0] == 3  # 6 steps, 2 actions per model call
+    assert json.loads((tmp_path / "info.json").read_text())["provenance"]["n_open_loop"] == 2
+
+
 def test_temporal_ensembling_queries_every_step() -> None:
     agent = make_agent("oft", stats=stats(), temporal_ensemble=True, **SMALL)
     calls = count_predict(agent)

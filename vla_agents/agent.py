@@ -8,6 +8,7 @@ predicted chunk open-loop (or ACT-style temporal ensembling). One folder holds a
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 import warnings
@@ -124,6 +125,16 @@ class VLAAgent:
         self._batch_queues: list[deque[np.ndarray]] = []  # act_batch: one queue per env
         self.batch_attention: list[AttentionMaps] = []  # act_batch: each env's latest maps
         self.batch_queried = np.zeros(0, dtype=bool)  # act_batch: the envs the model ran for at the last call
+
+    def set_n_open_loop(self, n: int) -> None:
+        """Execute the first `n` actions of each predicted chunk before the model runs again. A deployment
+        choice beside the recipe's value (what the agent was trained and first evaluated with): shorter
+        horizons re-read the scene more often at the cost of more model calls. Starts a new episode."""
+        chunk = self.recipe.agent.chunk
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= chunk:
+            raise ValueError(f"n_open_loop must be an integer from 1 to the agent's chunk ({chunk}), got {n!r}")
+        self.recipe = dataclasses.replace(self.recipe, agent=dataclasses.replace(self.recipe.agent, n_open_loop=n))
+        self.reset()
 
     def act(self, raw_obs: Mapping, instruction: str | None = None) -> np.ndarray:
         """One env-ready action. The model runs only when the queue is empty (open-loop chunks, as

@@ -127,6 +127,18 @@ def _push(args: argparse.Namespace) -> None:
     print(f"pushed {args.agent} to {url}")
 
 
+def _load_agent_for_eval(path: str | Path, n_open_loop: int | None):
+    """`eval`'s agent (here, or in a Ray worker), with `--n-open-loop` applied."""
+    from vla_agents.agent import load_agent
+
+    agent = load_agent(path)
+    if n_open_loop is not None:
+        if not hasattr(agent, "set_n_open_loop"):
+            raise SystemExit(f"--n-open-loop: {path} is a {type(agent).__name__}, which does not execute predicted chunks")
+        agent.set_n_open_loop(n_open_loop)
+    return agent
+
+
 def _eval(args: argparse.Namespace) -> None:
     from vla_agents.agent import load_agent
     from vla_agents.eval.index import write_index
@@ -136,7 +148,7 @@ def _eval(args: argparse.Namespace) -> None:
     from vla_agents.sim import expand_spec
 
     specs = expand_spec(args.env)  # before loading the agent: a missing simulator fails at once
-    agent = load_agent(args.agent)
+    agent = _load_agent_for_eval(args.agent, args.n_open_loop)
     options = dict(episodes=args.episodes, seed=args.seed, max_steps=args.max_steps, n_envs=args.n_envs,
                    overlay=OverlayStyle(args.overlay_scale, args.colormap))
 
@@ -147,12 +159,13 @@ def _eval(args: argparse.Namespace) -> None:
 
     def info_of(reports: list) -> dict:
         return eval_info(reports, provenance(agent, args.agent, specs, args.seed, args.episodes, max_steps=args.max_steps,
-                                             n_envs=args.n_envs, backend=args.backend))
+                                             n_envs=args.n_envs, backend=args.backend,
+                                             **({"n_open_loop": args.n_open_loop} if args.n_open_loop else {})))
 
     if args.backend == "ray":
         from vla_agents.eval.ray_backend import evaluate_on_ray
 
-        name, factory = Path(args.agent).name, partial(load_agent, Path(args.agent).resolve())
+        name, factory = Path(args.agent).name, partial(_load_agent_for_eval, Path(args.agent).resolve(), args.n_open_loop)
         by_task = evaluate_on_ray([(name, factory, spec, spec) for spec in specs], args.episodes, args.shard_episodes,
                                   True, lambda _, spec: video_dir(spec), **{k: v for k, v in options.items() if k != "episodes"})
         reports = [by_task[name, spec] for spec in specs]
@@ -470,6 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1000, help="first episode seed (demos use 0..)")
     p.add_argument("--video-dir", default=None, help="write one overlay video per episode, and index.html, here")
     p.add_argument("--json", default=None, help="write LeRobot-style eval_info.json here")
+    p.add_argument("--n-open-loop", type=positive_int, default=None,
+                   help="actions executed from each predicted chunk before the model runs again (default: the agent's recipe)")
     _run_arguments(p)
     p.set_defaults(func=_eval)
 
