@@ -35,21 +35,25 @@ def sha256(file: Path) -> str:
 def observations(adapter: str = "libero") -> list[dict[str, Any]]:
     """Three seeded raw observations of the benchmark the agent's adapter reads (random images, plausible
     robot state): LIBERO-format for `libero` and `embedded`, ManiSkill3's (batch of one) for `simpler_widowx`."""
-    out = []
-    for seed, instruction in enumerate(SIMPLER_INSTRUCTIONS if adapter == "simpler_widowx" else INSTRUCTIONS):
-        rng = np.random.default_rng(1000 + seed)
-        if adapter == "simpler_widowx":
-            out.append({"agent": {"qpos": rng.normal(0, 0.3, (1, 8)).astype(np.float32)},
-                        "sensor_data": {"3rd_view_camera": {"rgb": rng.integers(0, 255, (1, 480, 640, 3), dtype=np.uint8)}},
-                        "language_instruction": instruction})
-            continue
-        out.append({"agentview_image": rng.integers(0, 255, (128, 128, 3), dtype=np.uint8),
-                    "robot0_eye_in_hand_image": rng.integers(0, 255, (128, 128, 3), dtype=np.uint8),
-                    "robot0_eef_pos": np.array([0.05, -0.02, 0.9]) + rng.normal(0, 0.02, 3),
-                    "robot0_eef_quat": np.array([1.0, 0.0, 0.0, 0.0]),
-                    "robot0_gripper_qpos": np.array([0.02, -0.02]),
-                    "language_instruction": instruction})
-    return out
+    from vla_agents.adapters.simpler import CAMERAS, PROPRIO_DIMS
+
+    if adapter in ("libero", "embedded"):
+        return [libero_observation(np.random.default_rng(1000 + i), text) for i, text in enumerate(INSTRUCTIONS)]
+    if adapter == "simpler_widowx":
+        return [{"agent": {"qpos": rng.normal(0, 0.3, (1, PROPRIO_DIMS["widowx"])).astype(np.float32)},
+                 "sensor_data": {CAMERAS["widowx"]: {"rgb": rng.integers(0, 255, (1, 480, 640, 3), dtype=np.uint8)}},
+                 "language_instruction": text}
+                for rng, text in ((np.random.default_rng(1000 + i), t) for i, t in enumerate(SIMPLER_INSTRUCTIONS))]
+    raise ValueError(f"no recorded observations for adapter {adapter!r}; this script has libero, embedded, simpler_widowx")
+
+
+def libero_observation(rng: np.random.Generator, instruction: str) -> dict[str, Any]:
+    return {"agentview_image": rng.integers(0, 255, (128, 128, 3), dtype=np.uint8),
+            "robot0_eye_in_hand_image": rng.integers(0, 255, (128, 128, 3), dtype=np.uint8),
+            "robot0_eef_pos": np.array([0.05, -0.02, 0.9]) + rng.normal(0, 0.02, 3),
+            "robot0_eef_quat": np.array([1.0, 0.0, 0.0, 0.0]),
+            "robot0_gripper_qpos": np.array([0.02, -0.02]),
+            "language_instruction": instruction}
 
 
 def rounded(x: Any) -> Any:

@@ -82,6 +82,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1000)
     parser.add_argument("--json", default=None, help="write the result as JSON to this file")
     args = parser.parse_args()
+    if args.episodes < 1:
+        parser.error(f"--episodes must be at least 1, got {args.episodes}")
     result = phase_ranks(args.agent, args.env, args.episodes, args.seed)
     for phase in ("source_before_grasp", "target_after_grasp"):
         r = result[phase]
