@@ -115,6 +115,33 @@ def test_resume_reproduces_uninterrupted_run(demos: Path, tmp_path: Path) -> Non
         assert torch.equal(straight[key], resumed[key]), key
 
 
+def test_init_from_starts_from_the_trained_agents_weights_and_records_the_lineage(demos: Path, tmp_path: Path) -> None:
+    trained = tmp_path / "trained"
+    train_bc("oft", [demos], steps=3, out_dir=trained, batch_size=4, lr=1e-3, warmup_steps=0, overrides=SMALL, progress=False)
+    # lr 0: the fine-tuned weights are exactly the ones it started from
+    train_bc("oft", [demos], steps=1, out_dir=tmp_path / "tuned", batch_size=4, lr=0.0, init_from=trained, progress=False)
+    train_bc("oft", [demos], steps=1, out_dir=tmp_path / "scratch", batch_size=4, lr=0.0, overrides=SMALL, progress=False)
+    start, tuned, scratch = (load_file(tmp_path / name / "model.safetensors") for name in ("trained", "tuned", "scratch"))
+    assert tuned.keys() == start.keys()
+    assert all(torch.equal(tuned[key], start[key]) for key in start)
+    assert not all(torch.equal(scratch[key], start[key]) for key in start)  # the seed alone does not give those weights
+    training = load_agent(tmp_path / "tuned").training
+    assert training["steps"] == 1 and training["init_from"]["path"] == str(trained)
+    assert training["init_from"]["training"]["steps"] == 3
+
+
+def test_init_from_refuses_another_policy_and_recipe_overrides(demos: Path, tmp_path: Path) -> None:
+    trained = tmp_path / "trained"
+    train_bc("oft", [demos], steps=1, out_dir=trained, batch_size=4, overrides=SMALL, progress=False)
+    kwargs = dict(data=[demos], steps=1, out_dir=tmp_path / "tuned", init_from=trained, progress=False)
+    with pytest.raises(ValueError, match=rf"--init-from {trained} holds a oft \(tiny\) agent; asked to train vat \(tiny\)"):
+        train_bc("vat", **kwargs)
+    with pytest.raises(ValueError, match=rf"--init-from {trained} keeps that agent's recipe; drop the recipe overrides \(loss\)"):
+        train_bc("oft", overrides={"loss": "l1"}, **kwargs)
+    with pytest.raises(FileNotFoundError):
+        train_bc("oft", **{**kwargs, "init_from": tmp_path / "missing"})
+
+
 RESUMABLE = dict(steps=6, batch_size=4, lr=1e-3, warmup_steps=2, save_every=3, overrides=SMALL, seed=3, progress=False)
 
 

@@ -97,7 +97,8 @@ def _train_bc(args: argparse.Namespace) -> None:
     train_bc(policy=args.policy, data=args.data, steps=args.steps, out_dir=args.out, scale=args.scale,
              batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps, save_every=args.save_every,
              resume=args.resume, seed=args.seed, overrides=overrides, eval_fn=eval_fn, eval_every=args.eval_every,
-             mixed_precision=args.mixed_precision, log_with=args.log_with, without_noops=args.without_noops)
+             mixed_precision=args.mixed_precision, log_with=args.log_with, without_noops=args.without_noops,
+             init_from=args.init_from)
     if PartialState().is_main_process:  # under `accelerate launch`, once
         print(f"agent saved to {args.out}")
 
@@ -422,6 +423,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-steps", type=int, default=None, help="default: the recipe's")
     p.add_argument("--save-every", type=int, default=500, help="checkpoint period in steps")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint exactly")
+    p.add_argument("--init-from", default=None, metavar="AGENT",
+                   help="start from this trained agent's weights, recipe and normalization (a shipped checkpoint or a "
+                        "`train bc` output) with a fresh optimizer and schedule: fine-tune it further")
     p.add_argument("--seed", type=int, default=0, help="seed of initialization, data order and augmentation")
     p.add_argument("--overrides", default=None, help='JSON recipe overrides, e.g. \'{"gate_mode": "output_scale"}\'')
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

@@ -139,6 +139,25 @@ def _check_same_settings(accelerator: Accelerator, settings: dict[str, Any]) -> 
                          "launch every process with the same arguments")
 
 
+def _start_from_agent(folder: Path, policy: str, scale: str, overrides: dict[str, Any] | None, data: list[str | Path],
+                      without_noops: bool) -> tuple[VLAAgent, DemoDataset]:
+    """The trained agent in `folder` and the demonstrations in its normalization, refused where they cannot
+    go on together: another policy or scale, recipe overrides (its recipe is kept as saved), another adapter."""
+    if overrides:
+        raise ValueError(f"--init-from {folder} keeps that agent's recipe; drop the recipe overrides "
+                         f"({', '.join(sorted(overrides))}) or train from scratch without --init-from")
+    agent = load_agent(folder)
+    asked = split_name(policy, scale)
+    if (agent.recipe.policy, agent.recipe.scale) != asked:
+        raise ValueError(f"--init-from {folder} holds a {agent.recipe.policy} ({agent.recipe.scale}) agent; "
+                         f"asked to train {asked[0]} ({asked[1]})")
+    dataset = DemoDataset(data, chunk_size=agent.chunk, stats=agent.stats, without_noops=without_noops)
+    if dataset.adapter_name != agent.adapter_name:
+        raise ValueError(f"--init-from {folder} acts through adapter {agent.adapter_name!r}; these demonstrations "
+                         f"are for {dataset.adapter_name!r}")
+    return agent, dataset
+
+
 def train_bc(
     policy: str,
     data: list[str | Path],
@@ -158,13 +177,16 @@ def train_bc(
     mixed_precision: str | None = None,
     log_with: str | None = None,
     without_noops: bool = False,
+    init_from: str | Path | None = None,
 ) -> BCResult:
     """Train `policy` on demonstration files; the final agent is written to `out_dir`, with train_log.jsonl
     (appended as training runs) and loss_curve.png (`train.logs`).
     `mixed_precision`: "bf16" or "no"; None picks bf16 on a GPU or a CPU that multiplies bf16 natively.
     `log_with`: "tensorboard" (events in `out_dir/vla-agents/`) or "wandb" also receive every step's
     record, through accelerate's trackers; None sends nothing anywhere. `data` may be HDF5 files or
-    LeRobotDataset folders; `without_noops` drops their no-op steps (`data.noop`)."""
+    LeRobotDataset folders; `without_noops` drops their no-op steps (`data.noop`). `init_from`, a trained agent's
+    folder (a shipped checkpoint, any `train bc` output), starts from its weights, recipe and normalization with a
+    fresh optimizer and schedule: fine-tuning a trained agent further, on its data or new demonstrations."""
     at_least(1, steps=steps, batch_size=batch_size)
     at_least(0, save_every=save_every, eval_every=eval_every, warmup_steps=warmup_steps, lr=lr)
     if mixed_precision not in (None, "bf16", "no"):
@@ -183,7 +205,7 @@ def train_bc(
     _check_same_settings(accelerator, {"policy": policy, "data": [str(Path(p).resolve()) for p in data], "steps": steps,
                                        "out_dir": str(out_dir), "scale": scale, "batch_size": batch_size, "lr": lr,
                                        "warmup_steps": warmup_steps, "resume": resume, "seed": seed, "overrides": overrides,
-                                       "without_noops": without_noops})
+                                       "without_noops": without_noops, "init_from": str(init_from)})
     main = accelerator.is_main_process  # the one process that writes, prints and evaluates
     if main:  # a save or checkpoint a kill interrupted is completed, not lost
         recover(out_dir)
@@ -212,6 +234,8 @@ def train_bc(
         if dataset.adapter_name != agent.adapter_name:
             raise ValueError(f"{checkpoint} was trained with adapter {agent.adapter_name!r}, these demonstrations are "
                              f"for {dataset.adapter_name!r}")
+    elif init_from is not None:
+        agent, dataset = _start_from_agent(Path(init_from), policy, scale, overrides, data, without_noops)
     else:
         recipe = load_recipe(*split_name(policy, scale), overrides)
         dataset = DemoDataset(data, chunk_size=recipe.agent.chunk, without_noops=without_noops)
@@ -222,8 +246,13 @@ def train_bc(
     batch_size = batch_size or training.batch_size
     lr = lr if lr is not None else training.lr
     warmup_steps = warmup_steps if warmup_steps is not None else training.warmup_steps
+    # the lineage: what the starting weights had been trained on (a resumed run keeps the one it saved)
+    lineage = ({"path": str(init_from), "training": agent.training} if not resuming else (agent.training or {}).get("init_from")
+               ) if init_from is not None else None
     agent.training = {"data": [Path(p).name for p in data], "steps": steps, "batch_size": batch_size,
                       "processes": accelerator.num_processes, "lr": lr, "seed": seed, "without_noops": without_noops}
+    if lineage is not None:
+        agent.training["init_from"] = lineage
 
     probe = None
     attend_weight = training.aux_attention_weight
