@@ -120,6 +120,12 @@ def test_retrain_trains_each_agent_on_demonstrations_of_its_noise_level(tmp_path
         for train in trains:
             assert list(map(str, train["data"])) == mine and len(mine) == len(agent.data)
             assert train["policy"] == agent.policy and train["batch_size"] == agent.batch_size
+        if agent.fine_tuned:  # then trained on from those weights into the shipped folder, right after
+            tuned = trains.pop()
+            assert {k: tuned[k] for k in ("steps", "lr", "init_from", "out_dir")} == {
+                "steps": agent.fine_tuned[0], "lr": agent.fine_tuned[1], "init_from": trains[0]["out_dir"],
+                "out_dir": demo.CHECKPOINTS / agent.name}
+            assert trains[0]["out_dir"] != tuned["out_dir"] and calls.index(("train", tuned)) == calls.index(("train", trains[-1])) + 1
         # a continued agent: the same run resumed to the longer schedule, right after its first part
         assert [(t["steps"], t.get("resume", False)) for t in trains] == (
             [(agent.steps, False), (agent.continued_to, True)] if agent.continued_to else [(agent.steps, False)])

@@ -62,32 +62,43 @@ class ShippedAgent:
     data: tuple[tuple[str, int], ...] = DEMO_DATA  # (task, episodes) of its demonstrations
     continued_to: int = 0  # then `--resume --steps continued_to`: the cosine schedule restretched to the
     # longer run, so it restarts at its value there (half the peak lr when continued_to = 2 x steps)
+    fine_tuned: tuple[int, float] | None = None  # then (steps, lr) more from its weights (`--init-from`), a fresh cosine
 
-    def train_steps(self, data: list[Path], out: Path) -> list[Step]:
-        """`train bc`, then `train bc --resume` to `continued_to` steps: run through the library, recorded
-        as the equivalent command lines."""
+    def train_steps(self, data: list[Path], out: Path, work: Path) -> list[Step]:
+        """`train bc`, then `train bc --resume` to `continued_to` steps, then `train bc --init-from` that agent
+        for `fine_tuned` (the earlier stages then train into `work`): run through the library, recorded as the
+        equivalent command lines."""
         from vla_agents.train.bc import train_bc
 
+        base = work / self.name if self.fine_tuned else out
         overrides = ["--overrides", self.overrides] if self.overrides else []
         first = ["train", "bc", "--policy", self.policy, "--scale", "tiny", "--data", *map(str, data),
                  "--steps", str(self.steps), "--batch-size", str(self.batch_size), "--save-every", "500",
-                 *overrides, "--out", str(out)]
-        train = partial(train_bc, policy=self.policy, data=list(data), out_dir=out, scale="tiny",
+                 *overrides, "--out", str(base)]
+        train = partial(train_bc, policy=self.policy, data=list(data), out_dir=base, scale="tiny",
                         batch_size=self.batch_size, save_every=500, overrides=json.loads(self.overrides) if self.overrides else None)
         steps = [Step(first, partial(train, steps=self.steps))]
         if self.continued_to:
             at = first.index("--steps") + 1
             steps.append(Step([*first[:at], str(self.continued_to), *first[at + 1:], "--resume"],
                               partial(train, steps=self.continued_to, resume=True)))
+        if self.fine_tuned:
+            more, lr = self.fine_tuned
+            steps.append(Step(["train", "bc", "--policy", self.policy, "--scale", "tiny", "--data", *map(str, data),
+                               "--steps", str(more), "--batch-size", str(self.batch_size), "--lr", str(lr),
+                               "--save-every", "500", "--init-from", str(base), "--out", str(out)],
+                              partial(train_bc, policy=self.policy, data=list(data), out_dir=out, scale="tiny", steps=more,
+                                      batch_size=self.batch_size, lr=lr, save_every=500, init_from=base)))
         return steps
 
 
 UNGROUNDED = '{"backbone_path": null, "aux_target_weight": 0.0, "aux_attention_weight": 0.0}'  # before issue 33
 SHIPPED = (
-    ShippedAgent("oft-tiny-embedded", "oft", steps=8000, data_noise=0.4, data=GROUNDED_DATA),
+    ShippedAgent("oft-tiny-embedded", "oft", steps=8000, data_noise=0.4, data=GROUNDED_DATA, fine_tuned=(8000, 2.5e-4)),
     ShippedAgent("vla_adapter-tiny-embedded", "vla_adapter", steps=4000, continued_to=8000, overrides=UNGROUNDED),
     ShippedAgent("focusvla-tiny-embedded", "focusvla", steps=8000, data_noise=0.4, data=GROUNDED_DATA),  # as oft and VAT
-    ShippedAgent("vat-tiny-embedded", "vat", steps=8000, data_noise=0.4, data=GROUNDED_DATA),  # an OFT head: oft's data
+    ShippedAgent("vat-tiny-embedded", "vat", steps=8000, data_noise=0.4, data=GROUNDED_DATA,  # an OFT head: oft's data
+                 fine_tuned=(16000, 2.5e-4)),
     ShippedAgent("deepvision-tiny-embedded", "deepvision", steps=8000, data_noise=0.4, data=GROUNDED_DATA),  # QwenVLA-OFT base
 )
 
@@ -109,7 +120,8 @@ def retrain(data_dir: Path, console: Console) -> None:
                 steps.append(Step(args, partial(collect_demos, spec, episodes, files[key], seed=DEMO_DATA_SEED,
                                                 image_size=128, noise=agent.data_noise)))
     steps += [step for agent in SHIPPED
-              for step in agent.train_steps([files[(s, n, agent.data_noise)] for s, n in agent.data], CHECKPOINTS / agent.name)]
+              for step in agent.train_steps([files[(s, n, agent.data_noise)] for s, n in agent.data], CHECKPOINTS / agent.name,
+                                            data_dir.parent / "before_fine_tuning")]
     log = []
     root = CHECKPOINTS.parents[1]
     for step in steps:
