@@ -99,7 +99,8 @@ SHIPPED = (
     ShippedAgent("focusvla-tiny-embedded", "focusvla", steps=8000, data_noise=0.4, data=GROUNDED_DATA),  # as oft and VAT
     ShippedAgent("vat-tiny-embedded", "vat", steps=8000, data_noise=0.4, data=GROUNDED_DATA,  # an OFT head: oft's data
                  fine_tuned=(16000, 2.5e-4)),
-    ShippedAgent("deepvision-tiny-embedded", "deepvision", steps=8000, data_noise=0.4, data=GROUNDED_DATA),  # QwenVLA-OFT base
+    ShippedAgent("deepvision-tiny-embedded", "deepvision", steps=8000, data_noise=0.4, data=GROUNDED_DATA,  # QwenVLA-OFT base
+                 fine_tuned=(8000, 2.5e-4)),  # as oft
 )
 
 
