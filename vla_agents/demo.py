@@ -96,7 +96,8 @@ UNGROUNDED = '{"backbone_path": null, "aux_target_weight": 0.0, "aux_attention_w
 SHIPPED = (
     ShippedAgent("oft-tiny-embedded", "oft", steps=8000, data_noise=0.4, data=GROUNDED_DATA, fine_tuned=(8000, 2.5e-4)),
     ShippedAgent("vla_adapter-tiny-embedded", "vla_adapter", steps=4000, continued_to=8000, overrides=UNGROUNDED),
-    ShippedAgent("focusvla-tiny-embedded", "focusvla", steps=8000, data_noise=0.4, data=GROUNDED_DATA),  # as oft and VAT
+    ShippedAgent("focusvla-tiny-embedded", "focusvla", steps=8000, data_noise=0.4, data=GROUNDED_DATA,  # as oft and VAT
+                 fine_tuned=(8000, 2.5e-4)),
     ShippedAgent("vat-tiny-embedded", "vat", steps=8000, data_noise=0.4, data=GROUNDED_DATA,  # an OFT head: oft's data
                  fine_tuned=(16000, 2.5e-4)),
     ShippedAgent("deepvision-tiny-embedded", "deepvision", steps=8000, data_noise=0.4, data=GROUNDED_DATA,  # QwenVLA-OFT base
