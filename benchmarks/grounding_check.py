@@ -23,14 +23,9 @@ import argparse
 import numpy as np
 
 from vla_agents.agent import load_agent
-from vla_agents.eval.heading import cube_gone_for
+from vla_agents.eval.heading import cube_gone_for, cube_headed_for
 from vla_agents.sim import make_env
 from vla_agents.sim.experts import ScriptedExpert
-
-
-def heads_for(action_xy: np.ndarray, to_cube: dict[str, np.ndarray]) -> str:
-    """The cube whose direction from the gripper is closest (largest cosine) to the action's xy."""
-    return max(to_cube, key=lambda c: action_xy @ to_cube[c] / (np.linalg.norm(action_xy) * np.linalg.norm(to_cube[c]) + 1e-9))
 
 
 def main() -> None:
@@ -54,9 +49,9 @@ def main() -> None:
         wanted.append(expert.act(obs)[:2])
         predicted.append(agent.act_chunk(obs)[0, :2])
         to_cube = {c: (env.sim.cube_pos(c) - env.sim.eef_pos())[:2] for c in env.sim.colors}
-        heads_for_named.append(heads_for(predicted[-1], to_cube) == env.target)
-        expert_heads_for_named.append(heads_for(wanted[-1], to_cube) == env.target)
-        heads_for_nearest.append(heads_for(predicted[-1], to_cube) == min(to_cube, key=lambda c: np.linalg.norm(to_cube[c])))
+        heads_for_named.append(cube_headed_for(predicted[-1], to_cube) == env.target)
+        expert_heads_for_named.append(cube_headed_for(wanted[-1], to_cube) == env.target)
+        heads_for_nearest.append(cube_headed_for(predicted[-1], to_cube) == min(to_cube, key=lambda c: np.linalg.norm(to_cube[c])))
         for act, record in ((agent.act, goes_for_named), (expert.act, expert_goes_for_named)):
             obs, _ = env.reset(seed=seed)
             agent.reset()

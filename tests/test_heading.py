@@ -3,22 +3,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from vla_agents.eval.heading import cube_gone_for
+from vla_agents.eval.heading import cube_gone_for, cube_headed_for
 from vla_agents.sim.embedded import EmbeddedEnv
 from vla_agents.sim.experts import ScriptedExpert
-
-
-def first_action_heads_for(env: EmbeddedEnv, action: np.ndarray) -> str:
-    """The first-action rule of benchmarks/grounding_check.py: the cube whose xy direction is closest."""
-    to_cube = {c: (env.sim.cube_pos(c) - env.sim.eef_pos())[:2] for c in env.sim.colors}
-    return max(to_cube, key=lambda c: action[:2] @ to_cube[c] / np.linalg.norm(to_cube[c]))
 
 
 def test_the_expert_goes_for_the_named_cube_where_its_clipped_first_action_points_elsewhere() -> None:
     env = EmbeddedEnv("pick_color", use_cameras=False)
     expert = ScriptedExpert(env)
     obs, _ = env.reset(seed=1005)  # a scene where the expert's first action is a diagonal nearer another cube
-    assert first_action_heads_for(env, expert.act(obs)) != env.target
+    to_cube = {c: (env.sim.cube_pos(c) - env.sim.eef_pos())[:2] for c in env.sim.colors}
+    assert cube_headed_for(expert.act(obs)[:2], to_cube) != env.target
     expert.reset()
     assert cube_gone_for(expert.act, env, obs) == env.target
     for seed in (1000, 1001, 1002):

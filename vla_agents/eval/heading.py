@@ -30,3 +30,9 @@ def cube_gone_for(act: Callable[[Mapping[str, Any]], np.ndarray], env: gym.Env, 
         if terminated or truncated:
             return None
     return None
+
+
+def cube_headed_for(action_xy: np.ndarray, to_cube: dict[str, np.ndarray]) -> str:
+    """The first-action rule: the cube whose xy direction from the gripper is closest (largest cosine) to
+    `action_xy`. Capped by the clipping above; kept beside `cube_gone_for` to show that cap."""
+    return max(to_cube, key=lambda c: action_xy @ to_cube[c] / (np.linalg.norm(action_xy) * np.linalg.norm(to_cube[c]) + 1e-9))

@@ -246,9 +246,12 @@ def train_bc(
     batch_size = batch_size or training.batch_size
     lr = lr if lr is not None else training.lr
     warmup_steps = warmup_steps if warmup_steps is not None else training.warmup_steps
-    # the lineage: what the starting weights had been trained on (a resumed run keeps the one it saved)
-    lineage = ({"path": str(init_from), "training": agent.training} if not resuming else (agent.training or {}).get("init_from")
-               ) if init_from is not None else None
+    if init_from is None:
+        lineage = None
+    elif resuming:  # the lineage the checkpoint saved
+        lineage = (agent.training or {}).get("init_from")
+    else:  # what the starting weights had been trained on
+        lineage = {"path": str(init_from), "training": agent.training}
     agent.training = {"data": [Path(p).name for p in data], "steps": steps, "batch_size": batch_size,
                       "processes": accelerator.num_processes, "lr": lr, "seed": seed, "without_noops": without_noops}
     if lineage is not None:
