@@ -69,8 +69,9 @@ def test_retrain_commands_reproduce_the_shipped_recipes():
     """`demo --retrain` must train each checkpoint with the recipe it was shipped with (e.g. its loss)."""
     for agent in SHIPPED:
         shipped = parse_recipe(json.loads((CHECKPOINTS / agent.name / "config.json").read_text())["recipe"]).to_dict()
-        retrained = load_recipe(agent.policy, "tiny", json.loads(agent.overrides) if agent.overrides else None).to_dict()
-        for key in ("loss", "llm_init_std", "vit_pos_std", "crop_area", "chunk"):
+        retrained = load_recipe(agent.policy, "tiny").to_dict()
+        for key in ("loss", "llm_init_std", "vit_pos_std", "crop_area", "chunk", "backbone_path", "aux_target_weight",
+                    "aux_attention_weight"):
             assert shipped[key] == retrained[key], (agent.name, key)
 
 
@@ -115,23 +116,17 @@ def test_retrain_trains_each_agent_on_demonstrations_of_its_noise_level(tmp_path
     wanted = {(spec, n, a.data_noise) for a in SHIPPED for spec, n in a.data}
     assert sorted(c[1:4] for c in collects) == sorted(wanted)
     for agent in SHIPPED:
-        trains = [c[1] for c in calls if c[0] == "train" and str(c[1]["out_dir"]).endswith(agent.name)]
+        trains = [c[1] for c in calls if c[0] == "train" and Path(c[1]["out_dir"]).name.startswith(agent.name)]
         mine = [c[4] for spec, n in agent.data for c in collects if c[1:4] == (spec, n, agent.data_noise)]
         for train in trains:
             assert list(map(str, train["data"])) == mine and len(mine) == len(agent.data)
             assert train["policy"] == agent.policy and train["batch_size"] == agent.batch_size
-        if agent.fine_tuned:  # then trained on from those weights into the shipped folder, right after
-            tuned = trains.pop()
-            assert {k: tuned[k] for k in ("steps", "lr", "init_from", "out_dir")} == {
-                "steps": agent.fine_tuned[0], "lr": agent.fine_tuned[1], "init_from": trains[0]["out_dir"],
-                "out_dir": demo.CHECKPOINTS / agent.name}
-            assert trains[0]["out_dir"] != tuned["out_dir"] and calls.index(("train", tuned)) == calls.index(("train", trains[-1])) + 1
-        # a continued agent: the same run resumed to the longer schedule, right after its first part
-        assert [(t["steps"], t.get("resume", False)) for t in trains] == (
-            [(agent.steps, False), (agent.continued_to, True)] if agent.continued_to else [(agent.steps, False)])
-        if agent.continued_to:
-            assert {**trains[0], "steps": agent.continued_to, "resume": True} == trains[1]
-            assert calls.index(("train", trains[1])) == calls.index(("train", trains[0])) + 1
+        # the first stage, then each fine-tuning stage from the previous one's weights, right after it
+        assert trains[0]["steps"] == agent.steps and "init_from" not in trains[0] and not trains[0].get("resume")
+        assert [(t["steps"], t["lr"]) for t in trains[1:]] == list(agent.fine_tuned)
+        assert [t["init_from"] for t in trains[1:]] == [t["out_dir"] for t in trains[:-1]]
+        assert trains[-1]["out_dir"] == demo.CHECKPOINTS / agent.name and len({t["out_dir"] for t in trains}) == len(trains)
+        assert [calls.index(("train", t)) for t in trains] == list(range(calls.index(("train", trains[0])), calls.index(("train", trains[0])) + len(trains)))
     recorded = (demo.CHECKPOINTS / "README.md").read_text()
     assert all(f"--noise {a.data_noise}" in recorded for a in SHIPPED if a.data_noise)
     assert "old embedded commands" not in recorded and recorded.endswith(f"{demo.SIMPLER_HEADING}: made elsewhere\n")

@@ -10,7 +10,6 @@ installed, a second table puts the shipped SIMPLER agent beside its scripted exp
 """
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import time
@@ -31,8 +30,7 @@ if TYPE_CHECKING:
 
 CHECKPOINTS = resource_dir("policies") / "checkpoints"
 DEMO_TASKS = ("embedded/lift", "embedded/pick_color")
-DEMO_DATA = (("embedded/lift", 200), ("embedded/pick_color", 200))  # expert episodes collected per task
-# the grounded agents' set (issue 33): the clutter and stack tasks too, more pick_color scenes
+# the shipped agents' demonstrations (issue 33): every task the grounding targets, more pick_color scenes
 GROUNDED_DATA = (("embedded/lift", 200), ("embedded/pick_color", 300), ("embedded/pick_color_clutter", 200),
                  ("embedded/stack", 200))
 DEMO_DATA_SEED = 100000  # far from the evaluation seeds (1000 on), so no training scene is evaluated
@@ -51,57 +49,42 @@ class Step:
 
 @dataclass(frozen=True)
 class ShippedAgent:
-    """A checkpoint the demo ships, and how it was made."""
+    """A checkpoint the demo ships, and how it was made: `train bc` for `steps`, then `train bc --init-from`
+    the previous stage for each (steps, lr) of `fine_tuned`: a fresh cosine from its weights."""
 
     name: str
     policy: str
-    steps: int
+    fine_tuned: tuple[tuple[int, float], ...]
+    steps: int = 8000
     batch_size: int = 16
-    overrides: str = ""  # JSON recipe overrides, when the checkpoint predates a recipe change
-    data_noise: float = 0.0  # `collect --noise` of its demonstrations (DART; 0: the expert's own path)
-    data: tuple[tuple[str, int], ...] = DEMO_DATA  # (task, episodes) of its demonstrations
-    continued_to: int = 0  # then `--resume --steps continued_to`: the cosine schedule restretched to the
-    # longer run, so it restarts at its value there (half the peak lr when continued_to = 2 x steps)
-    fine_tuned: tuple[int, float] | None = None  # then (steps, lr) more from its weights (`--init-from`), a fresh cosine
+    data_noise: float = 0.4  # `collect --noise` of its demonstrations (DART; 0: the expert's own path)
+    data: tuple[tuple[str, int], ...] = GROUNDED_DATA  # (task, episodes) of its demonstrations
 
     def train_steps(self, data: list[Path], out: Path, work: Path) -> list[Step]:
-        """`train bc`, then `train bc --resume` to `continued_to` steps, then `train bc --init-from` that agent
-        for `fine_tuned` (the earlier stages then train into `work`): run through the library, recorded as the
-        equivalent command lines."""
+        """Every stage (the earlier ones into `work`), run through the library, recorded as the equivalent
+        command lines."""
         from vla_agents.train.bc import train_bc
 
-        base = work / self.name if self.fine_tuned else out
-        overrides = ["--overrides", self.overrides] if self.overrides else []
-        first = ["train", "bc", "--policy", self.policy, "--scale", "tiny", "--data", *map(str, data),
-                 "--steps", str(self.steps), "--batch-size", str(self.batch_size), "--save-every", "500",
-                 *overrides, "--out", str(base)]
-        train = partial(train_bc, policy=self.policy, data=list(data), out_dir=base, scale="tiny",
-                        batch_size=self.batch_size, save_every=500, overrides=json.loads(self.overrides) if self.overrides else None)
-        steps = [Step(first, partial(train, steps=self.steps))]
-        if self.continued_to:
-            at = first.index("--steps") + 1
-            steps.append(Step([*first[:at], str(self.continued_to), *first[at + 1:], "--resume"],
-                              partial(train, steps=self.continued_to, resume=True)))
-        if self.fine_tuned:
-            more, lr = self.fine_tuned
-            steps.append(Step(["train", "bc", "--policy", self.policy, "--scale", "tiny", "--data", *map(str, data),
-                               "--steps", str(more), "--batch-size", str(self.batch_size), "--lr", str(lr),
-                               "--save-every", "500", "--init-from", str(base), "--out", str(out)],
-                              partial(train_bc, policy=self.policy, data=list(data), out_dir=out, scale="tiny", steps=more,
-                                      batch_size=self.batch_size, lr=lr, save_every=500, init_from=base)))
+        stages = [work / f"{self.name}-stage{i}" for i in range(len(self.fine_tuned))] + [out]
+        common = ["train", "bc", "--policy", self.policy, "--scale", "tiny", "--data", *map(str, data),
+                  "--batch-size", str(self.batch_size), "--save-every", "500"]
+        train = partial(train_bc, policy=self.policy, data=list(data), scale="tiny", batch_size=self.batch_size, save_every=500)
+        steps = [Step([*common, "--steps", str(self.steps), "--out", str(stages[0])],
+                      partial(train, steps=self.steps, out_dir=stages[0]))]
+        for (more, lr), start, end in zip(self.fine_tuned, stages, stages[1:]):
+            steps.append(Step([*common, "--steps", str(more), "--lr", str(lr), "--init-from", str(start), "--out", str(end)],
+                              partial(train, steps=more, lr=lr, init_from=start, out_dir=end)))
         return steps
 
 
-UNGROUNDED = '{"backbone_path": null, "aux_target_weight": 0.0, "aux_attention_weight": 0.0}'  # before issue 33
+HALF_PEAK = 2.5e-4  # the fine-tuning stages' learning rate: half the tiny recipes' peak
+# the grounded agents (issue 33), one data set; the fine-tuning stages each shipped checkpoint had
 SHIPPED = (
-    ShippedAgent("oft-tiny-embedded", "oft", steps=8000, data_noise=0.4, data=GROUNDED_DATA, fine_tuned=(8000, 2.5e-4)),
-    ShippedAgent("vla_adapter-tiny-embedded", "vla_adapter", steps=4000, continued_to=8000, overrides=UNGROUNDED),
-    ShippedAgent("focusvla-tiny-embedded", "focusvla", steps=8000, data_noise=0.4, data=GROUNDED_DATA,  # as oft and VAT
-                 fine_tuned=(8000, 2.5e-4)),
-    ShippedAgent("vat-tiny-embedded", "vat", steps=8000, data_noise=0.4, data=GROUNDED_DATA,  # an OFT head: oft's data
-                 fine_tuned=(16000, 2.5e-4)),
-    ShippedAgent("deepvision-tiny-embedded", "deepvision", steps=8000, data_noise=0.4, data=GROUNDED_DATA,  # QwenVLA-OFT base
-                 fine_tuned=(8000, 2.5e-4)),  # as oft
+    ShippedAgent("oft-tiny-embedded", "oft", fine_tuned=((8000, HALF_PEAK),)),
+    ShippedAgent("vla_adapter-tiny-embedded", "vla_adapter", fine_tuned=((8000, HALF_PEAK),)),
+    ShippedAgent("focusvla-tiny-embedded", "focusvla", fine_tuned=((8000, HALF_PEAK),)),
+    ShippedAgent("vat-tiny-embedded", "vat", fine_tuned=((16000, HALF_PEAK),)),
+    ShippedAgent("deepvision-tiny-embedded", "deepvision", fine_tuned=((8000, HALF_PEAK), (8000, HALF_PEAK))),
 )
 
 
@@ -123,7 +106,7 @@ def retrain(data_dir: Path, console: Console) -> None:
                                                 image_size=128, noise=agent.data_noise)))
     steps += [step for agent in SHIPPED
               for step in agent.train_steps([files[(s, n, agent.data_noise)] for s, n in agent.data], CHECKPOINTS / agent.name,
-                                            data_dir.parent / "before_fine_tuning")]
+                                            data_dir.parent / "training_stages")]
     log = []
     root = CHECKPOINTS.parents[1]
     for step in steps:
