@@ -49,9 +49,10 @@ def main() -> None:
         wanted.append(expert.act(obs)[:2])
         predicted.append(agent.act_chunk(obs)[0, :2])
         to_cube = {c: (env.sim.cube_pos(c) - env.sim.eef_pos())[:2] for c in env.sim.colors}
-        heads_for_named.append(cube_headed_for(predicted[-1], to_cube) == env.target)
+        heads_for = cube_headed_for(predicted[-1], to_cube)
+        heads_for_named.append(heads_for == env.target)
+        heads_for_nearest.append(heads_for == min(to_cube, key=lambda c: np.linalg.norm(to_cube[c])))
         expert_heads_for_named.append(cube_headed_for(wanted[-1], to_cube) == env.target)
-        heads_for_nearest.append(cube_headed_for(predicted[-1], to_cube) == min(to_cube, key=lambda c: np.linalg.norm(to_cube[c])))
         for act, record in ((agent.act, goes_for_named), (expert.act, expert_goes_for_named)):
             obs, _ = env.reset(seed=seed)
             agent.reset()
