@@ -10,8 +10,8 @@ import pytest
 from vla_agents.adapters import quat2axisangle
 from vla_agents.data import DemoDataset, read_demos
 from vla_agents.sim import make_env
-from vla_agents.sim.collect import record_episode
-from vla_agents.sim.experts import ScriptedExpert
+from vla_agents.sim.collect import collect_demos, record_episode
+from vla_agents.sim.experts import ARRIVAL_TOLERANCE, ScriptedExpert
 
 
 def test_collect_cli_writes_libero_layout(tmp_path):
@@ -95,3 +95,31 @@ def test_dart_noise_perturbs_execution_and_stores_the_expert_action():
     np.testing.assert_array_equal(np.stack(plain), clean_actions)  # noise 0: what is stored is what ran
     with pytest.raises(ValueError, match="non-negative std"):
         record_episode(env, expert, seed=3, noise=-0.1)
+
+
+def _carry_distances_to_place(let_go_on_arrival: bool, noise: float) -> tuple[bool, np.ndarray]:
+    """Distance of the gripper to the place at each frame labelled closed from the grasp to the first open."""
+    env = make_env("embedded/stack", image_size=64)
+    expert = ScriptedExpert(env, let_go_on_arrival=let_go_on_arrival)
+    success, actions, obs = record_episode(env, expert, seed=4 if noise else 3, noise=noise, image_size=64)
+    sim = env.unwrapped.sim
+    place = sim.cube_pos("green") + [0, 0, 2 * sim.cube_half_size + 0.006]
+    carrying = np.flatnonzero(actions[:, 6] == 1.0)[0]
+    release = carrying + np.flatnonzero(actions[carrying:, 6] == -1.0)[0]
+    return success, np.linalg.norm(obs["ee_pos"][carrying:release] - place, axis=1)
+
+
+def test_let_go_on_arrival_opens_on_reaching_the_place():
+    """The default expert holds the cube closed at the place (two extra steps within 1 cm); letting go on
+    arrival labels one frame there closed (the arrival step itself), then opens, and still stacks. Under
+    DART noise it opens on the first frame within 1.5 cm, one the default's 1 cm would not count as arrived."""
+    held_success, held = _carry_distances_to_place(let_go_on_arrival=False, noise=0.0)
+    success, arriving = _carry_distances_to_place(let_go_on_arrival=True, noise=0.0)
+    assert held_success and success
+    assert (held < ARRIVAL_TOLERANCE).sum() >= 3 and (arriving < ARRIVAL_TOLERANCE).sum() == 1
+    success, noisy = _carry_distances_to_place(let_go_on_arrival=True, noise=0.4)
+    assert success and np.all(noisy[:-1] >= ARRIVAL_TOLERANCE) and 0.01 <= noisy[-1] < ARRIVAL_TOLERANCE
+
+def test_let_go_on_arrival_is_refused_outside_the_embedded_suite(tmp_path):
+    with pytest.raises(ValueError, match="embedded suite's expert, not of simpler/widowx_carrot_on_plate"):
+        collect_demos("simpler/widowx_carrot_on_plate", 1, tmp_path / "x.hdf5", let_go_on_arrival=True)

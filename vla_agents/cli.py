@@ -52,7 +52,8 @@ def recipe_overrides(args: argparse.Namespace) -> dict | None:
 def _collect(args: argparse.Namespace) -> None:
     from vla_agents.sim.collect import collect_demos
 
-    report = collect_demos(args.env, args.episodes, args.out, seed=args.seed, image_size=args.image_size, noise=args.noise)
+    report = collect_demos(args.env, args.episodes, args.out, seed=args.seed, image_size=args.image_size, noise=args.noise,
+                           let_go_on_arrival=args.let_go_on_arrival)
     print(f"wrote {report.episodes} successful episodes ({report.attempts} attempts, "
           f"mean length {report.mean_length:.1f}) to {report.path}")
 
@@ -377,6 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise", type=float, default=0.0,
                    help="std of Gaussian noise on the executed translation, in action units (SIMPLER's are metres); "
                         "the expert's clean action is stored (DART)")
+    p.add_argument("--let-go-on-arrival", action="store_true",
+                   help="embedded stack: the expert opens on reaching the place instead of holding closed there 2 steps")
     p.set_defaults(func=_collect)
 
     p = sub.add_parser("corpus", help="grounding corpus: rendered embedded scenes with questions the simulator answers")

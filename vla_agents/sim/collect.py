@@ -72,11 +72,14 @@ def record_episode(env, expert: ScriptedExpert, seed: int, noise: float = 0.0, i
 
 
 def collect_demos(spec: str, episodes: int, out: str | Path, seed: int = 0, image_size: int = 128,
-                  max_attempts: int | None = None, noise: float = 0.0) -> CollectionReport:
+                  max_attempts: int | None = None, noise: float = 0.0, let_go_on_arrival: bool = False) -> CollectionReport:
     """Write `episodes` successful expert episodes of `spec` to `out` (seeds seed, seed+1, ...);
-    `noise` > 0 perturbs the executed translation (DART, see the module docstring)."""
+    `noise` > 0 perturbs the executed translation (DART, see the module docstring);
+    `let_go_on_arrival`: the stack expert opens on reaching the place (`ScriptedExpert`)."""
     if episodes < 1:
         raise ValueError(f"--episodes must be at least 1, got {episodes}")
+    if let_go_on_arrival and not spec.startswith("embedded/"):
+        raise ValueError(f"--let-go-on-arrival is an option of the embedded suite's expert, not of {spec}'s")
     if spec.startswith("simpler/"):  # renders at SIMPLER's own 640x480; frames are scaled down when stored
         from vla_agents.sim import simpler_expert
 
@@ -84,7 +87,8 @@ def collect_demos(spec: str, episodes: int, out: str | Path, seed: int = 0, imag
         expert, record, template = simpler_expert.SimplerExpert(env), simpler_expert.record_episode, env.unwrapped.instruction
     else:
         env = make_env(spec, image_size=image_size)
-        expert, record, template = ScriptedExpert(env), record_episode, env.unwrapped.spec_.instruction
+        expert = ScriptedExpert(env, let_go_on_arrival=let_go_on_arrival)
+        record, template = record_episode, env.unwrapped.spec_.instruction
     max_attempts = max_attempts or 2 * episodes + 10
     lengths, attempts = [], 0
     columns = (TextColumn("[bold]collect[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
