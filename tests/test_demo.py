@@ -105,7 +105,8 @@ def test_retrain_trains_each_agent_on_demonstrations_of_its_noise_level(tmp_path
 
     calls = []
     monkeypatch.setattr("vla_agents.sim.collect.collect_demos",
-                        lambda spec, episodes, out, **kw: calls.append(("collect", spec, episodes, kw["noise"], str(out))))
+                        lambda spec, episodes, out, **kw: calls.append(("collect", spec, episodes, kw["noise"],
+                                                                        kw["let_go_on_arrival"], str(out))))
     monkeypatch.setattr("vla_agents.train.bc.train_bc", lambda **kw: calls.append(("train", kw)))
     monkeypatch.setattr(demo, "CHECKPOINTS", tmp_path / "policies" / "checkpoints")
     demo.CHECKPOINTS.mkdir(parents=True)
@@ -113,20 +114,26 @@ def test_retrain_trains_each_agent_on_demonstrations_of_its_noise_level(tmp_path
     demo.retrain(tmp_path / "data", Console(quiet=True))
 
     collects = [c for c in calls if c[0] == "collect"]
-    wanted = {(spec, n, a.data_noise) for a in SHIPPED for spec, n in a.data}
-    assert sorted(c[1:4] for c in collects) == sorted(wanted)
+    wanted = {(d.task, d.episodes, a.data_noise, d.let_go_on_arrival) for a in SHIPPED for d in a.all_data()}
+    assert sorted(c[1:5] for c in collects) == sorted(wanted)  # each set once
+    assert ("embedded/stack", 200, 0.4, True) in wanted and ("embedded/stack", 200, 0.4, False) in wanted
     for agent in SHIPPED:
         trains = [c[1] for c in calls if c[0] == "train" and Path(c[1]["out_dir"]).name.startswith(agent.name)]
-        mine = [c[4] for spec, n in agent.data for c in collects if c[1:4] == (spec, n, agent.data_noise)]
-        for train in trains:
-            assert list(map(str, train["data"])) == mine and len(mine) == len(agent.data)
-            assert train["policy"] == agent.policy and train["batch_size"] == agent.batch_size
+
+        def files(data):
+            return [c[5] for d in data for c in collects if c[1:5] == (d.task, d.episodes, agent.data_noise, d.let_go_on_arrival)]
+
+        stage_data = [agent.data, *(stage.data for stage in agent.fine_tuned)]
+        assert [list(map(str, t["data"])) for t in trains] == [files(data) for data in stage_data]
+        assert all(len(files(data)) == len(data) for data in stage_data)
+        assert all(t["policy"] == agent.policy and t["batch_size"] == agent.batch_size for t in trains)
         # the first stage, then each fine-tuning stage from the previous one's weights, right after it
         assert trains[0]["steps"] == agent.steps and "init_from" not in trains[0] and not trains[0].get("resume")
-        assert [(t["steps"], t["lr"]) for t in trains[1:]] == list(agent.fine_tuned)
+        assert [(t["steps"], t["lr"]) for t in trains[1:]] == [(stage.steps, stage.lr) for stage in agent.fine_tuned]
         assert [t["init_from"] for t in trains[1:]] == [t["out_dir"] for t in trains[:-1]]
         assert trains[-1]["out_dir"] == demo.CHECKPOINTS / agent.name and len({t["out_dir"] for t in trains}) == len(trains)
         assert [calls.index(("train", t)) for t in trains] == list(range(calls.index(("train", trains[0])), calls.index(("train", trains[0])) + len(trains)))
     recorded = (demo.CHECKPOINTS / "README.md").read_text()
     assert all(f"--noise {a.data_noise}" in recorded for a in SHIPPED if a.data_noise)
+    assert "embedded/stack --episodes 200 --seed 100000 --noise 0.4 --let-go-on-arrival --out" in recorded
     assert "old embedded commands" not in recorded and recorded.endswith(f"{demo.SIMPLER_HEADING}: made elsewhere\n")

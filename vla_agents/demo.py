@@ -30,9 +30,26 @@ if TYPE_CHECKING:
 
 CHECKPOINTS = resource_dir("policies") / "checkpoints"
 DEMO_TASKS = ("embedded/lift", "embedded/pick_color")
+
+
+@dataclass(frozen=True)
+class Demos:
+    """One demonstration file of the shipped agents: `collect`'s task, episode count and expert option."""
+
+    task: str
+    episodes: int
+    let_go_on_arrival: bool = False  # `collect --let-go-on-arrival` (stack: open on reaching the place)
+
+    def file_name(self, noise: float) -> str:
+        return (f"{self.task.split('/')[1]}{self.episodes}{f'_noise{noise}' if noise else ''}"
+                f"{'_let_go_on_arrival' if self.let_go_on_arrival else ''}.hdf5")
+
+
 # the shipped agents' demonstrations (issue 33): every task the grounding targets, more pick_color scenes
-GROUNDED_DATA = (("embedded/lift", 200), ("embedded/pick_color", 300), ("embedded/pick_color_clutter", 200),
-                 ("embedded/stack", 200))
+GROUNDED_DATA = (Demos("embedded/lift", 200), Demos("embedded/pick_color", 300), Demos("embedded/pick_color_clutter", 200),
+                 Demos("embedded/stack", 200))
+# the last fine-tuning stage's: the same scenes, the stack expert letting go on arrival over the base (stop 48)
+ARRIVAL_DATA = (*GROUNDED_DATA[:3], Demos("embedded/stack", 200, let_go_on_arrival=True))
 DEMO_DATA_SEED = 100000  # far from the evaluation seeds (1000 on), so no training scene is evaluated
 SIMPLER_TASK = "simpler/widowx_carrot_on_plate"
 SIMPLER_AGENT = "vat-tiny-simpler"  # trained on SIMPLER_TASK; its commands are in policies/checkpoints/README.md
@@ -48,43 +65,63 @@ class Step:
 
 
 @dataclass(frozen=True)
+class FineTuning:
+    """A stage of `train bc --init-from` the previous one: a fresh cosine from `lr`, on `data`."""
+
+    steps: int
+    lr: float
+    data: tuple[Demos, ...]
+
+
+@dataclass(frozen=True)
 class ShippedAgent:
-    """A checkpoint the demo ships, and how it was made: `train bc` for `steps`, then `train bc --init-from`
-    the previous stage for each (steps, lr) of `fine_tuned`: a fresh cosine from its weights."""
+    """A checkpoint the demo ships, and how it was made: `train bc` for `steps` on `data`, then each stage of
+    `fine_tuned` from the previous stage's weights."""
 
     name: str
     policy: str
-    fine_tuned: tuple[tuple[int, float], ...]
+    fine_tuned: tuple[FineTuning, ...]
     steps: int = 8000
     batch_size: int = 16
     data_noise: float = 0.4  # `collect --noise` of its demonstrations (DART; 0: the expert's own path)
-    data: tuple[tuple[str, int], ...] = GROUNDED_DATA  # (task, episodes) of its demonstrations
+    data: tuple[Demos, ...] = GROUNDED_DATA
 
-    def train_steps(self, data: list[Path], out: Path, work: Path) -> list[Step]:
+    def all_data(self) -> list[Demos]:
+        """Every demonstration file its stages read, each once."""
+        return list(dict.fromkeys([*self.data, *(d for stage in self.fine_tuned for d in stage.data)]))
+
+    def train_steps(self, files: dict[Demos, Path], out: Path, work: Path) -> list[Step]:
         """Every stage (the earlier ones into `work`), run through the library, recorded as the equivalent
-        command lines."""
+        command lines. `files`: where each of its demonstration sets was collected."""
         from vla_agents.train.bc import train_bc
 
         stages = [work / f"{self.name}-stage{i}" for i in range(len(self.fine_tuned))] + [out]
-        common = ["train", "bc", "--policy", self.policy, "--scale", "tiny", "--data", *map(str, data),
-                  "--batch-size", str(self.batch_size), "--save-every", "500"]
-        train = partial(train_bc, policy=self.policy, data=list(data), scale="tiny", batch_size=self.batch_size, save_every=500)
-        steps = [Step([*common, "--steps", str(self.steps), "--out", str(stages[0])],
-                      partial(train, steps=self.steps, out_dir=stages[0]))]
-        for (more, lr), start, end in zip(self.fine_tuned, stages, stages[1:]):
-            steps.append(Step([*common, "--steps", str(more), "--lr", str(lr), "--init-from", str(start), "--out", str(end)],
-                              partial(train, steps=more, lr=lr, init_from=start, out_dir=end)))
+
+        def stage(data: tuple[Demos, ...], steps: int, out_dir: Path, extra: list[str], **kw) -> Step:
+            paths = [files[d] for d in data]
+            args = ["train", "bc", "--policy", self.policy, "--scale", "tiny", "--data", *map(str, paths),
+                    "--batch-size", str(self.batch_size), "--save-every", "500", "--steps", str(steps), *extra, "--out", str(out_dir)]
+            return Step(args, partial(train_bc, policy=self.policy, data=paths, scale="tiny", batch_size=self.batch_size,
+                                      save_every=500, steps=steps, out_dir=out_dir, **kw))
+
+        steps = [stage(self.data, self.steps, stages[0], [])]
+        for tuning, start, end in zip(self.fine_tuned, stages, stages[1:]):
+            steps.append(stage(tuning.data, tuning.steps, end, ["--lr", str(tuning.lr), "--init-from", str(start)],
+                               lr=tuning.lr, init_from=start))
         return steps
 
 
 HALF_PEAK = 2.5e-4  # the fine-tuning stages' learning rate: half the tiny recipes' peak
+FINE_TUNING = FineTuning(8000, HALF_PEAK, ARRIVAL_DATA)
 # the grounded agents (issue 33), one data set; the fine-tuning stages each shipped checkpoint had
 SHIPPED = (
-    ShippedAgent("oft-tiny-embedded", "oft", fine_tuned=((8000, HALF_PEAK),)),
-    ShippedAgent("vla_adapter-tiny-embedded", "vla_adapter", fine_tuned=((8000, HALF_PEAK),)),
-    ShippedAgent("focusvla-tiny-embedded", "focusvla", fine_tuned=((8000, HALF_PEAK),)),
-    ShippedAgent("vat-tiny-embedded", "vat", fine_tuned=((16000, HALF_PEAK),)),
-    ShippedAgent("deepvision-tiny-embedded", "deepvision", fine_tuned=((8000, HALF_PEAK), (8000, HALF_PEAK))),
+    ShippedAgent("oft-tiny-embedded", "oft", fine_tuned=(FINE_TUNING,)),
+    # its last stage is still on the first stage's data: its run on ARRIVAL_DATA did not finish in stop 48
+    ShippedAgent("vla_adapter-tiny-embedded", "vla_adapter", fine_tuned=(FineTuning(8000, HALF_PEAK, GROUNDED_DATA),)),
+    ShippedAgent("focusvla-tiny-embedded", "focusvla", fine_tuned=(FINE_TUNING,)),
+    ShippedAgent("vat-tiny-embedded", "vat", fine_tuned=(FineTuning(16000, HALF_PEAK, ARRIVAL_DATA),)),
+    ShippedAgent("deepvision-tiny-embedded", "deepvision",
+                 fine_tuned=(FineTuning(8000, HALF_PEAK, GROUNDED_DATA), FINE_TUNING)),
 )
 
 
@@ -94,19 +131,20 @@ def retrain(data_dir: Path, console: Console) -> None:
 
     data_dir.mkdir(parents=True, exist_ok=True)
     steps: list[Step] = []
-    files: dict[tuple[str, int, float], Path] = {}  # each (task, episodes, DART noise) collected once
+    files: dict[float, dict[Demos, Path]] = {}  # DART noise -> each demonstration set, collected once
     for agent in SHIPPED:
-        for spec, episodes in agent.data:
-            key = (spec, episodes, agent.data_noise)
-            if key not in files:
-                files[key] = data_dir / f"{spec.split('/')[1]}{episodes}{f'_noise{agent.data_noise}' if agent.data_noise else ''}.hdf5"
-                args = ["collect", spec, "--episodes", str(episodes), "--seed", str(DEMO_DATA_SEED),
-                        *(["--noise", str(agent.data_noise)] if agent.data_noise else []), "--out", str(files[key])]
-                steps.append(Step(args, partial(collect_demos, spec, episodes, files[key], seed=DEMO_DATA_SEED,
-                                                image_size=128, noise=agent.data_noise)))
+        mine = files.setdefault(agent.data_noise, {})
+        for demos in agent.all_data():
+            if demos not in mine:
+                mine[demos] = data_dir / demos.file_name(agent.data_noise)
+                args = ["collect", demos.task, "--episodes", str(demos.episodes), "--seed", str(DEMO_DATA_SEED),
+                        *(["--noise", str(agent.data_noise)] if agent.data_noise else []),
+                        *(["--let-go-on-arrival"] if demos.let_go_on_arrival else []), "--out", str(mine[demos])]
+                steps.append(Step(args, partial(collect_demos, demos.task, demos.episodes, mine[demos], seed=DEMO_DATA_SEED,
+                                                image_size=128, noise=agent.data_noise,
+                                                let_go_on_arrival=demos.let_go_on_arrival)))
     steps += [step for agent in SHIPPED
-              for step in agent.train_steps([files[(s, n, agent.data_noise)] for s, n in agent.data], CHECKPOINTS / agent.name,
-                                            data_dir.parent / "training_stages")]
+              for step in agent.train_steps(files[agent.data_noise], CHECKPOINTS / agent.name, data_dir.parent / "training_stages")]
     log = []
     root = CHECKPOINTS.parents[1]
     for step in steps:
