@@ -116,8 +116,7 @@ FINE_TUNING = FineTuning(8000, HALF_PEAK, ARRIVAL_DATA)
 # the grounded agents (issue 33), one data set; the fine-tuning stages each shipped checkpoint had
 SHIPPED = (
     ShippedAgent("oft-tiny-embedded", "oft", fine_tuned=(FINE_TUNING,)),
-    # its last stage is still on the first stage's data: its run on ARRIVAL_DATA did not finish in stop 48
-    ShippedAgent("vla_adapter-tiny-embedded", "vla_adapter", fine_tuned=(FineTuning(8000, HALF_PEAK, GROUNDED_DATA),)),
+    ShippedAgent("vla_adapter-tiny-embedded", "vla_adapter", fine_tuned=(FINE_TUNING,)),
     ShippedAgent("focusvla-tiny-embedded", "focusvla", fine_tuned=(FINE_TUNING,)),
     ShippedAgent("vat-tiny-embedded", "vat", fine_tuned=(FineTuning(16000, HALF_PEAK, ARRIVAL_DATA),)),
     ShippedAgent("deepvision-tiny-embedded", "deepvision",
