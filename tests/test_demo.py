@@ -75,6 +75,20 @@ def test_retrain_commands_reproduce_the_shipped_recipes():
             assert shipped[key] == retrained[key], (agent.name, key)
 
 
+def test_each_shipped_checkpoint_was_trained_in_the_stages_shipped_records():
+    """`config.json`'s `training.init_from` chain is how the weights were made; `SHIPPED` is what `--retrain` runs
+    and the README documents. A checkpoint swapped without its record (or the reverse) breaks the equality."""
+    for agent in SHIPPED:
+        training = json.loads((CHECKPOINTS / agent.name / "config.json").read_text())["training"]
+        lineage = []  # (steps, batch size, lr, number of demonstration files), last stage first
+        while training is not None:
+            lineage.append((training["steps"], training["batch_size"], training["lr"], len(training["data"])))
+            training = training.get("init_from", {}).get("training")
+        first, *fine_tuned = reversed(lineage)
+        assert first[:2] == (agent.steps, agent.batch_size) and first[3] == len(agent.data), agent.name
+        assert fine_tuned == [(s.steps, agent.batch_size, s.lr, len(s.data)) for s in agent.fine_tuned], agent.name
+
+
 def test_demo_writes_videos_and_a_comparison_table(tmp_path):
     result = subprocess.run([sys.executable, "-m", "vla_agents.cli", "demo", "--episodes", "1", "--out", str(tmp_path)],
                             capture_output=True, text=True, timeout=900)
