@@ -1,22 +1,25 @@
 """The papers' ablations at our scale: same demonstrations, same training steps, several seeds.
 
-    python demos/ablations.py focusvla   [--steps N --seeds 0 1 2 --episodes E --out DIR]
-    python demos/ablations.py deepvision [--steps N --seeds 0 1 2 --episodes E --out DIR]
+    python demos/ablations.py focusvla   [--data FILE ...] [--steps N --seeds 0 1 2 --episodes E --out DIR]
+    python demos/ablations.py vat        [the same options]
+    python demos/ablations.py deepvision [the same options]
     python demos/ablations.py dtp --agents DIR [DIR ...] [--taus 0.25 0.5 ...] [--episodes E]
 
-Studies (issues 4 and 5):
-- focusvla, on embedded/pick_color and embedded/stack: (a) FocusVLA vs VLA-Adapter-Pro (the baseline
+Training studies (issue 40). Every run of a study trains once on the same demonstrations (`--data`: the
+shipped agents' files, so each arm is trained as its shipped recipe's first stage is, from the pretrained
+tiny backbone; without `--data`, one collected file per evaluated task) and is evaluated on each task:
+- focusvla, on embedded/pick_color_clutter and embedded/stack: FocusVLA vs VLA-Adapter-Pro (the baseline
   of FocusVLA's tables), success and the training steps needed to reach 80% of the final success
-  (periodic evaluation during training); (b) FocusVLA's Tab. 2: VLA-Adapter's mixed attention vs the
+  (periodic evaluation during training); then FocusVLA's Tab. 2: VLA-Adapter's mixed attention vs the
   cascade with no focus (its first two rows), then on the full model top-K of the 128 patches and
-  the gate's granularity (the "scalar" arm is VLA-Adapter's tanh(g), g = 0); (c) VAT with every
-  action module reading its own ViT layer vs every one reading the last layer (same depth).
-- deepvision, on embedded/lift_lookalikes: DeepVision vs its QwenVLA-OFT base (no vision expert),
-  with AGVP (action-guided pruning of the expert's tokens) on and off, and AGVP guided by the
-  expert's CLS attention instead of the action tokens (the paper's guidance ablation). The red cube
-  among near-red look-alikes and clutter tests the paper's claim (finer visual grounding) with a
-  fixed instruction; on pick_color_clutter every tiny policy sits near its pick_color floor
-  (10-20%), where three seeds cannot tell variants apart.
+  the gate's granularity (the "scalar" arm is VLA-Adapter's tanh(g), g = 0).
+- vat, on the same tasks: every action module reading its own ViT layer vs every one reading the last
+  layer (same depth; the official code's arm).
+- deepvision, on embedded/lift_lookalikes and embedded/pick_color_clutter: the last n expert layers
+  feeding the last n LLM layers (the paper's choice) vs the first n and n spread uniformly; DeepVision vs
+  its QwenVLA-OFT base (no vision expert); AGVP (action-guided pruning of the expert's tokens) off, and
+  guided by the expert's CLS or the instruction instead of the action tokens (the paper's guidance rows).
+DTP study (issue 40):
 - dtp, on trained agents: success across a tau sweep vs the unwrapped policy and vs DTP's random-mask
   ablations, and the DTP paper's analysis: the share of action-to-vision attention outside DTP's
   important region, in failed vs successful episodes of the unwrapped policy (Mann-Whitney U).
@@ -28,8 +31,8 @@ episodes ended: `vla_agents.eval.outcomes`) and
 an interrupted study resumes where it stopped; `--report` trains nothing and writes the tables of the
 runs recorded so far (each variant against the arm the paper compares it with: pooled successes,
 Fisher exact test). Runs recorded under an earlier definition of their arm (other declared keys)
-count for neither. Demonstrations come from `--data` (HDF5 written by `vla-agents collect`); tasks
-without a file get one collected with the scripted expert.
+count for neither. A run checkpoints every `--save-every` steps, so a killed run resumes from its last
+checkpoint, not from step 0.
 
 The default budget fits a 2-core CPU, one run at a time: a tiny policy trains at 1-2 steps/s
 (DeepVision 0.3-1) and a failed 120-step evaluation episode takes about 10 s, so one run of the
@@ -41,10 +44,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shlex
-import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -66,7 +67,8 @@ from vla_agents.policies import load_wrapper_recipe, recipe_keys
 from vla_agents.progress import LoggedProgress
 from vla_agents.sim import make_env
 from vla_agents.sim.collect import collect_demos
-from vla_agents.train.bc import train_bc
+from vla_agents.train.bc import TRAINER_STATE, train_bc
+from vla_agents.train.checkpoint import CHECKPOINT
 
 PERIODIC_EVAL_SEED = 10_000  # every variant and seed is evaluated on the same episodes
 FINAL_EVAL_SEED = 20_000
@@ -105,18 +107,18 @@ FOCUSVLA = {"layout": "pro", "focus_scores": "action_query", "attention_mode": "
             "visual_source": "raw"}  # top-64 of 2 views x 8x8 patches
 CASCADE_ONLY = FOCUSVLA | {"topk": None, "gate": "none", "visual_source": "vlm"}  # Tab. 2, second row: no focus
 VAT = {"kv_norm": "vision"}
-DEEPVISION = {"coupled_layers": 2, "pruning": True, "guidance": "action", "shared_attention": "joint", "expert_cls_token": True}
+DEEPVISION = {"coupled_layers": 2, "coupling": "last", "pruning": True, "guidance": "action", "shared_attention": "joint", "expert_cls_token": True}
 
 STUDIES = {
     "focusvla": TrainingStudy(
         name="focusvla",
-        title="FocusVLA vs VLA-Adapter, FocusVLA components, VAT action layers (issue 4)",
-        tasks=("embedded/pick_color", "embedded/stack"),
+        title="FocusVLA vs VLA-Adapter-Pro, and FocusVLA's components (its Tab. 2; issue 40)",
+        tasks=("embedded/pick_color_clutter", "embedded/stack"),
         variants=(
-            # (a) and the reference of (b)
+            # the headline (its Tab. 1 and convergence claim), then Tab. 2's rows
             Variant("focusvla", "focusvla", FOCUSVLA, baseline="vla_adapter"),
             Variant("vla_adapter", "vla_adapter", {"variant": "pro"}),
-            # (b) Tab. 2's first two rows: VLA-Adapter-Pro's own (mixed) attention vs the bare cascade
+            # Tab. 2's first two rows: VLA-Adapter-Pro's own (mixed) attention vs the bare cascade
             Variant("focusvla-mixed", "focusvla", CASCADE_ONLY | {"attention_mode": "mixed"}, baseline="focusvla-cascade-only"),
             Variant("focusvla-cascade-only", "focusvla", CASCADE_ONLY, baseline="focusvla"),
             # then one switch at a time on the full model
@@ -126,21 +128,32 @@ STUDIES = {
             Variant("focusvla-gate-none", "focusvla", FOCUSVLA | {"gate": "none"}, baseline="focusvla"),
             Variant("focusvla-gate-scalar", "focusvla", FOCUSVLA | {"gate": "scalar"}, baseline="focusvla"),
             Variant("focusvla-gate-head", "focusvla", FOCUSVLA | {"gate": "head"}, baseline="focusvla"),
-            # (c)
+        ),
+        image_size=128,
+    ),
+    "vat": TrainingStudy(
+        name="vat",
+        title="VAT: an action module reading every ViT layer vs every one reading the last (issue 40)",
+        tasks=("embedded/pick_color_clutter", "embedded/stack"),
+        variants=(
             Variant("vat-all-layers", "vat", VAT | {"action_layers": "all"}),
-            Variant("vat-last-layer", "vat", VAT | {"action_layers": "last"}, baseline="vat-all-layers"),
+            Variant("vat-last-layer", "vat", VAT | {"action_layers": "last"}, baseline="vat-all-layers"),  # same depth
         ),
         image_size=128,
     ),
     "deepvision": TrainingStudy(
         name="deepvision",
-        title="DeepVision-VLA vs its base, AGVP on/off and its guidance, on the cluttered task (issue 5a)",
-        tasks=("embedded/lift_lookalikes",),
+        title="DeepVision-VLA: which expert layers feed the deep LLM layers, its base, AGVP and its guidance (issue 40)",
+        tasks=("embedded/lift_lookalikes", "embedded/pick_color_clutter"),
         variants=(
+            # the headline (the paper's last-16 vs first-16 expert layers), then its fusion and pruning rows
             Variant("deepvision", "deepvision", DEEPVISION, baseline="deepvision-base"),
+            Variant("deepvision-first-layers", "deepvision", DEEPVISION | {"coupling": "first"}, baseline="deepvision"),
+            Variant("deepvision-uniform-layers", "deepvision", DEEPVISION | {"coupling": "uniform"}, baseline="deepvision"),
             Variant("deepvision-base", "deepvision", DEEPVISION | {"coupled_layers": 0}),  # QwenVLA-OFT, no expert
             Variant("deepvision-no-agvp", "deepvision", DEEPVISION | {"pruning": False}, baseline="deepvision"),  # every expert token joins
             Variant("deepvision-cls-guidance", "deepvision", DEEPVISION | {"guidance": "cls"}, baseline="deepvision"),
+            Variant("deepvision-instruction-guidance", "deepvision", DEEPVISION | {"guidance": "instruction"}, baseline="deepvision"),
         ),
         image_size=192,  # the vision expert's resolution in deepvision-tiny.yaml
     ),
@@ -171,6 +184,7 @@ class Budget:
     batch_size: int | None = None  # None: the recipe's
     image_size: int | None = None  # None: the study's (dtp: each agent's input size)
     max_episode_steps: int | None = None  # None: the task's limit
+    save_every: int = 500  # training steps between checkpoints: an interrupted run resumes from its last one
     overrides: dict[str, Any] = field(default_factory=dict)  # recipe keys (or DTP settings) for every variant that has them
 
 
@@ -217,16 +231,18 @@ def demo_env_name(path: Path) -> str:
     return name.decode() if isinstance(name, bytes) else str(name)
 
 
-def prepare_data(tasks: Sequence[str], given: Sequence[str | Path], demos: int, image_size: int, data_dir: Path) -> dict[str, Path]:
-    """task -> demonstration file: the given files by the env they were recorded in, the rest
-    collected with the scripted expert (kept in `data_dir` for the next study)."""
-    files = {demo_env_name(Path(p)): Path(p) for p in given}
+def training_files(tasks: Sequence[str], given: Sequence[str | Path], demos: int, image_size: int, data_dir: Path) -> list[Path]:
+    """The demonstrations every run trains on: the given files (e.g. the shipped agents' data, so an arm is
+    trained as its shipped recipe is), else one file per evaluated task collected with the scripted expert
+    (kept in `data_dir` for the next study)."""
+    if given:
+        return [Path(p) for p in given]
+    files = []
     for task in tasks:
-        if task not in files:
-            path = data_dir / f"{slugify(task)}-{demos}demos-{image_size}px.hdf5"
-            if not path.exists():
-                collect_demos(task, demos, path, image_size=image_size)
-            files[task] = path
+        path = data_dir / f"{slugify(task)}-{demos}demos-{image_size}px.hdf5"
+        if not path.exists():
+            collect_demos(task, demos, path, image_size=image_size)
+        files.append(path)
     return files
 
 
@@ -291,50 +307,62 @@ def progress_bar() -> LoggedProgress:
 # ----------------------------------------------------------------------------------------------
 # Training studies: focusvla, deepvision
 # ----------------------------------------------------------------------------------------------
-def train_and_evaluate(variant: Variant, task: str, seed: int, data: Path, budget: Budget, image_size: int,
-                       run_dir: Path, on_step: Callable[[int, float], None]) -> dict[str, Any]:
-    """Train one variant on one task with one seed, evaluating every `eval_every` steps; the curve
-    ends with the final evaluation (more episodes) at the last step."""
+def periodic_key(task: str) -> str:
+    """The train log's key of a periodic evaluation on `task`."""
+    return f"eval_pc_success/{task}"
+
+
+def train_and_evaluate(variant: Variant, tasks: Sequence[str], seed: int, data: Sequence[Path], budget: Budget,
+                       image_size: int, run_dir: Path, on_step: Callable[[int], None]) -> list[dict[str, Any]]:
+    """Train one variant with one seed on every file of `data`, evaluating each task every `eval_every`
+    steps; then one record per task, its curve ending with the final evaluation (more episodes) at the last
+    step. A run whose folder holds a checkpoint resumes from it: its periodic evaluations come back from
+    the checkpoint's training history."""
     overrides = variant_overrides(variant, budget.overrides)
-    curve: list[list[float]] = []
     eval_s = 0.0
 
     def eval_fn(agent: VLAAgent, step: int) -> dict[str, float]:
         nonlocal eval_s
-        on_step(step, curve[-1][1] if curve else float("nan"))
+        on_step(step)
         if not budget.eval_every or step % budget.eval_every or step >= budget.steps:
             return {}
         tic = time.perf_counter()
-        success = success_report(agent, task, budget.eval_episodes, PERIODIC_EVAL_SEED, budget, image_size).metrics()["pc_success"]
+        successes = {periodic_key(task): success_report(agent, task, budget.eval_episodes, PERIODIC_EVAL_SEED, budget,
+                                                        image_size).metrics()["pc_success"] for task in tasks}
         eval_s += time.perf_counter() - tic
-        curve.append([step, success])
-        return {"eval_pc_success": success}
+        return successes
 
-    shutil.rmtree(run_dir, ignore_errors=True)  # a run missing from the results starts over
+    resumed = (run_dir / CHECKPOINT / TRAINER_STATE).is_file()
     tic = time.perf_counter()
-    result = train_bc(variant.policy, [data], budget.steps, run_dir, batch_size=budget.batch_size, seed=seed,
-                      overrides=overrides, eval_fn=eval_fn, eval_every=1, progress=False)
+    result = train_bc(variant.policy, list(data), budget.steps, run_dir, batch_size=budget.batch_size, seed=seed,
+                      overrides=overrides, eval_fn=eval_fn, eval_every=1, save_every=budget.save_every, resume=resumed,
+                      progress=False)
     train_s = time.perf_counter() - tic - eval_s
-    tic = time.perf_counter()
-    report, outcomes = evaluate_outcomes(result.agent, partial(make_env, task, image_size=image_size), budget.episodes,
-                                         FINAL_EVAL_SEED, progress=False, max_steps=budget.max_episode_steps, env_name=task)
-    final = report.metrics()
-    curve.append([budget.steps, final["pc_success"]])
     losses = [r["loss"] for r in result.history]
-    return {
-        "variant": variant.name, "policy": variant.policy, "overrides": overrides, "task": task, "seed": seed,
-        "success": final["pc_success"], "successes": final["successes"], "episodes": final["n_episodes"], "outcomes": outcomes,
-        "steps_to_80pc": steps_to_fraction(curve), "curve": curve,
-        "final_loss": float(np.mean(losses[-10:])), "train_s": train_s,
-        "eval_s": eval_s + time.perf_counter() - tic, "agent_dir": str(run_dir),
-        "num_parameters": result.agent.num_parameters(),
-    }
+    records = []
+    for task in tasks:
+        tic = time.perf_counter()
+        report, outcomes = evaluate_outcomes(result.agent, partial(make_env, task, image_size=image_size), budget.episodes,
+                                             FINAL_EVAL_SEED, progress=False, max_steps=budget.max_episode_steps, env_name=task)
+        final = report.metrics()
+        curve = [[r["step"], r[periodic_key(task)]] for r in result.history if periodic_key(task) in r]
+        curve.append([budget.steps, final["pc_success"]])
+        records.append({
+            "variant": variant.name, "policy": variant.policy, "overrides": overrides, "task": task, "seed": seed,
+            "success": final["pc_success"], "successes": final["successes"], "episodes": final["n_episodes"], "outcomes": outcomes,
+            "steps_to_80pc": steps_to_fraction(curve), "curve": curve,
+            "final_loss": float(np.mean(losses[-10:])), "train_s": train_s, "resumed": resumed,
+            "eval_s": eval_s + time.perf_counter() - tic, "agent_dir": str(run_dir),
+            "data": [Path(p).name for p in data], "num_parameters": result.agent.num_parameters(),
+        })
+    return records
 
 
 def run_training_study(study: TrainingStudy, budget: Budget, seeds: Sequence[int], out: Path,
                        data: Sequence[str | Path] = (), variants: Sequence[str] | None = None,
                        tasks: Sequence[str] | None = None, data_dir: Path = DATA_DIR) -> dict[str, Any]:
-    """Every (variant, task, seed) not yet in `<out>/<study>.json`: train, evaluate, record."""
+    """Every (variant, seed) with a task not yet in `<out>/<study>.json`: train once on the study's
+    demonstrations, evaluate on each task, record one run per task."""
     chosen = [v for v in study.variants if variants is None or v.name in variants]
     unknown = sorted(set(variants or ()) - {v.name for v in study.variants})
     if unknown:
@@ -346,25 +374,31 @@ def run_training_study(study: TrainingStudy, budget: Budget, seeds: Sequence[int
         variant_overrides(v, budget.overrides)  # fail on clashes before hours of training
     tasks = list(tasks or study.tasks)
     image_size = budget.image_size or study.image_size
-    files = prepare_data(tasks, data, budget.demos, image_size, data_dir)
+    files = training_files(tasks, data, budget.demos, image_size, data_dir)
     results = ResultsFile(out / f"{study.name}.json", study.name, asdict(budget))
-    extra = {"title": study.title, "variants": [asdict(v) for v in study.variants], "data": {t: str(p) for t, p in files.items()}}
-    todo = [(v, t, s) for v in chosen for t in tasks for s in seeds
-            if not any(as_declared(r, v) for r in results.runs if (r["variant"], r["task"], r["seed"]) == (v.name, t, s))]
+    extra = {"title": study.title, "variants": [asdict(v) for v in study.variants], "data": [str(p) for p in files]}
+
+    def missing(variant: Variant, seed: int) -> list[str]:
+        return [t for t in tasks if not any(as_declared(r, variant) for r in results.runs
+                                            if (r["variant"], r["task"], r["seed"]) == (variant.name, t, seed))]
+
+    todo = [(v, s) for v in chosen for s in seeds if missing(v, s)]
     with progress_bar() as bar:
         overall = bar.add_task(study.name, total=len(todo) * budget.steps, status=f"{len(todo)} runs")
-        for variant, task, seed in todo:
-            run = bar.add_task(f"{variant.name} {task} seed {seed}", total=budget.steps, status="")
+        for variant, seed in todo:
+            run = bar.add_task(f"{variant.name} seed {seed}", total=budget.steps, status="")
 
-            def on_step(step: int, last_success: float, run: int = run) -> None:
-                bar.update(run, completed=step, status=f"eval {last_success:.0f}%" if not math.isnan(last_success) else "")
+            def on_step(step: int, run: int = run) -> None:
+                bar.update(run, completed=step)
                 bar.advance(overall)
 
-            run_dir = out / "agents" / slugify(task) / variant.name / f"seed{seed}"
-            record = train_and_evaluate(variant, task, seed, files[task], budget, image_size, run_dir, on_step)
+            run_dir = out / "agents" / variant.name / f"seed{seed}"
+            records = train_and_evaluate(variant, missing(variant, seed), seed, files, budget, image_size, run_dir, on_step)
             bar.remove_task(run)
-            bar.update(overall, status=f"last: {variant.name} {record['success']:.0f}%")
-            results.add(record, **extra)
+            bar.update(overall, status="last: " + ", ".join(f"{variant.name} {r['task'].split('/')[-1]} {r['success']:.0f}%"
+                                                             for r in records))
+            for record in records:
+                results.add(record, **extra)
     results.write(**extra)
     return {"study": study.name, "budget": results.budget, "runs": results.runs, **extra}
 
@@ -428,7 +462,7 @@ def training_markdown(result: dict[str, Any], seeds: Sequence[int]) -> str:
         for task in tasks:
             per_seed = by_seed[name, task]
             k, n = pooled(list(per_seed.values()))
-            minutes = sorted(round(r["train_s"] / 60) for r in per_seed.values())
+            minutes = sorted(round(r["train_s"] / 60) for r in per_seed.values() if not r.get("resumed"))
             cells += [format_cell([per_seed[s]["success"] if s in per_seed else None for s in seeds]),
                       f"{k}/{n}" if per_seed else "-",
                       versus_baseline(per_seed, by_seed.get((baseline, task), {})),
@@ -438,18 +472,20 @@ def training_markdown(result: dict[str, Any], seeds: Sequence[int]) -> str:
     lines += ["", "Cells: mean ± sample std over the seeds run, no ± for a single seed (per-seed values in seed order; '-': seed not run). "
               "Successes: final successes / final episodes over the seeds run. Vs baseline: both arms pooled over the seeds both ran, "
               "two-sided Fisher exact p. Steps to 80%: first periodic evaluation reaching 80% of the final success ('-': final success 0). "
-              "Train min: training time per run without the evaluations, fastest-slowest (it depends on what else ran on the machine)."]
+              "Train min: training time per run without the evaluations, fastest-slowest (it depends on what else ran on the machine; "
+              "runs resumed from a checkpoint left out)."]
     if result.get("left_out"):
         lines += ["", "Left out, recorded under an earlier definition of their arm: "
                   + ", ".join(f"{name} ({n} run{'s' * (n > 1)})" for name, n in result["left_out"].items()) + "."]
     return "\n".join(lines) + "\n"
 
 
-def budget_line(budget: dict[str, Any], seeds: Sequence[int], data: dict[str, str] | None = None) -> str:
+def budget_line(budget: dict[str, Any], seeds: Sequence[int], data: Sequence[str] | None = None) -> str:
     """The settings every run shared. With the demonstration files named, `demos` (the episodes
     collected when no file is given) is left out: it says nothing about files given with --data."""
     settings = ", ".join(f"{k}={v}" for k, v in budget.items() if v not in (None, {}) and not (data and k == "demos"))
-    files = "; data " + ", ".join(f"{task.split('/')[-1]}: {path}" for task, path in data.items()) if data else ""
+    paths = data.values() if isinstance(data, dict) else data or ()  # a dict: the per-task files of issues 4 and 5's records
+    files = "; trained on " + ", ".join(Path(path).name for path in paths) if data else ""
     return f"Seeds {list(seeds)}; {settings}{files}. Command: `{shlex.join(['python', *sys.argv])}`"
 
 
@@ -598,14 +634,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=Budget.steps, help="training steps per run")
     p.add_argument("--episodes", type=int, default=Budget.episodes, help="final evaluation episodes per run")
     p.add_argument("--eval-every", type=int, default=Budget.eval_every, help="steps between periodic evaluations")
-    p.add_argument("--eval-episodes", type=int, default=Budget.eval_episodes, help="episodes per periodic evaluation")
+    p.add_argument("--eval-episodes", type=int, default=Budget.eval_episodes, help="episodes per periodic evaluation and task")
+    p.add_argument("--save-every", type=int, default=Budget.save_every, help="training steps between checkpoints (resume points)")
     p.add_argument("--demos", type=int, default=Budget.demos, help="expert episodes per task when collecting")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--image-size", type=int, default=None, help="camera px (default: the study's; dtp: each agent's input size)")
     p.add_argument("--max-episode-steps", type=int, default=None, help="cap on episode length (default: the task's)")
     p.add_argument("--overrides", default="{}", help="JSON recipe keys for every variant whose recipe has them "
                    "(dtp: DTP settings, e.g. '{\"layers\": [1, 2]}')")
-    p.add_argument("--data", nargs="*", default=[], help="HDF5 demonstrations (vla-agents collect); missing tasks are collected")
+    p.add_argument("--data", nargs="*", default=[], help="HDF5 demonstrations (vla-agents collect) every run trains on; "
+                   "none: one file per task is collected")
     p.add_argument("--data-dir", type=Path, default=DATA_DIR, help="where collected demonstrations are kept")
     p.add_argument("--variants", nargs="+", default=None, help="run only these variants")
     p.add_argument("--tasks", nargs="+", default=None, help="env specs (default: the study's)")
@@ -624,10 +662,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     out = args.out or Path("runs/ablations") / args.study
     budget = Budget(steps=args.steps, episodes=args.episodes, eval_every=args.eval_every, eval_episodes=args.eval_episodes,
                     demos=args.demos, batch_size=args.batch_size, image_size=args.image_size,
-                    max_episode_steps=args.max_episode_steps, overrides=json.loads(args.overrides))
+                    max_episode_steps=args.max_episode_steps, save_every=args.save_every, overrides=json.loads(args.overrides))
     if args.study == "dtp":
         if args.report:
-            raise SystemExit("--report is for the training studies (focusvla, deepvision); the dtp study prints its tables as it runs")
+            raise SystemExit(f"--report is for the training studies ({', '.join(STUDIES)}); the dtp study prints its tables as it runs")
         if not args.agents:
             raise SystemExit("the dtp study needs --agents DIR [DIR ...] (trained agent folders)")
         result = run_dtp_study(args.agents, args.env, budget, args.seeds, out, args.taus, args.random_taus)

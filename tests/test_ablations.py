@@ -20,9 +20,9 @@ _spec = importlib.util.spec_from_file_location("ablations", SCRIPT)
 ablations = sys.modules["ablations"] = importlib.util.module_from_spec(_spec)  # dataclasses look their module up
 _spec.loader.exec_module(ablations)
 
-MICRO = dict(steps=2, episodes=1, eval_every=1, eval_episodes=1, demos=1, batch_size=2, image_size=32, max_episode_steps=4)
+MICRO = dict(steps=2, episodes=1, eval_every=1, eval_episodes=1, demos=1, batch_size=2, image_size=32, max_episode_steps=4, save_every=1)
 TINY = {"image_size": 32, "vit_depth": 2, "llm_layers": 1, "backbone_path": None}
-TINY_DEEPVISION = {"image_size": 64, "vla_image_size": 32, "vit_depth": 1, "llm_layers": 3, "expert_depth": 2, "agvp_layers": [0, 0], "backbone_path": None}
+TINY_DEEPVISION = {"image_size": 64, "vla_image_size": 32, "vit_depth": 1, "llm_layers": 3, "expert_depth": 3, "agvp_layers": [0, 0], "backbone_path": None}
 
 
 def check_declared(agent, variant) -> None:
@@ -47,11 +47,13 @@ def check_declared(agent, variant) -> None:
         assert (backbone.expert is None) == (declared["coupled_layers"] == 0)
         assert (backbone.pruning, backbone.guidance, backbone.shared_attention) == (
             declared["pruning"], declared["guidance"], declared["shared_attention"])
+        if backbone.expert is not None:  # 2 of the expert's 3 layers, as in deepvision-tiny.yaml
+            assert backbone.expert_layers == {"last": [1, 2], "first": [0, 1], "uniform": [0, 2]}[declared["coupling"]]
     else:
         raise AssertionError(f"no check for {variant.policy}")
 
 
-@pytest.mark.parametrize("study", ["focusvla", "deepvision"])
+@pytest.mark.parametrize("study", ["focusvla", "vat", "deepvision"])
 def test_every_declared_variant_builds_what_it_declares(study: str) -> None:
     shared = TINY_DEEPVISION if study == "deepvision" else TINY
     variants = ablations.STUDIES[study].variants
@@ -64,42 +66,52 @@ def test_every_declared_variant_builds_what_it_declares(study: str) -> None:
 
 def test_focusvla_study_micro_run_writes_results_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     budget = ablations.Budget(**MICRO, overrides=TINY)
-    chosen = ["vla_adapter", "focusvla-mixed", "vat-last-layer"]  # runs and rows follow the declared order
+    chosen = ["vla_adapter", "focusvla-mixed"]  # runs and rows follow the declared order
+    tasks = ["embedded/pick_color", "embedded/lift"]
     result = ablations.run_training_study(ablations.STUDIES["focusvla"], budget, [0], tmp_path / "out", variants=chosen,
-                                          tasks=["embedded/pick_color"], data_dir=tmp_path / "data")
+                                          tasks=tasks, data_dir=tmp_path / "data")
     saved = json.loads((tmp_path / "out" / "focusvla.json").read_text())
     assert saved["runs"] == result["runs"] and saved["budget"]["steps"] == 2
     logged = capsys.readouterr().out  # not a terminal: each finished run left its progress line (a live bar alone would not)
-    assert all(f"{name} embedded/pick_color seed 0" in logged for name in chosen)
-    assert [(r["variant"], r["task"], r["seed"]) for r in saved["runs"]] == [(n, "embedded/pick_color", 0) for n in chosen]
+    assert all(f"{name} seed 0" in logged for name in chosen)
+    # one training per variant, trained on both tasks' files and evaluated on each task
+    assert [(r["variant"], r["task"], r["seed"]) for r in saved["runs"]] == [(n, t, 0) for n in chosen for t in tasks]
+    assert saved["data"] == [str(tmp_path / "data" / f"embedded_{t.split('/')[1]}-1demos-32px.hdf5") for t in tasks]
     declared = {v.name: v for v in ablations.STUDIES["focusvla"].variants}
     for run in saved["runs"]:
+        assert run["agent_dir"] == str(tmp_path / "out" / "agents" / run["variant"] / "seed0")
+        assert run["data"] == [Path(p).name for p in saved["data"]] and not run["resumed"]
         assert [step for step, _ in run["curve"]] == [1, 2] and run["episodes"] == 1
         assert sum(run["outcomes"].values()) == 1 and run["outcomes"]["success"] == run["successes"]
         assert run["steps_to_80pc"] is None or run["steps_to_80pc"] in (1, 2)
         assert run["overrides"] == {k: v for k, v in TINY.items() if k in run["overrides"]} | declared[run["variant"]].overrides
         check_declared(load_agent(run["agent_dir"]), declared[run["variant"]])
+        log = [json.loads(line) for line in (Path(run["agent_dir"]) / "train_log.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in log] == [1, 2] and set(log[0]) >= {ablations.periodic_key(t) for t in tasks}
+        assert run["curve"][0] == [1, log[0][ablations.periodic_key(run["task"])]]
 
-    data = Path(saved["data"]["embedded/pick_color"])  # collected by the study; --data files are matched by env
-    assert ablations.prepare_data(["embedded/pick_color"], [data], 1, 32, tmp_path / "unused") == {"embedded/pick_color": data}
+    given = [tmp_path / "given.hdf5"]  # --data files are what every run trains on: nothing is collected
+    assert ablations.training_files(tasks, given, 1, 32, tmp_path / "unused") == given
     assert not (tmp_path / "unused").exists()
 
     readout = tmp_path / "README.md"
     readout.write_text("# Benchmarks\n")
     argv = ["focusvla", "--out", str(tmp_path / "out"), "--seeds", "0", "--data-dir", str(tmp_path / "data"),
-            "--tasks", "embedded/pick_color", "--variants", *chosen, "--overrides", json.dumps(TINY),
+            "--tasks", *tasks, "--variants", *chosen, "--overrides", json.dumps(TINY),
             "--append-readout", str(readout), *(f"--{k.replace('_', '-')}={v}" for k, v in MICRO.items())]
     ablations.main(argv)  # every run is in the JSON already: nothing is trained again
     assert json.loads((tmp_path / "out" / "focusvla.json").read_text())["runs"] == saved["runs"]
     markdown = (tmp_path / "out" / "focusvla.md").read_text()
     assert readout.read_text() == "# Benchmarks\n\n" + markdown
+    assert "trained on embedded_pick_color-1demos-32px.hdf5, embedded_lift-1demos-32px.hdf5." in markdown
     table = [line for line in markdown.splitlines() if line.startswith("| ")]
-    assert table[0] == ("| variant | policy | overrides | parameters | baseline | pick_color success % | pick_color successes "
-                        "| pick_color vs baseline | pick_color steps to 80% | pick_color train min |")
+    assert table[0].startswith("| variant | policy | overrides | parameters | baseline | pick_color success % | pick_color successes "
+                               "| pick_color vs baseline | pick_color steps to 80% | pick_color train min | lift success % |")
     assert [row.split(" | ")[0].strip("| ") for row in table[1:]] == chosen
     assert all(" ± " not in row for row in table[1:])  # one seed: no spread to show
 
-    ablations.main(["focusvla", "--report", "--out", str(tmp_path / "out"), "--seeds", "0", "--variants", "focusvla-mixed"])
+    ablations.main(["focusvla", "--report", "--out", str(tmp_path / "out"), "--seeds", "0", "--variants", "focusvla-mixed",
+                    "--tasks", "embedded/pick_color"])
     assert json.loads((tmp_path / "out" / "focusvla.json").read_text())["runs"] == saved["runs"]  # nothing trained
     mixed = next(r for r in saved["runs"] if r["variant"] == "focusvla-mixed")
     report = [line for line in (tmp_path / "out" / "focusvla.md").read_text().splitlines() if line.startswith("| ")]
@@ -109,10 +121,24 @@ def test_focusvla_study_micro_run_writes_results_and_resumes(tmp_path: Path, cap
                           f"| {mixed['success']:.1f} ({mixed['success']:.1f}) | {mixed['successes']}/1 | - | "
                           f"{ablations.format_cell([mixed['steps_to_80pc']], 0)} | 0 |"]  # its baseline was not run: no test
     with pytest.raises(SystemExit, match="does not exist"):
-        ablations.main(["focusvla", "--report", "--out", str(tmp_path / "elsewhere")])
+        ablations.main(["focusvla", "--report", "--out", str(tmp_path / "out" / "elsewhere")])
+
+    # a run whose record was lost after its checkpoint was written resumes from that checkpoint: nothing is
+    # trained again and its periodic evaluations come back from the checkpoint's history
+    results = tmp_path / "out" / "focusvla.json"
+    stored = json.loads(results.read_text())
+    results.write_text(json.dumps(stored | {"runs": [r for r in stored["runs"] if r["variant"] != "vla_adapter"]}))
+    log = Path(stored["runs"][0]["agent_dir"]) / "train_log.jsonl"
+    logged_before = log.read_text()
+    again = ablations.run_training_study(ablations.STUDIES["focusvla"], budget, [0], tmp_path / "out", variants=chosen,
+                                         tasks=tasks, data_dir=tmp_path / "data")
+    assert log.read_text() == logged_before  # no step was trained again
+    resumed = [r for r in again["runs"] if r["variant"] == "vla_adapter"]
+    assert [r["task"] for r in resumed] == tasks and all(r["resumed"] for r in resumed)
+    assert [r["curve"][0] for r in resumed] == [r["curve"][0] for r in stored["runs"][:2]]
+    assert "runs resumed from a checkpoint left out" in ablations.training_markdown(again, [0])
 
     # a run of an earlier definition of its arm (here: VLA-Adapter's original block) is left out and not reused
-    results = tmp_path / "out" / "focusvla.json"
     stored = json.loads(results.read_text())
     for run in stored["runs"]:
         if run["variant"] == "vla_adapter":
@@ -120,18 +146,21 @@ def test_focusvla_study_micro_run_writes_results_and_resumes(tmp_path: Path, cap
     results.write_text(json.dumps(stored))
     ablations.main(["focusvla", "--report", "--out", str(tmp_path / "out"), "--seeds", "0", "--variants", "vla_adapter"])
     report = (tmp_path / "out" / "focusvla.md").read_text()
-    assert "| vla_adapter |" not in report and "earlier definition of their arm: vla_adapter (1 run)" in report
-    assert ablations.as_declared(stored["runs"][1], declared["focusvla-mixed"])
-    assert not ablations.as_declared(stored["runs"][0], declared["vla_adapter"])
+    assert "| vla_adapter |" not in report and "earlier definition of their arm: vla_adapter (2 runs)" in report
+    assert ablations.as_declared(next(r for r in stored["runs"] if r["variant"] == "focusvla-mixed"), declared["focusvla-mixed"])
+    assert not ablations.as_declared(next(r for r in stored["runs"] if r["variant"] == "vla_adapter"), declared["vla_adapter"])
 
 
 def test_deepvision_study_micro_run(tmp_path: Path) -> None:
     budget = ablations.Budget(**MICRO | {"eval_every": 0}, overrides=TINY_DEEPVISION)  # the final evaluation only
-    result = ablations.run_training_study(ablations.STUDIES["deepvision"], budget, [0], tmp_path / "out", data_dir=tmp_path / "data")
-    assert [r["variant"] for r in result["runs"]] == [v.name for v in ablations.STUDIES["deepvision"].variants]
-    assert [r["variant"] for r in result["runs"]][-1] == "deepvision-cls-guidance"
+    study = ablations.STUDIES["deepvision"]
+    result = ablations.run_training_study(study, budget, [0], tmp_path / "out", tasks=["embedded/lift_lookalikes"],
+                                          data_dir=tmp_path / "data")
+    assert [r["variant"] for r in result["runs"]] == [v.name for v in study.variants]
+    assert [r["variant"] for r in result["runs"]][:2] == ["deepvision", "deepvision-first-layers"]  # the headline first
     assert {r["task"] for r in result["runs"]} == {"embedded/lift_lookalikes"}
-    declared = {v.name: v for v in ablations.STUDIES["deepvision"].variants}
+    assert all(r["curve"] == [[2, r["success"]]] for r in result["runs"])
+    declared = {v.name: v for v in study.variants}
     for run in result["runs"]:
         check_declared(load_agent(run["agent_dir"]), declared[run["variant"]])
     params = {r["variant"]: r["num_parameters"] for r in result["runs"]}
@@ -207,6 +236,6 @@ def test_training_table_keeps_each_seed_in_its_place_and_tests_each_arm_against_
 
 def test_budget_line_names_the_given_demonstration_files_instead_of_the_collect_count() -> None:
     budget = {"steps": 4000, "demos": 50}
-    given = ablations.budget_line(budget, [0, 1, 2], {"embedded/pick_color": "given.hdf5"})
-    assert given.startswith("Seeds [0, 1, 2]; steps=4000; data pick_color: given.hdf5. Command:")  # no demos=50
+    given = ablations.budget_line(budget, [0, 1, 2], ["runs/data/a.hdf5", "b.hdf5"])
+    assert given.startswith("Seeds [0, 1, 2]; steps=4000; trained on a.hdf5, b.hdf5. Command:")  # no demos=50
     assert ablations.budget_line(budget, [0]).startswith("Seeds [0]; steps=4000, demos=50. Command:")  # collected here
