@@ -650,7 +650,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--agents", nargs="+", default=[], help="dtp: trained agent folders")
     p.add_argument("--env", default="embedded/pick_color_clutter", help="dtp: evaluation environment")
     p.add_argument("--taus", type=float, nargs="+", default=[0.25, 0.5, 0.75, 1.0], help="dtp: tau sweep")
-    p.add_argument("--random-taus", type=float, nargs="+", default=[0.5], help="dtp: taus of the random-mask ablations")
+    p.add_argument("--random-taus", type=float, nargs="*", default=[0.5], help="dtp: taus of the random-mask ablations (none: no such arm)")
     p.add_argument("--report", action="store_true", help="train nothing: write the tables from the runs already in "
                    "<out>/<study>.json (all their seeds in --seeds)")
     p.add_argument("--append-readout", type=Path, default=None, help="append the markdown to this file (e.g. benchmarks/README.md)")
