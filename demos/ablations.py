@@ -589,11 +589,36 @@ def dtp_analysis(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return analysis
 
 
+def pooled_against_unwrapped(runs: Sequence[dict[str, Any]], agents: Sequence[str], names: Sequence[str]) -> list[str]:
+    """Each arm's successes pooled over the seeds it shares with the unwrapped policy, the two-sided Fisher
+    exact p against it, in bold under Bonferroni's 0.05 / m (m: the arms compared with it)."""
+    arms = [n for n in names if n != "unwrapped"]
+    alpha = 0.05 / max(len(arms), 1)
+    lines = [f"Successes pooled over seeds; each arm against the unwrapped policy on the seeds both ran, two-sided Fisher "
+             f"exact p (**bold**: under Bonferroni's 0.05 / {len(arms)} = {alpha:.2g}):", "",
+             "| agent | unwrapped | " + " | ".join(arms) + " |", "|---|---|" + "---|" * len(arms)]
+    for agent in agents:
+        by_arm = {n: {r["seed"]: r for r in runs if r["agent"] == agent and r["variant"] == n} for n in names}
+        k, n = pooled(list(by_arm.get("unwrapped", {}).values()))
+        cells = [f"{k}/{n}" if n else "-"]
+        for arm in arms:
+            common = sorted(set(by_arm[arm]) & set(by_arm.get("unwrapped", {})))
+            if not common:
+                cells.append("-")
+                continue
+            (k, n), (k0, n0) = pooled([by_arm[arm][s] for s in common]), pooled([by_arm["unwrapped"][s] for s in common])
+            p = fisher_exact([[k, n - k], [k0, n0 - k0]]).pvalue
+            cell = f"{k}/{n} vs {k0}/{n0}, p = {p:.2g}"
+            cells.append(f"**{cell}**" if p < alpha else cell)
+        lines.append(f"| {agent} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def dtp_markdown(result: dict[str, Any], seeds: Sequence[int]) -> str:
     runs = [r for r in result["runs"] if r["seed"] in seeds]
     names = list(dict.fromkeys(r["variant"] for r in runs))  # also those of earlier invocations (other taus)
     agents = list(dict.fromkeys(r["agent"] for r in runs))
-    lines = [f"### DTP on each base policy, {result['env']} (issue 5b, 5c)", "", budget_line(result["budget"], seeds), "",
+    lines = [f"### DTP on each base policy, {result['env']}", "", budget_line(result["budget"], seeds), "",
              "| agent | policy | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
     for agent in agents:
         mine = [r for r in runs if r["agent"] == agent]
@@ -604,6 +629,7 @@ def dtp_markdown(result: dict[str, Any], seeds: Sequence[int]) -> str:
         lines.append(f"| {agent} | {mine[0]['policy']} | " + " | ".join(cells) + " |")
     lines += ["", "Success %: mean ± sample std over seeds (per-seed values). tau: DTP's tolerance; random-*: "
               "as many random tokens pruned as DTP would prune, outside its important region or anywhere.", "",
+              *pooled_against_unwrapped(runs, agents, names), "",
               "Visual tokens pruned per act (mean over calls; mean ± std over seeds):", "",
               "| agent | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for agent in agents:

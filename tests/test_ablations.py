@@ -199,6 +199,19 @@ def test_dtp_variants_sweep_tau_and_match_the_random_masks_to_dtp() -> None:
         assert variants[f"random-{where}-tau-0.5"] == variants["dtp-tau-0.5"] | {"random_mask": where}
 
 
+def test_dtp_arms_pooled_against_the_unwrapped_policy_with_bonferroni() -> None:
+    def run(variant: str, seed: int, successes: int) -> dict:
+        return {"agent": "a", "variant": variant, "seed": seed, "successes": successes, "episodes": 10}
+
+    runs = [run("unwrapped", 0, 5), run("unwrapped", 1, 5), run("dtp-tau-0.5", 0, 0), run("dtp-tau-0.5", 1, 0),
+            run("dtp-tau-1", 1, 5)]
+    lines = ablations.pooled_against_unwrapped(runs, ["a"], ["unwrapped", "dtp-tau-0.5", "dtp-tau-1"])
+    assert "Bonferroni's 0.05 / 2 = 0.025" in lines[0]
+    # 0/20 vs 10/20: hypergeometric, 10 successes in 40, 20 per arm; two-sided p = 2 C(20,10) / C(40,10) = 0.00044.
+    # tau 1 ran seed 1 alone: 5/10 vs the unwrapped policy's seed 1, 5/10, p = 1
+    assert lines[-1] == "| a | 10/20 | **0/20 vs 10/20, p = 0.00044** | 5/10 vs 5/10, p = 1 |"
+
+
 def test_share_comparison_is_scipys_mann_whitney_u() -> None:
     successful, failed = [0.10, 0.20, 0.15, 0.12, 0.30], [0.50, 0.60, 0.25, 0.70]
     summary = ablations.compare_shares(successful, failed)
