@@ -204,6 +204,11 @@ def number(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def p_value(p: float | None) -> str:
+    """Two significant digits, so a tiny p does not print as 0.0000."""
+    return "-" if p is None else f"{p:.2g}"
+
+
 def format_cell(values: Sequence[float | None], digits: int = 1) -> str:
     """`mean ± std (v1, v2, ...)`, or `mean (v1, ...)` when only one value exists; a missing
     per-seed value shows as '-'."""
@@ -643,7 +648,7 @@ def dtp_markdown(result: dict[str, Any], seeds: Sequence[int]) -> str:
     for agent in agents:
         a = result["analysis"][agent]
         lines.append(f"| {agent} | {a['n_success']} | {a['n_failed']} | {number(a['share_success'])} | "
-                     f"{number(a['share_failed'])} | {number(a['U'], 1)} | {number(a['p'], 4)} |")
+                     f"{number(a['share_failed'])} | {number(a['U'], 1)} | {p_value(a['p'])} |")
     for agent, why in result["skipped"].items():
         lines.append(f"\nSkipped {agent}: {why}.")
     return "\n".join(lines) + "\n"
