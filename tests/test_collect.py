@@ -57,7 +57,7 @@ def test_stack_records_the_cube_each_step_is_about():
     expert = ScriptedExpert(env)
     phases = []
     act = expert.act
-    expert.act = lambda obs: (action := act(obs), phases.append(expert.index))[0]
+    expert.act = lambda obs: (act(obs), phases.append(expert.index))[0]
     success, _, obs = record_episode(env, expert, seed=3, image_size=64)
     assert success
     phases = np.array(phases)

@@ -13,7 +13,7 @@ from scipy.ndimage import gaussian_filter
 from vla_agents.agent import load_agent, make_agent
 from vla_agents.models.backbones import BackboneOutput
 from vla_agents.models.dtp import (
-    DTP, DTPPolicy, action_attention, can_wrap, distracting_tokens, relevance, smooth, suppress_corners, top_k_region,
+    DTP, DTPPolicy, action_attention, can_wrap, distracting_tokens, relevance, smooth, suppress_corners,
 )
 
 sys.path.insert(0, str(Path(__file__).parent))

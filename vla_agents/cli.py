@@ -142,7 +142,6 @@ def _load_agent_for_eval(path: str | Path, n_open_loop: int | None):
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from vla_agents.agent import load_agent
     from vla_agents.eval.index import write_index
     from vla_agents.eval.provenance import provenance
     from vla_agents.eval.rollout import EvaluationInterrupted, episode_log_path, eval_info, evaluate, slugify
