@@ -12,7 +12,7 @@ honours), and `info["episode_stats"]` carries the grasp statistics papers report
 orientations; `episode_index`, what `evaluate` passes, is taken as the same); without either, the seed
 draws one. Every reset rebuilds the scene (ManiSkill's `reconfigure`, 0.24 s against 0.05 s): PhysX keeps
 contact caches across a plain reset, so the same seed and actions used to give a different step after a
-different history (in 10 of 150 tries a pixel or more, in 2 the arm's joints by 7e-4 rad), and Gymnasium's
+different history (in 10 of 150 tries: 8 by a few pixels, 1 by 7e-4 rad in the arm, 1 by an object), and Gymnasium's
 `check_env` failed on it now and then.
 """
 from __future__ import annotations
