@@ -26,6 +26,7 @@ case "${1:-}" in
         --episodes 50 --out "benchmarks/results/issue40/dtp_$task"
     done ;;
   train)
+    [ $# -ge 3 ] || { echo "train needs a study (focusvla, vat, deepvision) and its arms, e.g. train deepvision deepvision-base" >&2; exit 2; }
     study=$2; out=runs/issue40/$study
     mkdir -p "$out"
     [ -f "$out/$study.json" ] || cp "benchmarks/results/issue40/$study/$study.json" "$out/"
