@@ -676,7 +676,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", nargs="*", default=[], help="HDF5 demonstrations (vla-agents collect) every run trains on; "
                    "none: one file per task is collected")
     p.add_argument("--data-dir", type=Path, default=DATA_DIR, help="where collected demonstrations are kept")
-    p.add_argument("--variants", nargs="+", default=None, help="run only these variants")
+    p.add_argument("--variants", nargs="+", default=None, help="run only these variants (trained and tabled in the study's declared order)")
     p.add_argument("--tasks", nargs="+", default=None, help="env specs (default: the study's)")
     p.add_argument("--agents", nargs="+", default=[], help="dtp: trained agent folders")
     p.add_argument("--env", default="embedded/pick_color_clutter", help="dtp: evaluation environment")
