@@ -1,7 +1,7 @@
 #!/bin/bash
 # Issue 40's studies on the protocol fixed in benchmarks/results/issue40/*protocol.json, resumable on a fresh machine:
 # the demonstration files are re-collected (seeded) where missing and each training study resumes from its committed JSON.
-#   bash benchmarks/issue40.sh data                     # the four files of training_protocol.json (~45 min on 2 cores)
+#   bash benchmarks/issue40.sh data                     # the four files of training_protocol.json, one after another (stop 53: 44 min as two parallel chains)
 #   bash benchmarks/issue40.sh dtp                      # every DTP cell not yet in benchmarks/results/issue40/dtp_*/dtp.json
 #   bash benchmarks/issue40.sh train <study> <arm>...   # those arms of focusvla / vat / deepvision, seeds 0-2
 # One process per study out dir; two side by side (one thread each) fill a 2-core machine.
